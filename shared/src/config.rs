@@ -1,0 +1,408 @@
+//! Feed configuration: which CSV types ("feeds") exist, how their rows are keyed and compared.
+//!
+//! Loaded once per container from a TOML document (a local path or an `s3://` URI given in
+//! the environment) and validated before the first event is handled; every error names the
+//! feed and the field.
+
+use serde::Deserialize;
+use std::collections::BTreeSet;
+
+/// A configuration problem, found at start-up. Always permanent: a redeploy fixes it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("feed configuration is not valid TOML: {0}")]
+    Toml(String),
+    #[error("feed configuration: {0}")]
+    Invalid(String),
+    #[error("feed `{feed}`: field `{field}`: {problem}")]
+    Feed {
+        feed: String,
+        field: &'static str,
+        problem: String,
+    },
+    #[error("environment variable {name}: {problem}")]
+    Env { name: String, problem: String },
+    #[error("could not read feed configuration from {source_ref}: {problem}")]
+    Read { source_ref: String, problem: String },
+}
+
+/// What happens to the first file of a feed (when there is no snapshot yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstFile {
+    /// The first file only sets the state: nothing is sent.
+    Baseline,
+    /// Every row of the first file is sent as `new`.
+    Send,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    first_file: Option<FirstFile>,
+    max_row_bytes: Option<usize>,
+    max_columns: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    name: String,
+    prefix: Option<String>,
+    key_columns: Vec<String>,
+    #[serde(default)]
+    ignore_columns: Vec<String>,
+    #[serde(default)]
+    required_columns: Vec<String>,
+    first_file: Option<FirstFile>,
+    max_row_bytes: Option<usize>,
+    max_columns: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default, rename = "feed")]
+    feeds: Vec<RawFeed>,
+}
+
+/// One feed, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedConfig {
+    pub name: String,
+    /// Files of this feed arrive under `incoming/<prefix>/`.
+    pub prefix: String,
+    pub key_columns: Vec<String>,
+    pub ignore_columns: Vec<String>,
+    /// Key columns are always required; this holds the union.
+    pub required_columns: Vec<String>,
+    pub first_file: FirstFile,
+    pub max_row_bytes: usize,
+    pub max_columns: usize,
+}
+
+impl FeedConfig {
+    /// A feed with defaults, for tests and tools.
+    pub fn new(name: &str, key_columns: &[&str]) -> Self {
+        FeedConfig {
+            name: name.to_string(),
+            prefix: name.to_string(),
+            key_columns: key_columns.iter().map(|s| s.to_string()).collect(),
+            ignore_columns: Vec::new(),
+            required_columns: key_columns.iter().map(|s| s.to_string()).collect(),
+            first_file: FirstFile::Baseline,
+            max_row_bytes: DEFAULT_MAX_ROW_BYTES,
+            max_columns: DEFAULT_MAX_COLUMNS,
+        }
+    }
+}
+
+pub const DEFAULT_MAX_ROW_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_COLUMNS: usize = 1024;
+/// The prefix that triggers the splitter; nothing else may be written there.
+pub const INCOMING_PREFIX: &str = "incoming/";
+
+/// All feeds.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub feeds: Vec<FeedConfig>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && !s.starts_with('.')
+}
+
+impl Config {
+    /// Parse and validate a TOML document.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        if raw.feeds.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no [[feed]] defined; at least one feed is required".into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut prefixes = BTreeSet::new();
+        let mut feeds = Vec::with_capacity(raw.feeds.len());
+        for f in raw.feeds {
+            let feed_err = |field: &'static str, problem: String| ConfigError::Feed {
+                feed: f.name.clone(),
+                field,
+                problem,
+            };
+            if !valid_name(&f.name) {
+                return Err(feed_err(
+                    "name",
+                    "must be 1-128 characters of A-Z a-z 0-9 _ - . (not starting with a dot)"
+                        .into(),
+                ));
+            }
+            if !names.insert(f.name.clone()) {
+                return Err(feed_err("name", "defined twice".into()));
+            }
+            let prefix = f.prefix.clone().unwrap_or_else(|| f.name.clone());
+            if !valid_name(&prefix) {
+                return Err(feed_err(
+                    "prefix",
+                    "must be one path segment of A-Z a-z 0-9 _ - . (no slash)".into(),
+                ));
+            }
+            if !prefixes.insert(prefix.clone()) {
+                return Err(feed_err(
+                    "prefix",
+                    format!("`{prefix}` is already used by another feed"),
+                ));
+            }
+            if f.key_columns.is_empty() {
+                return Err(feed_err(
+                    "key_columns",
+                    "at least one key column is required".into(),
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for c in &f.key_columns {
+                if c.is_empty() {
+                    return Err(feed_err("key_columns", "empty column name".into()));
+                }
+                if !seen.insert(c) {
+                    return Err(feed_err("key_columns", format!("`{c}` listed twice")));
+                }
+            }
+            for c in &f.ignore_columns {
+                if f.key_columns.contains(c) {
+                    return Err(feed_err(
+                        "ignore_columns",
+                        format!("`{c}` is a key column and cannot be ignored"),
+                    ));
+                }
+                if f.required_columns.contains(c) {
+                    return Err(feed_err(
+                        "ignore_columns",
+                        format!("`{c}` is also a required column"),
+                    ));
+                }
+            }
+            let mut required = f.key_columns.clone();
+            for c in &f.required_columns {
+                if c.is_empty() {
+                    return Err(feed_err("required_columns", "empty column name".into()));
+                }
+                if !required.contains(c) {
+                    required.push(c.clone());
+                }
+            }
+            let max_row_bytes = f
+                .max_row_bytes
+                .or(raw.defaults.max_row_bytes)
+                .unwrap_or(DEFAULT_MAX_ROW_BYTES);
+            if !(64..=64 * 1024 * 1024).contains(&max_row_bytes) {
+                return Err(feed_err(
+                    "max_row_bytes",
+                    format!("{max_row_bytes} is outside 64..=67108864"),
+                ));
+            }
+            let max_columns = f
+                .max_columns
+                .or(raw.defaults.max_columns)
+                .unwrap_or(DEFAULT_MAX_COLUMNS);
+            if !(1..=100_000).contains(&max_columns) {
+                return Err(feed_err(
+                    "max_columns",
+                    format!("{max_columns} is outside 1..=100000"),
+                ));
+            }
+            feeds.push(FeedConfig {
+                name: f.name.clone(),
+                prefix,
+                key_columns: f.key_columns.clone(),
+                ignore_columns: f.ignore_columns.clone(),
+                required_columns: required,
+                first_file: f
+                    .first_file
+                    .or(raw.defaults.first_file)
+                    .unwrap_or(FirstFile::Baseline),
+                max_row_bytes,
+                max_columns,
+            });
+        }
+        Ok(Config { feeds })
+    }
+
+    /// The feed an object key belongs to: `incoming/<prefix>/<anything>`.
+    /// `None` for keys outside `incoming/` or of no known feed.
+    pub fn feed_for_key(&self, key: &str) -> Option<&FeedConfig> {
+        let rest = key.strip_prefix(INCOMING_PREFIX)?;
+        let (prefix, file) = rest.split_once('/')?;
+        if file.is_empty() || file.ends_with('/') {
+            return None;
+        }
+        self.feeds.iter().find(|f| f.prefix == prefix)
+    }
+
+    pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
+        self.feeds.iter().find(|f| f.name == name)
+    }
+}
+
+/// Where the configuration comes from, parsed from the environment value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    Path(String),
+    S3 { bucket: String, key: String },
+}
+
+impl ConfigSource {
+    pub fn parse(value: &str) -> Result<ConfigSource, ConfigError> {
+        let v = value.trim();
+        if v.is_empty() {
+            return Err(ConfigError::Invalid("empty configuration location".into()));
+        }
+        if let Some(rest) = v.strip_prefix("s3://") {
+            let (bucket, key) = rest.split_once('/').ok_or_else(|| {
+                ConfigError::Invalid(format!("`{v}`: expected s3://<bucket>/<key>"))
+            })?;
+            if bucket.len() < 3 || key.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "`{v}`: expected s3://<bucket>/<key>"
+                )));
+            }
+            return Ok(ConfigSource::S3 {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+            });
+        }
+        Ok(ConfigSource::Path(v.to_string()))
+    }
+}
+
+/// Read a required environment variable.
+pub fn env_required(name: &str) -> Result<String, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Ok(v),
+        Ok(_) => Err(ConfigError::Env {
+            name: name.into(),
+            problem: "is set but empty".into(),
+        }),
+        Err(_) => Err(ConfigError::Env {
+            name: name.into(),
+            problem: "is not set".into(),
+        }),
+    }
+}
+
+/// Read an optional numeric environment variable within bounds.
+pub fn env_number(name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(v) if v.trim().is_empty() => Ok(default),
+        Ok(v) => {
+            let n: u64 = v.trim().parse().map_err(|_| ConfigError::Env {
+                name: name.into(),
+                problem: format!("`{v}` is not a whole number"),
+            })?;
+            if n < min || n > max {
+                return Err(ConfigError::Env {
+                    name: name.into(),
+                    problem: format!("{n} is outside {min}..={max}"),
+                });
+            }
+            Ok(n)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[defaults]
+first_file = "baseline"
+max_row_bytes = 4096
+
+[[feed]]
+name = "lab_results"
+key_columns = ["record_id"]
+ignore_columns = ["export_timestamp"]
+required_columns = ["record_id", "patient_id"]
+
+[[feed]]
+name = "case_reports"
+prefix = "cases"
+key_columns = ["jurisdiction", "case_id"]
+required_columns = ["status"]
+first_file = "send"
+"#;
+
+    #[test]
+    fn parses_and_applies_defaults() {
+        let c = Config::from_toml(SAMPLE).unwrap();
+        let lab = c.feed("lab_results").unwrap();
+        assert_eq!(lab.prefix, "lab_results");
+        assert_eq!(lab.max_row_bytes, 4096);
+        assert_eq!(lab.first_file, FirstFile::Baseline);
+        let cases = c.feed("case_reports").unwrap();
+        assert_eq!(cases.first_file, FirstFile::Send);
+        assert_eq!(
+            cases.required_columns,
+            vec!["jurisdiction", "case_id", "status"]
+        );
+    }
+
+    #[test]
+    fn finds_feed_by_key() {
+        let c = Config::from_toml(SAMPLE).unwrap();
+        assert_eq!(
+            c.feed_for_key("incoming/cases/2026/x.csv").unwrap().name,
+            "case_reports"
+        );
+        assert_eq!(
+            c.feed_for_key("incoming/lab_results/a.csv.gz").unwrap().name,
+            "lab_results"
+        );
+        assert!(c.feed_for_key("incoming/unknown/a.csv").is_none());
+        assert!(c.feed_for_key("runs/lab_results/a.json").is_none());
+        assert!(c.feed_for_key("incoming/lab_results/").is_none());
+        assert!(c.feed_for_key("incoming/lab_results").is_none());
+    }
+
+    #[test]
+    fn errors_name_feed_and_field() {
+        let bad = "[[feed]]\nname = \"x\"\nkey_columns = []\n";
+        let e = Config::from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains("`x`") && e.contains("key_columns"), "{e}");
+        let bad = "[[feed]]\nname = \"x\"\nkey_columns = [\"id\"]\nignore_columns=[\"id\"]\n";
+        let e = Config::from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains("ignore_columns"), "{e}");
+        let bad = "[[feed]]\nname = \"a/b\"\nkey_columns = [\"id\"]\n";
+        assert!(Config::from_toml(bad).unwrap_err().to_string().contains("name"));
+        let dup = "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\n[[feed]]\nname=\"b\"\nprefix=\"a\"\nkey_columns=[\"id\"]\n";
+        assert!(Config::from_toml(dup).unwrap_err().to_string().contains("prefix"));
+        let typo = "[[feed]]\nname=\"a\"\nkey_column=[\"id\"]\n";
+        assert!(Config::from_toml(typo).is_err());
+        assert!(Config::from_toml("").is_err());
+    }
+
+    #[test]
+    fn config_source() {
+        assert_eq!(
+            ConfigSource::parse("s3://bkt/config/feeds.toml").unwrap(),
+            ConfigSource::S3 {
+                bucket: "bkt".into(),
+                key: "config/feeds.toml".into()
+            }
+        );
+        assert_eq!(
+            ConfigSource::parse("/etc/feeds.toml").unwrap(),
+            ConfigSource::Path("/etc/feeds.toml".into())
+        );
+        assert!(ConfigSource::parse("s3://bkt").is_err());
+    }
+}

@@ -1,0 +1,435 @@
+//! Fingerprints and the row classifier.
+//!
+//! * key fingerprint = xxh3-64 of the key columns' values (in the feed's key order,
+//!   length-prefixed so `("ab","c")` and `("a","bc")` differ);
+//! * content fingerprint = xxh3-64 of the compared columns' values taken in column-*name*
+//!   order (length-prefixed), seeded with a hash of those names. Reordering the file's
+//!   columns changes nothing; ignored and key columns are left out.
+//!
+//! Schema drift: the comparison with the snapshot uses the snapshot's hashed columns that the
+//! file still has; the new snapshot hashes all of the file's compared columns. An added
+//! column therefore never makes a row "changed"; it only enters the fingerprint from then on.
+
+use crate::config::FeedConfig;
+use crate::rows::FileRejection;
+use crate::snapshot::Snapshot;
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+const KEY_SEED: u64 = 0x6361_7365_6665_6564; // "casefeed"
+
+/// How a file's columns map onto fingerprints.
+#[derive(Debug, Clone)]
+pub struct ColumnPlan {
+    pub key_idx: Vec<usize>,
+    /// File positions of the columns compared with the snapshot, in name order.
+    compare_idx: Vec<usize>,
+    compare_seed: u64,
+    /// File positions hashed into the new snapshot, in name order.
+    store_idx: Vec<usize>,
+    store_seed: u64,
+    /// The new snapshot's hashed column names (sorted).
+    pub hashed_columns: Vec<String>,
+    /// Columns in the file that the snapshot did not hash (not ignored, not keys).
+    pub added: Vec<String>,
+    /// Columns the snapshot hashed that the file no longer has.
+    pub removed: Vec<String>,
+}
+
+fn names_seed(names: &[&str]) -> u64 {
+    let mut buf = Vec::new();
+    for n in names {
+        buf.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        buf.extend_from_slice(n.as_bytes());
+    }
+    xxh3_64(&buf)
+}
+
+impl ColumnPlan {
+    /// `previous`: the snapshot's hashed columns, if there is a snapshot.
+    pub fn new(
+        header: &[String],
+        feed: &FeedConfig,
+        previous: Option<&[String]>,
+    ) -> Result<ColumnPlan, FileRejection> {
+        let key_idx = feed
+            .key_columns
+            .iter()
+            .map(|k| header.iter().position(|h| h == k))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                FileRejection::MissingRequired(
+                    feed.key_columns
+                        .iter()
+                        .filter(|k| !header.contains(k))
+                        .cloned()
+                        .collect(),
+                )
+            })?;
+        let mut store: Vec<(&str, usize)> = header
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| !feed.key_columns.contains(h) && !feed.ignore_columns.contains(h))
+            .map(|(i, h)| (h.as_str(), i))
+            .collect();
+        store.sort();
+        let hashed_columns: Vec<String> = store.iter().map(|(n, _)| n.to_string()).collect();
+        let (compare, added, removed) = match previous {
+            None => (store.clone(), Vec::new(), Vec::new()),
+            Some(prev) => {
+                let compare: Vec<(&str, usize)> = store
+                    .iter()
+                    .filter(|(n, _)| prev.iter().any(|p| p == n))
+                    .copied()
+                    .collect();
+                let added = store
+                    .iter()
+                    .filter(|(n, _)| !prev.iter().any(|p| p == n))
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                let removed: Vec<String> = prev
+                    .iter()
+                    .filter(|p| !hashed_columns.contains(p))
+                    .cloned()
+                    .collect();
+                (compare, added, removed)
+            }
+        };
+        if !removed.is_empty() {
+            // The snapshot holds one fingerprint per row over its column set; without the
+            // removed column(s) the fingerprints cannot be compared.
+            return Err(FileRejection::ComparedColumnsMissing(removed));
+        }
+        let compare_names: Vec<&str> = compare.iter().map(|(n, _)| *n).collect();
+        let store_names: Vec<&str> = store.iter().map(|(n, _)| *n).collect();
+        Ok(ColumnPlan {
+            key_idx,
+            compare_seed: names_seed(&compare_names),
+            compare_idx: compare.iter().map(|(_, i)| *i).collect(),
+            store_seed: names_seed(&store_names),
+            store_idx: store.iter().map(|(_, i)| *i).collect(),
+            hashed_columns,
+            added,
+            removed,
+        })
+    }
+
+    /// True when the comparison and the new snapshot use the same columns (no drift).
+    pub fn same_sets(&self) -> bool {
+        self.compare_idx == self.store_idx
+    }
+}
+
+/// Reusable scratch space for fingerprinting.
+#[derive(Default)]
+pub struct Fingerprinter {
+    buf: Vec<u8>,
+}
+
+#[inline]
+fn hash_fields(buf: &mut Vec<u8>, rec: &csv::ByteRecord, idx: &[usize], seed: u64) -> u64 {
+    buf.clear();
+    for &i in idx {
+        let f = &rec[i];
+        buf.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        buf.extend_from_slice(f);
+    }
+    xxh3_64_with_seed(buf, seed)
+}
+
+/// Fingerprints of one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowPrints {
+    pub key: u64,
+    /// Compared with the snapshot's content fingerprint.
+    pub compare: u64,
+    /// Stored in the new snapshot.
+    pub store: u64,
+}
+
+impl Fingerprinter {
+    #[inline]
+    pub fn prints(&mut self, plan: &ColumnPlan, rec: &csv::ByteRecord) -> RowPrints {
+        let key = hash_fields(&mut self.buf, rec, &plan.key_idx, KEY_SEED);
+        let compare = hash_fields(&mut self.buf, rec, &plan.compare_idx, plan.compare_seed);
+        let store = if plan.same_sets() {
+            compare
+        } else {
+            hash_fields(&mut self.buf, rec, &plan.store_idx, plan.store_seed)
+        };
+        RowPrints {
+            key,
+            compare,
+            store,
+        }
+    }
+}
+
+/// The record key as the API sees it: the key values joined with `|`.
+pub fn record_key(plan: &ColumnPlan, rec: &csv::ByteRecord) -> String {
+    let mut s = String::new();
+    for (n, &i) in plan.key_idx.iter().enumerate() {
+        if n > 0 {
+            s.push('|');
+        }
+        s.push_str(&String::from_utf8_lossy(&rec[i]));
+    }
+    s
+}
+
+/// How one row compares with the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    New,
+    Changed { previous: u64 },
+    Unchanged,
+    /// The key already appeared earlier in this file; the first occurrence wins.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiffCounts {
+    pub new: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub removed: u64,
+    pub duplicate: u64,
+}
+
+/// Identity hasher for sets of fingerprints (already uniformly distributed).
+#[derive(Default)]
+pub struct FpHasher(u64);
+impl Hasher for FpHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+pub type FpSet = HashSet<u64, BuildHasherDefault<FpHasher>>;
+
+/// Classifies rows against a snapshot while the file streams, and collects the entries of
+/// the new snapshot.
+pub struct Differ<'a> {
+    snapshot: Option<&'a Snapshot>,
+    seen: Vec<u64>,
+    new_keys: FpSet,
+    entries: Vec<(u64, u64)>,
+    counts: DiffCounts,
+}
+
+impl<'a> Differ<'a> {
+    pub fn new(snapshot: Option<&'a Snapshot>, expected_rows: usize) -> Self {
+        let n = snapshot.map(|s| s.len()).unwrap_or(0);
+        Differ {
+            snapshot,
+            seen: vec![0u64; n.div_ceil(64)],
+            new_keys: FpSet::default(),
+            entries: Vec::with_capacity(expected_rows.max(n)),
+            counts: DiffCounts::default(),
+        }
+    }
+
+    #[inline]
+    pub fn classify(&mut self, p: RowPrints) -> Class {
+        let pos = self.snapshot.and_then(|s| s.position(p.key));
+        let class = match pos {
+            Some(pos) => {
+                let (w, bit) = (pos / 64, 1u64 << (pos % 64));
+                if self.seen[w] & bit != 0 {
+                    Class::Duplicate
+                } else {
+                    self.seen[w] |= bit;
+                    let prev = self.snapshot.map(|s| s.content_at(pos)).unwrap_or(0);
+                    if prev == p.compare {
+                        Class::Unchanged
+                    } else {
+                        Class::Changed { previous: prev }
+                    }
+                }
+            }
+            None => {
+                if self.new_keys.insert(p.key) {
+                    Class::New
+                } else {
+                    Class::Duplicate
+                }
+            }
+        };
+        match class {
+            Class::New => self.counts.new += 1,
+            Class::Changed { .. } => self.counts.changed += 1,
+            Class::Unchanged => self.counts.unchanged += 1,
+            Class::Duplicate => self.counts.duplicate += 1,
+        }
+        if class != Class::Duplicate {
+            self.entries.push((p.key, p.store));
+        }
+        class
+    }
+
+    pub fn counts(&self) -> DiffCounts {
+        self.counts
+    }
+
+    /// The new snapshot's entries (unsorted, unique) and the final counts.
+    pub fn finish(mut self) -> (Vec<(u64, u64)>, DiffCounts) {
+        let seen: u64 = self.seen.iter().map(|w| u64::from(w.count_ones())).sum();
+        let total = self.snapshot.map(|s| s.len() as u64).unwrap_or(0);
+        self.counts.removed = total - seen;
+        (self.entries, self.counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{SnapshotHeader, SourceObject, FORMAT_VERSION};
+
+    fn feed() -> FeedConfig {
+        let mut f = FeedConfig::new("f", &["id"]);
+        f.ignore_columns = vec!["ts".into()];
+        f
+    }
+    fn hdr(cols: &[&str]) -> Vec<String> {
+        cols.iter().map(|s| s.to_string()).collect()
+    }
+    fn rec(vals: &[&str]) -> csv::ByteRecord {
+        csv::ByteRecord::from(vals.to_vec())
+    }
+    fn prints(cols: &[&str], vals: &[&str], prev: Option<&[String]>) -> RowPrints {
+        let plan = ColumnPlan::new(&hdr(cols), &feed(), prev).unwrap();
+        Fingerprinter::default().prints(&plan, &rec(vals))
+    }
+    fn snap(entries: Vec<(u64, u64)>, hashed: Vec<String>) -> Snapshot {
+        Snapshot::from_entries(
+            SnapshotHeader {
+                format: FORMAT_VERSION,
+                feed: "f".into(),
+                key_columns: vec!["id".into()],
+                hashed_columns: hashed,
+                source: SourceObject::default(),
+                row_count: 0,
+                created_at: String::new(),
+                run: String::new(),
+            },
+            entries,
+        )
+    }
+
+    #[test]
+    fn reordered_columns_and_ignored_columns_change_nothing() {
+        let a = prints(&["id", "a", "b", "ts"], &["1", "x", "y", "t1"], None);
+        let b = prints(&["b", "ts", "id", "a"], &["y", "t2", "1", "x"], None);
+        assert_eq!(a, b);
+        let c = prints(&["id", "a", "b", "ts"], &["1", "x", "z", "t1"], None);
+        assert_eq!(a.key, c.key);
+        assert_ne!(a.compare, c.compare);
+    }
+
+    #[test]
+    fn field_boundaries_matter() {
+        let a = prints(&["id", "a", "b"], &["1", "ab", "c"], None);
+        let b = prints(&["id", "a", "b"], &["1", "a", "bc"], None);
+        assert_ne!(a.compare, b.compare);
+        // swapping values between columns is a change
+        let c = prints(&["id", "a", "b"], &["1", "c", "ab"], None);
+        assert_ne!(a.compare, c.compare);
+    }
+
+    #[test]
+    fn composite_keys() {
+        let mut f = FeedConfig::new("f", &["j", "id"]);
+        f.ignore_columns.clear();
+        let plan = ColumnPlan::new(&hdr(&["id", "j", "v"]), &f, None).unwrap();
+        let mut fp = Fingerprinter::default();
+        let a = fp.prints(&plan, &rec(&["1", "ca", "v"]));
+        let b = fp.prints(&plan, &rec(&["1", "ny", "v"]));
+        assert_ne!(a.key, b.key);
+        assert_eq!(record_key(&plan, &rec(&["1", "ca", "v"])), "ca|1");
+        let plan2 = ColumnPlan::new(&hdr(&["v", "j", "id"]), &f, None).unwrap();
+        assert_eq!(fp.prints(&plan2, &rec(&["v", "ca", "1"])), a);
+    }
+
+    #[test]
+    fn added_column_is_not_a_change() {
+        let cols = ["id", "a", "ts"];
+        let base = ColumnPlan::new(&hdr(&cols), &feed(), None).unwrap();
+        let p0 = prints(&cols, &["1", "x", "t"], None);
+        let plan = ColumnPlan::new(
+            &hdr(&["id", "a", "new", "ts"]),
+            &feed(),
+            Some(&base.hashed_columns),
+        )
+        .unwrap();
+        assert_eq!(plan.added, vec!["new"]);
+        let p1 = Fingerprinter::default().prints(&plan, &rec(&["1", "x", "n", "t"]));
+        assert_eq!(p1.compare, p0.compare);
+        assert_ne!(p1.store, p0.store);
+        assert_eq!(plan.hashed_columns, vec!["a", "new"]);
+    }
+
+    #[test]
+    fn removed_compared_column_is_refused() {
+        let prev = hdr(&["a", "b"]);
+        let e = ColumnPlan::new(&hdr(&["id", "a"]), &feed(), Some(&prev)).unwrap_err();
+        assert_eq!(e, FileRejection::ComparedColumnsMissing(vec!["b".into()]));
+    }
+
+    #[test]
+    fn classification() {
+        let cols = ["id", "a"];
+        let p = |id: &str, a: &str| prints(&cols, &[id, a], None);
+        let s = snap(
+            vec![
+                (p("1", "x").key, p("1", "x").compare),
+                (p("2", "x").key, p("2", "x").compare),
+                (p("3", "x").key, p("3", "x").compare),
+            ],
+            hdr(&["a"]),
+        );
+        let mut d = Differ::new(Some(&s), 0);
+        assert_eq!(d.classify(p("1", "x")), Class::Unchanged);
+        assert_eq!(
+            d.classify(p("2", "y")),
+            Class::Changed {
+                previous: p("2", "x").compare
+            }
+        );
+        assert_eq!(d.classify(p("4", "x")), Class::New);
+        assert_eq!(d.classify(p("4", "z")), Class::Duplicate);
+        assert_eq!(d.classify(p("1", "q")), Class::Duplicate);
+        let (entries, c) = d.finish();
+        assert_eq!(
+            c,
+            DiffCounts {
+                new: 1,
+                changed: 1,
+                unchanged: 1,
+                removed: 1,
+                duplicate: 2
+            }
+        );
+        assert_eq!(entries.len(), 3);
+        assert!(entries.contains(&(p("4", "x").key, p("4", "x").store)));
+        assert!(entries.contains(&(p("1", "x").key, p("1", "x").store)));
+    }
+
+    #[test]
+    fn no_snapshot_everything_new() {
+        let cols = ["id", "a"];
+        let mut d = Differ::new(None, 2);
+        assert_eq!(d.classify(prints(&cols, &["1", "x"], None)), Class::New);
+        assert_eq!(d.classify(prints(&cols, &["2", "x"], None)), Class::New);
+        let (_, c) = d.finish();
+        assert_eq!(c.new, 2);
+        assert_eq!(c.removed, 0);
+    }
+}

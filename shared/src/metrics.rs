@@ -1,0 +1,40 @@
+//! CloudWatch metrics as Embedded Metric Format lines on stdout (no API calls, no row values).
+
+use crate::report::RunReport;
+
+/// One EMF document per run: counts by feed and status.
+pub fn emit_run(report: &RunReport) {
+    let c = &report.counts;
+    let doc = serde_json::json!({
+        "_aws": {
+            "Timestamp": chrono::Utc::now().timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": "casefeed",
+                "Dimensions": [["feed"], ["feed", "status"]],
+                "Metrics": [
+                    {"Name": "RowsRead", "Unit": "Count"},
+                    {"Name": "RowsNew", "Unit": "Count"},
+                    {"Name": "RowsChanged", "Unit": "Count"},
+                    {"Name": "RowsRemoved", "Unit": "Count"},
+                    {"Name": "RowsRejected", "Unit": "Count"},
+                    {"Name": "RowsDuplicate", "Unit": "Count"},
+                    {"Name": "MessagesSent", "Unit": "Count"},
+                    {"Name": "RunMillis", "Unit": "Milliseconds"}
+                ]
+            }]
+        },
+        "feed": report.feed,
+        "status": format!("{:?}", report.status).to_lowercase(),
+        "RowsRead": c.read,
+        "RowsNew": c.new,
+        "RowsChanged": c.changed,
+        "RowsRemoved": c.removed,
+        "RowsRejected": c.rejected,
+        "RowsDuplicate": c.duplicate,
+        "MessagesSent": c.sent,
+        "RunMillis": report.timings.total_ms,
+    });
+    if std::env::var_os("CASEFEED_NO_METRICS").is_none() {
+        println!("{doc}");
+    }
+}

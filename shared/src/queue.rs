@@ -1,0 +1,478 @@
+//! Fan-out to SQS: batches of up to 10 messages (and at most 1 MiB together), several
+//! SendMessageBatch calls in flight, every failed entry retried with backoff. A row SQS
+//! refuses for good (too large, sender fault) is reported back as rejected; anything that
+//! cannot be sent after retries fails the run so Lambda retries the file.
+
+use crate::backoff::Backoff;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// SQS limits.
+pub const MAX_BATCH_ENTRIES: usize = 10;
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// One row ready to go.
+#[derive(Debug, Clone)]
+pub struct OutMessage {
+    pub body: String,
+    pub attributes: Vec<(&'static str, String)>,
+    /// Where the row came from, to report a refusal.
+    pub line: u64,
+    pub key_fp: u64,
+}
+
+impl OutMessage {
+    /// Size as SQS counts it: body plus attribute names, types and values.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(n, v)| n.len() + "String".len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// One entry of a batch that was not accepted.
+#[derive(Debug, Clone)]
+pub struct EntryFailure {
+    /// Index within the batch that was sent.
+    pub index: usize,
+    pub code: String,
+    /// SQS says the request itself is wrong: retrying will not help.
+    pub sender_fault: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("SQS {op} failed: {message}")]
+    Service {
+        op: &'static str,
+        message: String,
+        retryable: bool,
+    },
+}
+
+impl QueueError {
+    pub fn retryable(&self) -> bool {
+        match self {
+            QueueError::Service { retryable, .. } => *retryable,
+        }
+    }
+}
+
+pub trait MessageQueue: Send + Sync + Clone + 'static {
+    /// Send up to 10 messages; returns the entries that failed.
+    fn send_batch(
+        &self,
+        messages: &[OutMessage],
+    ) -> impl Future<Output = Result<Vec<EntryFailure>, QueueError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{count} message(s) could not be sent after {attempts} attempts (last error: {last})")]
+    Exhausted {
+        count: usize,
+        attempts: u32,
+        last: String,
+    },
+    #[error("the sender task failed: {0}")]
+    Task(String),
+}
+
+/// A row SQS would not take.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub line: u64,
+    pub key_fp: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SendStats {
+    pub sent: u64,
+    pub calls: u64,
+    pub retried_entries: u64,
+    pub refused: Vec<Refused>,
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SenderSettings {
+    pub concurrency: usize,
+    pub max_message_bytes: usize,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
+impl Default for SenderSettings {
+    fn default() -> Self {
+        SenderSettings {
+            concurrency: 8,
+            max_message_bytes: 1024 * 1024,
+            max_attempts: 8,
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
+        }
+    }
+}
+
+struct BatchResult {
+    sent: u64,
+    retried: u64,
+    refused: Vec<Refused>,
+}
+
+async fn send_one_batch<Q: MessageQueue>(
+    queue: Q,
+    mut batch: Vec<OutMessage>,
+    settings: SenderSettings,
+) -> Result<BatchResult, SendError> {
+    let mut result = BatchResult {
+        sent: 0,
+        retried: 0,
+        refused: Vec::new(),
+    };
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let outcome = queue.send_batch(&batch).await;
+        let failures = match outcome {
+            Ok(f) => f,
+            Err(e) => {
+                if !e.retryable() || attempt >= settings.max_attempts {
+                    return Err(SendError::Exhausted {
+                        count: batch.len(),
+                        attempts: attempt,
+                        last: e.to_string(),
+                    });
+                }
+                tokio::time::sleep(settings.backoff.delay(attempt)).await;
+                continue;
+            }
+        };
+        let mut retry = Vec::new();
+        let mut last = String::new();
+        let mut failed_idx = vec![false; batch.len()];
+        for f in &failures {
+            if f.index < batch.len() {
+                failed_idx[f.index] = true;
+            }
+        }
+        result.sent += failed_idx.iter().filter(|f| !**f).count() as u64;
+        let mut msgs: Vec<Option<OutMessage>> = batch.into_iter().map(Some).collect();
+        for f in failures {
+            let Some(m) = msgs.get_mut(f.index).and_then(Option::take) else {
+                continue;
+            };
+            if f.sender_fault {
+                result.refused.push(Refused {
+                    line: m.line,
+                    key_fp: m.key_fp,
+                    reason: format!("SQS refused the message: {}", f.code),
+                });
+            } else {
+                last = f.code.clone();
+                retry.push(m);
+            }
+        }
+        if retry.is_empty() {
+            return Ok(result);
+        }
+        if attempt >= settings.max_attempts {
+            return Err(SendError::Exhausted {
+                count: retry.len(),
+                attempts: attempt,
+                last,
+            });
+        }
+        result.retried += retry.len() as u64;
+        batch = retry;
+        tokio::time::sleep(settings.backoff.delay(attempt)).await;
+    }
+}
+
+/// Drain `rx` into SendMessageBatch calls, at most `settings.concurrency` in flight.
+pub async fn run_sender<Q: MessageQueue>(
+    queue: Q,
+    mut rx: mpsc::Receiver<OutMessage>,
+    settings: SenderSettings,
+) -> Result<SendStats, SendError> {
+    let mut stats = SendStats::default();
+    let mut inflight: JoinSet<Result<BatchResult, SendError>> = JoinSet::new();
+    let mut batch: Vec<OutMessage> = Vec::with_capacity(MAX_BATCH_ENTRIES);
+    let mut batch_bytes = 0usize;
+    let concurrency = settings.concurrency.max(1);
+
+    let absorb = |stats: &mut SendStats,
+                  r: Result<Result<BatchResult, SendError>, tokio::task::JoinError>|
+     -> Result<(), SendError> {
+        let r = r.map_err(|e| SendError::Task(e.to_string()))??;
+        stats.sent += r.sent;
+        stats.retried_entries += r.retried;
+        stats.refused.extend(r.refused);
+        Ok(())
+    };
+
+    loop {
+        let next = rx.recv().await;
+        let flush = match &next {
+            None => !batch.is_empty(),
+            Some(m) => {
+                batch.len() == MAX_BATCH_ENTRIES || batch_bytes + m.size() > MAX_BATCH_BYTES
+            }
+        };
+        if flush {
+            while inflight.len() >= concurrency {
+                if let Some(r) = inflight.join_next().await {
+                    absorb(&mut stats, r)?;
+                }
+            }
+            let b = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH_ENTRIES));
+            batch_bytes = 0;
+            stats.calls += 1;
+            inflight.spawn(send_one_batch(queue.clone(), b, settings.clone()));
+            stats.max_in_flight = stats.max_in_flight.max(inflight.len());
+        }
+        match next {
+            None => break,
+            Some(m) => {
+                let size = m.size();
+                if size > settings.max_message_bytes {
+                    stats.refused.push(Refused {
+                        line: m.line,
+                        key_fp: m.key_fp,
+                        reason: format!(
+                            "row is too large for one SQS message ({size} bytes, limit {})",
+                            settings.max_message_bytes
+                        ),
+                    });
+                    continue;
+                }
+                batch_bytes += size;
+                batch.push(m);
+            }
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        absorb(&mut stats, r)?;
+    }
+    Ok(stats)
+}
+
+/// The SQS adapter.
+#[derive(Clone)]
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl SqsQueue {
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        SqsQueue {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+}
+
+impl MessageQueue for SqsQueue {
+    async fn send_batch(&self, messages: &[OutMessage]) -> Result<Vec<EntryFailure>, QueueError> {
+        use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+        let mut entries = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            let mut e = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(&m.body);
+            for (name, value) in &m.attributes {
+                let v = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build()
+                    .map_err(|e| QueueError::Service {
+                        op: "SendMessageBatch",
+                        message: format!("building attribute {name}: {e}"),
+                        retryable: false,
+                    })?;
+                e = e.message_attributes(*name, v);
+            }
+            entries.push(e.build().map_err(|e| QueueError::Service {
+                op: "SendMessageBatch",
+                message: format!("building entry: {e}"),
+                retryable: false,
+            })?);
+        }
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| {
+                use aws_sdk_sqs::error::ProvideErrorMetadata;
+                let (message, retryable) = match &e {
+                    aws_sdk_sqs::error::SdkError::ServiceError(se) => {
+                        let code = se.err().code().unwrap_or("unknown").to_string();
+                        let permanent = matches!(
+                            code.as_str(),
+                            "AWS.SimpleQueueService.NonExistentQueue"
+                                | "QueueDoesNotExist"
+                                | "InvalidAddress"
+                                | "AWS.SimpleQueueService.BatchRequestTooLong"
+                                | "BatchRequestTooLong"
+                        );
+                        (
+                            format!("{code}: {}", se.err().message().unwrap_or("")),
+                            !permanent,
+                        )
+                    }
+                    other => (format!("{other}"), true),
+                };
+                QueueError::Service {
+                    op: "SendMessageBatch",
+                    message,
+                    retryable,
+                }
+            })?;
+        Ok(out
+            .failed()
+            .iter()
+            .map(|f| EntryFailure {
+                index: f.id().parse().unwrap_or(usize::MAX),
+                code: f.code().to_string(),
+                sender_fault: f.sender_fault(),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct FakeQueue {
+        got: Arc<Mutex<Vec<String>>>,
+        calls: Arc<AtomicUsize>,
+        inflight: Arc<AtomicUsize>,
+        peak: Arc<AtomicUsize>,
+        /// fail every entry whose body contains this, this many times
+        flaky: Arc<Mutex<(String, usize)>>,
+        refuse: Option<String>,
+    }
+
+    impl MessageQueue for FakeQueue {
+        async fn send_batch(&self, messages: &[OutMessage]) -> Result<Vec<EntryFailure>, QueueError> {
+            assert!(messages.len() <= MAX_BATCH_ENTRIES);
+            assert!(messages.iter().map(|m| m.size()).sum::<usize>() <= MAX_BATCH_BYTES);
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let mut fails = vec![];
+            for (i, m) in messages.iter().enumerate() {
+                let mut fl = self.flaky.lock().unwrap();
+                if !fl.0.is_empty() && m.body.contains(&fl.0) && fl.1 > 0 {
+                    fl.1 -= 1;
+                    fails.push(EntryFailure { index: i, code: "InternalError".into(), sender_fault: false });
+                    continue;
+                }
+                if self.refuse.as_deref().is_some_and(|r| m.body.contains(r)) {
+                    fails.push(EntryFailure { index: i, code: "InvalidMessageContents".into(), sender_fault: true });
+                    continue;
+                }
+                self.got.lock().unwrap().push(m.body.clone());
+            }
+            self.inflight.fetch_sub(1, Ordering::SeqCst);
+            Ok(fails)
+        }
+    }
+
+    fn msg(i: usize, size: usize) -> OutMessage {
+        OutMessage {
+            body: format!("m{i:05}-{}", "x".repeat(size)),
+            attributes: vec![("feed", "f".into())],
+            line: i as u64 + 2,
+            key_fp: i as u64,
+        }
+    }
+
+    fn fast() -> SenderSettings {
+        SenderSettings {
+            concurrency: 3,
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
+            ..Default::default()
+        }
+    }
+
+    async fn drive(q: FakeQueue, msgs: Vec<OutMessage>, s: SenderSettings) -> Result<SendStats, SendError> {
+        let (tx, rx) = mpsc::channel(16);
+        let h = tokio::spawn(run_sender(q, rx, s));
+        for m in msgs {
+            tx.send(m).await.unwrap();
+        }
+        drop(tx);
+        h.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn batches_of_ten_with_bounded_concurrency() {
+        let q = FakeQueue::default();
+        let stats = drive(q.clone(), (0..95).map(|i| msg(i, 10)).collect(), fast()).await.unwrap();
+        assert_eq!(stats.sent, 95);
+        assert_eq!(stats.calls, 10, "ceil(95/10) calls");
+        assert_eq!(q.calls.load(Ordering::SeqCst), 10);
+        assert!(q.peak.load(Ordering::SeqCst) <= 3);
+        let mut got = q.got.lock().unwrap().clone();
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 95);
+    }
+
+    #[tokio::test]
+    async fn batches_respect_total_size() {
+        let q = FakeQueue::default();
+        let stats = drive(q.clone(), (0..6).map(|i| msg(i, 300 * 1024)).collect(), fast()).await.unwrap();
+        assert_eq!(stats.sent, 6);
+        assert_eq!(stats.calls, 2, "three 300 KiB messages per 1 MiB batch");
+    }
+
+    #[tokio::test]
+    async fn failed_entries_are_retried() {
+        let q = FakeQueue::default();
+        *q.flaky.lock().unwrap() = ("m00007".into(), 3);
+        let stats = drive(q.clone(), (0..20).map(|i| msg(i, 1)).collect(), fast()).await.unwrap();
+        assert_eq!(stats.sent, 20);
+        assert_eq!(stats.retried_entries, 3);
+        assert_eq!(q.got.lock().unwrap().len(), 20);
+    }
+
+    #[tokio::test]
+    async fn exhausted_retries_fail_the_run() {
+        let q = FakeQueue::default();
+        *q.flaky.lock().unwrap() = ("m00003".into(), 1000);
+        let mut s = fast();
+        s.max_attempts = 4;
+        let e = drive(q, (0..10).map(|i| msg(i, 1)).collect(), s).await.unwrap_err();
+        assert!(matches!(e, SendError::Exhausted { count: 1, attempts: 4, .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn oversized_and_refused_rows_are_reported() {
+        let q = FakeQueue { refuse: Some("m00002".into()), ..Default::default() };
+        let mut s = fast();
+        s.max_message_bytes = 1000;
+        let mut msgs: Vec<OutMessage> = (0..5).map(|i| msg(i, 1)).collect();
+        msgs.push(msg(9, 2000));
+        let stats = drive(q, msgs, s).await.unwrap();
+        assert_eq!(stats.sent, 4);
+        assert_eq!(stats.refused.len(), 2);
+        assert!(stats.refused.iter().any(|r| r.line == 11 && r.reason.contains("too large")));
+        assert!(stats.refused.iter().any(|r| r.line == 4 && r.reason.contains("InvalidMessageContents")));
+    }
+}

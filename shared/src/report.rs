@@ -1,0 +1,99 @@
+//! The run report: one JSON document per processed file under `runs/<feed>/`.
+
+use crate::diff::DiffCounts;
+use crate::snapshot::SourceObject;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// New/changed rows were sent and the state committed.
+    Applied,
+    /// First file of the feed: the state was set, nothing sent.
+    Baseline,
+    /// The state already came from this object: nothing to do.
+    Noop,
+    /// The object is older than the state's source: ignored.
+    Stale,
+    /// The whole file was refused; the state did not move.
+    Rejected,
+    /// The run failed (it will be retried by Lambda or needs an operator).
+    Failed,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Data rows read (accepted or rejected).
+    pub read: u64,
+    pub new: u64,
+    pub changed: u64,
+    pub removed: u64,
+    pub unchanged: u64,
+    pub duplicate: u64,
+    /// Rows refused (unparseable, invalid, or refused by SQS), listed in the rejects report.
+    pub rejected: u64,
+    /// Messages accepted by SQS.
+    pub sent: u64,
+}
+
+impl Counts {
+    pub fn add_diff(&mut self, d: DiffCounts) {
+        self.new = d.new;
+        self.changed = d.changed;
+        self.removed = d.removed;
+        self.unchanged = d.unchanged;
+        self.duplicate = d.duplicate;
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaReport {
+    pub columns: Vec<String>,
+    pub hashed_columns: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    pub read_state_ms: u64,
+    pub diff_and_send_ms: u64,
+    pub commit_ms: u64,
+    pub total_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub v: u32,
+    pub feed: String,
+    pub run: String,
+    pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub source: SourceObject,
+    /// The snapshot's source before this run, if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<SourceObject>,
+    pub counts: Counts,
+    #[serde(default)]
+    pub schema: SchemaReport,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejects_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_etag: Option<String>,
+    pub send_calls: u64,
+    pub commit_attempts: u32,
+    pub started_at: String,
+    pub finished_at: String,
+    pub timings: Timings,
+}
+
+pub fn run_report_key(feed: &str, run: &str) -> String {
+    format!("runs/{feed}/{run}.json")
+}
+pub fn rejects_key(feed: &str, run: &str) -> String {
+    format!("rejects/{feed}/{run}.jsonl")
+}
+pub fn snapshot_key(feed: &str) -> String {
+    format!("state/{feed}/snapshot")
+}

@@ -1,0 +1,158 @@
+//! The S3 adapter of [`ObjectStore`].
+
+use crate::store::{Fetched, ObjectMeta, ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client) -> Self {
+        S3Store { client }
+    }
+
+    /// Build the client once per container. `AWS_ENDPOINT_URL` (local stacks) is honoured by
+    /// the SDK; path-style addressing is forced when an endpoint is set, as emulators need.
+    pub fn from_conf(conf: &aws_config::SdkConfig) -> Self {
+        let mut b = aws_sdk_s3::config::Builder::from(conf);
+        if conf.endpoint_url().is_some() {
+            b = b.force_path_style(true);
+        }
+        S3Store {
+            client: aws_sdk_s3::Client::from_conf(b.build()),
+        }
+    }
+
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+}
+
+fn status<E, R: HasStatus>(e: &SdkError<E, R>) -> Option<u16> {
+    e.raw_response().map(|r| r.status_code())
+}
+
+trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+impl HasStatus for aws_smithy_runtime_api::http::Response {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+    op: &'static str,
+    bucket: &str,
+    key: &str,
+    e: SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> StoreError {
+    match status(&e) {
+        Some(404) => StoreError::NotFound {
+            bucket: bucket.into(),
+            key: key.into(),
+        },
+        Some(412) | Some(409) => StoreError::PreconditionFailed,
+        Some(403) => StoreError::Denied {
+            bucket: bucket.into(),
+            key: key.into(),
+        },
+        _ => {
+            let message = match &e {
+                SdkError::ServiceError(se) => {
+                    let err = se.err();
+                    format!(
+                        "{}: {}",
+                        err.code().unwrap_or("unknown"),
+                        err.message().unwrap_or("")
+                    )
+                }
+                SdkError::TimeoutError(_) => "timeout".into(),
+                SdkError::DispatchFailure(d) => format!("dispatch failure: {d:?}"),
+                other => format!("{other}"),
+            };
+            StoreError::Service { op, message }
+        }
+    }
+}
+
+fn fmt_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<String> {
+    t.and_then(|t| t.fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime).ok())
+}
+
+impl ObjectStore for S3Store {
+    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
+        let out = match self.client.get_object().bucket(bucket).key(key).send().await {
+            Ok(o) => o,
+            Err(e) => {
+                return match classify("GetObject", bucket, key, e) {
+                    StoreError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                }
+            }
+        };
+        let etag = out.e_tag().map(str::to_string);
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Body(e.to_string()))?
+            .into_bytes()
+            .to_vec();
+        Ok(Some(Fetched { bytes, etag }))
+    }
+
+    async fn open(&self, bucket: &str, key: &str, spec: &OpenSpec) -> Result<OpenObject, StoreError> {
+        let mut req = self.client.get_object().bucket(bucket).key(key);
+        if let Some(v) = &spec.version_id {
+            req = req.version_id(v);
+        }
+        if let Some(m) = &spec.if_match {
+            req = req.if_match(m);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify("GetObject", bucket, key, e))?;
+        let meta = ObjectMeta {
+            etag: out.e_tag().map(str::to_string),
+            version_id: out.version_id().map(str::to_string),
+            last_modified: fmt_time(out.last_modified()),
+            size: out.content_length().and_then(|n| u64::try_from(n).ok()),
+        };
+        Ok(OpenObject {
+            meta,
+            body: Box::pin(out.body.into_async_read()),
+        })
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        cond: PutCondition,
+    ) -> Result<Option<String>, StoreError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body));
+        match cond {
+            PutCondition::None => {}
+            PutCondition::IfAbsent => req = req.if_none_match("*"),
+            PutCondition::IfMatch(etag) => req = req.if_match(etag),
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify("PutObject", bucket, key, e))?;
+        Ok(out.e_tag().map(str::to_string))
+    }
+}

@@ -1,0 +1,388 @@
+//! The feed's fingerprint snapshot: what the last accepted file contained, in ~16 bytes a row.
+//!
+//! Layout (all integers little-endian):
+//! ```text
+//! "CFSNAP" 0x00 0x01          8 bytes: magic + format version
+//! header_len: u32             length of the JSON header that follows
+//! header: JSON                SnapshotHeader (feed, hashed columns, source object, row count)
+//! row_count: u64
+//! row_count × { key_fp: u64, content_fp: u64 }   sorted by key_fp, unique
+//! checksum: u64               xxh3-64 of every byte before it
+//! ```
+//! A file that is truncated, has a wrong magic/version/checksum, or belongs to another feed
+//! is an error: it is never treated as empty.
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+pub const MAGIC: &[u8; 8] = b"CFSNAP\x00\x01";
+pub const FORMAT_VERSION: u32 = 1;
+const MAX_HEADER_LEN: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("snapshot is not a casefeed snapshot (bad magic or unsupported format version)")]
+    BadMagic,
+    #[error("snapshot is truncated ({0})")]
+    Truncated(&'static str),
+    #[error("snapshot checksum mismatch: the object is corrupt")]
+    Checksum,
+    #[error("snapshot header is unreadable: {0}")]
+    Header(String),
+    #[error("snapshot belongs to feed `{found}`, expected `{expected}`")]
+    ForeignFeed { expected: String, found: String },
+    #[error("snapshot entries are not sorted and unique")]
+    Unsorted,
+    #[error("snapshot row count {header} does not match {entries} entries")]
+    Count { header: u64, entries: u64 },
+}
+
+/// Identity of the S3 object a snapshot (or a run) came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SourceObject {
+    pub bucket: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    /// RFC 3339, as S3 reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+    /// The S3 event's sequencer (hex); orders events for the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequencer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+fn norm_etag(e: &str) -> &str {
+    e.trim_matches('"')
+}
+
+impl SourceObject {
+    /// Same object content: same key and the same ETag (or version id when both have one).
+    pub fn same_object(&self, other: &SourceObject) -> bool {
+        if self.bucket != other.bucket || self.key != other.key {
+            return false;
+        }
+        if let (Some(a), Some(b)) = (&self.version_id, &other.version_id) {
+            return a == b;
+        }
+        match (&self.etag, &other.etag) {
+            (Some(a), Some(b)) => norm_etag(a) == norm_etag(b),
+            _ => false,
+        }
+    }
+}
+
+/// Compare two S3 sequencers (hex strings of possibly different lengths), per AWS guidance:
+/// right-pad the shorter with zeros, then compare as hex.
+pub fn cmp_sequencer(a: &str, b: &str) -> std::cmp::Ordering {
+    let n = a.len().max(b.len());
+    let pa = format!("{:0<n$}", a.to_ascii_uppercase());
+    let pb = format!("{:0<n$}", b.to_ascii_uppercase());
+    pa.cmp(&pb)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub format: u32,
+    pub feed: String,
+    pub key_columns: Vec<String>,
+    /// The columns whose values make up each content fingerprint, sorted by name.
+    pub hashed_columns: Vec<String>,
+    pub source: SourceObject,
+    pub row_count: u64,
+    pub created_at: String,
+    /// The run that produced this snapshot.
+    pub run: String,
+}
+
+/// A loaded snapshot with a radix index over the top 16 bits of the key fingerprints.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub header: SnapshotHeader,
+    keys: Vec<u64>,
+    contents: Vec<u64>,
+    index: Vec<u32>,
+}
+
+const INDEX_BITS: u32 = 16;
+
+fn build_index(keys: &[u64]) -> Vec<u32> {
+    let buckets = 1usize << INDEX_BITS;
+    let mut index = vec![0u32; buckets + 1];
+    // counts, then prefix sums: index[b] = first position whose top bits >= b
+    for k in keys {
+        index[(k >> (64 - INDEX_BITS)) as usize + 1] += 1;
+    }
+    for b in 0..buckets {
+        index[b + 1] += index[b];
+    }
+    index
+}
+
+impl Snapshot {
+    /// Build from entries (any order); duplicates by key keep the first occurrence.
+    pub fn from_entries(header: SnapshotHeader, mut entries: Vec<(u64, u64)>) -> Snapshot {
+        entries.sort_by_key(|e| e.0); // stable: the first occurrence of a key stays first
+        entries.dedup_by_key(|e| e.0);
+        let mut header = header;
+        header.row_count = entries.len() as u64;
+        let keys: Vec<u64> = entries.iter().map(|e| e.0).collect();
+        let contents: Vec<u64> = entries.iter().map(|e| e.1).collect();
+        let index = build_index(&keys);
+        Snapshot {
+            header,
+            keys,
+            contents,
+            index,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Position of a key fingerprint, if present.
+    #[inline]
+    pub fn position(&self, key: u64) -> Option<usize> {
+        let b = (key >> (64 - INDEX_BITS)) as usize;
+        let lo = self.index[b] as usize;
+        let hi = self.index[b + 1] as usize;
+        let slice = &self.keys[lo..hi];
+        slice.binary_search(&key).ok().map(|i| lo + i)
+    }
+
+    #[inline]
+    pub fn content_at(&self, pos: usize) -> u64 {
+        self.contents[pos]
+    }
+
+    pub fn get(&self, key: u64) -> Option<u64> {
+        self.position(key).map(|p| self.contents[p])
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.keys.iter().copied().zip(self.contents.iter().copied())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let header = serde_json::to_vec(&self.header).unwrap_or_default();
+        let mut out = Vec::with_capacity(8 + 4 + header.len() + 8 + self.keys.len() * 16 + 8);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
+        for (k, c) in self.keys.iter().zip(&self.contents) {
+            out.extend_from_slice(&k.to_le_bytes());
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        let sum = xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Decode and verify. `expected_feed` guards against reading another feed's state.
+    pub fn decode(bytes: &[u8], expected_feed: Option<&str>) -> Result<Snapshot, SnapshotError> {
+        if bytes.len() < 8 || &bytes[..8] != MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        if bytes.len() < 8 + 4 + 8 + 8 {
+            return Err(SnapshotError::Truncated("shorter than the fixed fields"));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 8);
+        let mut sum_b = [0u8; 8];
+        sum_b.copy_from_slice(sum);
+        if xxh3_64(body) != u64::from_le_bytes(sum_b) {
+            return Err(SnapshotError::Checksum);
+        }
+        let read_u32 = |at: usize| -> Result<u32, SnapshotError> {
+            let s = body
+                .get(at..at + 4)
+                .ok_or(SnapshotError::Truncated("header length"))?;
+            let mut b = [0u8; 4];
+            b.copy_from_slice(s);
+            Ok(u32::from_le_bytes(b))
+        };
+        let read_u64 = |at: usize| -> Result<u64, SnapshotError> {
+            let s = body
+                .get(at..at + 8)
+                .ok_or(SnapshotError::Truncated("u64 field"))?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(s);
+            Ok(u64::from_le_bytes(b))
+        };
+        let hlen = read_u32(8)? as usize;
+        if hlen > MAX_HEADER_LEN {
+            return Err(SnapshotError::Header("header length is implausible".into()));
+        }
+        let hjson = body
+            .get(12..12 + hlen)
+            .ok_or(SnapshotError::Truncated("header"))?;
+        let header: SnapshotHeader =
+            serde_json::from_slice(hjson).map_err(|e| SnapshotError::Header(e.to_string()))?;
+        if header.format != FORMAT_VERSION {
+            return Err(SnapshotError::BadMagic);
+        }
+        if let Some(feed) = expected_feed {
+            if header.feed != feed {
+                return Err(SnapshotError::ForeignFeed {
+                    expected: feed.to_string(),
+                    found: header.feed.clone(),
+                });
+            }
+        }
+        let count_at = 12 + hlen;
+        let count = read_u64(count_at)?;
+        let entries_at = count_at + 8;
+        let entries_bytes = &body[entries_at.min(body.len())..];
+        if entries_bytes.len() % 16 != 0 {
+            return Err(SnapshotError::Truncated("entries"));
+        }
+        let n = (entries_bytes.len() / 16) as u64;
+        if n != count || header.row_count != count {
+            return Err(SnapshotError::Count {
+                header: header.row_count,
+                entries: n,
+            });
+        }
+        let mut keys = Vec::with_capacity(n as usize);
+        let mut contents = Vec::with_capacity(n as usize);
+        for ch in entries_bytes.chunks_exact(16) {
+            let mut k = [0u8; 8];
+            let mut c = [0u8; 8];
+            k.copy_from_slice(&ch[..8]);
+            c.copy_from_slice(&ch[8..]);
+            keys.push(u64::from_le_bytes(k));
+            contents.push(u64::from_le_bytes(c));
+        }
+        if keys.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(SnapshotError::Unsorted);
+        }
+        let index = build_index(&keys);
+        Ok(Snapshot {
+            header,
+            keys,
+            contents,
+            index,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(feed: &str) -> SnapshotHeader {
+        SnapshotHeader {
+            format: FORMAT_VERSION,
+            feed: feed.into(),
+            key_columns: vec!["id".into()],
+            hashed_columns: vec!["a".into(), "b".into()],
+            source: SourceObject {
+                bucket: "b".into(),
+                key: "incoming/f/x.csv".into(),
+                etag: Some("\"abc\"".into()),
+                ..Default::default()
+            },
+            row_count: 0,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            run: "r1".into(),
+        }
+    }
+
+    fn sample(n: u64) -> Snapshot {
+        let entries = (0..n)
+            .map(|i| {
+                (
+                    xxh3_64(&i.to_le_bytes()),
+                    xxh3_64(&(i * 7 + 1).to_le_bytes()),
+                )
+            })
+            .collect();
+        Snapshot::from_entries(header("f"), entries)
+    }
+
+    #[test]
+    fn round_trip_and_lookup() {
+        let s = sample(10_000);
+        let bytes = s.encode();
+        assert_eq!(bytes.len(), 8 + 4 + serde_json::to_vec(&s.header).unwrap().len() + 8 + 16 * 10_000 + 8);
+        let d = Snapshot::decode(&bytes, Some("f")).unwrap();
+        assert_eq!(d.header, s.header);
+        assert_eq!(d.len(), 10_000);
+        for i in 0..10_000u64 {
+            let k = xxh3_64(&i.to_le_bytes());
+            assert_eq!(d.get(k), Some(xxh3_64(&(i * 7 + 1).to_le_bytes())));
+        }
+        assert_eq!(d.get(12345), None);
+        assert_eq!(d.get(0), None);
+        assert_eq!(d.get(u64::MAX), None);
+    }
+
+    #[test]
+    fn extreme_keys_and_empty() {
+        let s = Snapshot::from_entries(header("f"), vec![(u64::MAX, 1), (0, 2), (0, 3)]);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.get(0), Some(2), "first occurrence wins");
+        assert_eq!(s.get(u64::MAX), Some(1));
+        let e = Snapshot::from_entries(header("f"), vec![]);
+        let d = Snapshot::decode(&e.encode(), Some("f")).unwrap();
+        assert!(d.is_empty());
+        assert_eq!(d.get(5), None);
+    }
+
+    #[test]
+    fn corruption_is_an_error() {
+        let bytes = sample(100).encode();
+        // every single-byte flip is detected
+        for i in [0usize, 9, 20, bytes.len() / 2, bytes.len() - 9, bytes.len() - 1] {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(Snapshot::decode(&b, Some("f")).is_err(), "flip at {i} undetected");
+        }
+        // truncation
+        for cut in [0usize, 7, 12, 40, bytes.len() - 1] {
+            assert!(Snapshot::decode(&bytes[..cut], Some("f")).is_err(), "cut {cut}");
+        }
+        assert_eq!(Snapshot::decode(b"", None).unwrap_err(), SnapshotError::BadMagic);
+        assert_eq!(
+            Snapshot::decode(b"hello world, not a snapshot at all", None).unwrap_err(),
+            SnapshotError::BadMagic
+        );
+    }
+
+    #[test]
+    fn foreign_feed_is_an_error() {
+        let bytes = sample(3).encode();
+        assert!(matches!(
+            Snapshot::decode(&bytes, Some("other")),
+            Err(SnapshotError::ForeignFeed { .. })
+        ));
+    }
+
+    #[test]
+    fn same_object_and_sequencer() {
+        let a = SourceObject {
+            bucket: "b".into(),
+            key: "k".into(),
+            etag: Some("\"e1\"".into()),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        b.etag = Some("e1".into());
+        assert!(a.same_object(&b));
+        b.etag = Some("e2".into());
+        assert!(!a.same_object(&b));
+        use std::cmp::Ordering::*;
+        assert_eq!(cmp_sequencer("0055AED6DCD90281E5", "0055AED6DCD90281E6"), Less);
+        assert_eq!(cmp_sequencer("0055AED6DCD9028", "0055AED6DCD90281E5"), Less);
+        assert_eq!(cmp_sequencer("0A", "0A00"), Equal);
+    }
+}

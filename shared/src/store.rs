@@ -1,0 +1,209 @@
+//! Object storage behind a small trait: S3 in production, an in-memory store for unit tests
+//! and local tools.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncRead;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object s3://{bucket}/{key} does not exist")]
+    NotFound { bucket: String, key: String },
+    #[error("conditional write/read lost: the object changed (precondition failed)")]
+    PreconditionFailed,
+    #[error("access denied to s3://{bucket}/{key}: check the function's IAM policy")]
+    Denied { bucket: String, key: String },
+    #[error("S3 {op} failed: {message}")]
+    Service { op: &'static str, message: String },
+    #[error("reading the object body failed: {0}")]
+    Body(String),
+}
+
+impl StoreError {
+    /// Worth retrying (by Lambda or a retry loop). Precondition failures are handled by
+    /// the caller's own logic; NotFound is an answer, not a failure.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Service { .. } | StoreError::Body(_) | StoreError::Denied { .. }
+        )
+    }
+}
+
+/// Metadata of an object being read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+    /// RFC 3339
+    pub last_modified: Option<String>,
+    pub size: Option<u64>,
+}
+
+pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
+
+/// An object opened for streaming.
+pub struct OpenObject {
+    pub meta: ObjectMeta,
+    pub body: BoxRead,
+}
+
+/// A whole (small) object.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub etag: Option<String>,
+}
+
+/// How a put is conditioned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutCondition {
+    None,
+    /// Create only: `If-None-Match: *`.
+    IfAbsent,
+    /// Replace only this version: `If-Match: <etag>`.
+    IfMatch(String),
+}
+
+/// Which version of an object to open.
+#[derive(Debug, Clone, Default)]
+pub struct OpenSpec {
+    pub version_id: Option<String>,
+    pub if_match: Option<String>,
+}
+
+pub trait ObjectStore: Send + Sync + Clone + 'static {
+    /// A whole small object, `None` if it does not exist.
+    fn get_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Fetched>, StoreError>> + Send;
+
+    /// Open an object for streaming.
+    fn open(
+        &self,
+        bucket: &str,
+        key: &str,
+        spec: &OpenSpec,
+    ) -> impl Future<Output = Result<OpenObject, StoreError>> + Send;
+
+    /// Write an object; returns its new ETag.
+    fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        cond: PutCondition,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+}
+
+/// In-memory store with S3's conditional-write semantics.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<HashMap<(String, String), (Vec<u8>, String)>>>,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Vec<u8>, String)>> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+    pub fn insert(&self, bucket: &str, key: &str, body: Vec<u8>) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let etag = format!("\"etag-{n}\"");
+        self.lock()
+            .insert((bucket.into(), key.into()), (body, etag.clone()));
+        etag
+    }
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        self.lock()
+            .get(&(bucket.to_string(), key.to_string()))
+            .map(|v| v.0.clone())
+    }
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let mut k: Vec<String> = self
+            .lock()
+            .keys()
+            .filter(|(_, k)| k.starts_with(prefix))
+            .map(|(_, k)| k.clone())
+            .collect();
+        k.sort();
+        k
+    }
+}
+
+impl ObjectStore for MemoryStore {
+    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
+        Ok(self
+            .lock()
+            .get(&(bucket.to_string(), key.to_string()))
+            .map(|(b, e)| Fetched {
+                bytes: b.clone(),
+                etag: Some(e.clone()),
+            }))
+    }
+
+    async fn open(&self, bucket: &str, key: &str, spec: &OpenSpec) -> Result<OpenObject, StoreError> {
+        let g = self.lock();
+        let (b, e) = g
+            .get(&(bucket.to_string(), key.to_string()))
+            .ok_or_else(|| StoreError::NotFound {
+                bucket: bucket.into(),
+                key: key.into(),
+            })?;
+        if let Some(m) = &spec.if_match {
+            if m.trim_matches('"') != e.trim_matches('"') {
+                return Err(StoreError::PreconditionFailed);
+            }
+        }
+        Ok(OpenObject {
+            meta: ObjectMeta {
+                etag: Some(e.clone()),
+                version_id: None,
+                last_modified: None,
+                size: Some(b.len() as u64),
+            },
+            body: Box::pin(std::io::Cursor::new(b.clone())),
+        })
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        _content_type: &str,
+        cond: PutCondition,
+    ) -> Result<Option<String>, StoreError> {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut g = self.lock();
+        let k = (bucket.to_string(), key.to_string());
+        match (&cond, g.get(&k)) {
+            (PutCondition::IfAbsent, Some(_)) => return Err(StoreError::PreconditionFailed),
+            (PutCondition::IfMatch(_), None) => return Err(StoreError::PreconditionFailed),
+            (PutCondition::IfMatch(want), Some((_, have)))
+                if want.trim_matches('"') != have.trim_matches('"') =>
+            {
+                return Err(StoreError::PreconditionFailed)
+            }
+            _ => {}
+        }
+        let etag = format!("\"etag-{n}\"");
+        g.insert(k, (body, etag.clone()));
+        Ok(Some(etag))
+    }
+}
