@@ -113,8 +113,7 @@ pub struct Config {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         && !s.starts_with('.')
 }
@@ -364,7 +363,9 @@ first_file = "send"
             "case_reports"
         );
         assert_eq!(
-            c.feed_for_key("incoming/lab_results/a.csv.gz").unwrap().name,
+            c.feed_for_key("incoming/lab_results/a.csv.gz")
+                .unwrap()
+                .name,
             "lab_results"
         );
         assert!(c.feed_for_key("incoming/unknown/a.csv").is_none());
@@ -382,9 +383,15 @@ first_file = "send"
         let e = Config::from_toml(bad).unwrap_err().to_string();
         assert!(e.contains("ignore_columns"), "{e}");
         let bad = "[[feed]]\nname = \"a/b\"\nkey_columns = [\"id\"]\n";
-        assert!(Config::from_toml(bad).unwrap_err().to_string().contains("name"));
+        assert!(Config::from_toml(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("name"));
         let dup = "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\n[[feed]]\nname=\"b\"\nprefix=\"a\"\nkey_columns=[\"id\"]\n";
-        assert!(Config::from_toml(dup).unwrap_err().to_string().contains("prefix"));
+        assert!(Config::from_toml(dup)
+            .unwrap_err()
+            .to_string()
+            .contains("prefix"));
         let typo = "[[feed]]\nname=\"a\"\nkey_column=[\"id\"]\n";
         assert!(Config::from_toml(typo).is_err());
         assert!(Config::from_toml("").is_err());

@@ -182,7 +182,9 @@ pub fn record_key(plan: &ColumnPlan, rec: &csv::ByteRecord) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
     New,
-    Changed { previous: u64 },
+    Changed {
+        previous: u64,
+    },
     Unchanged,
     /// The key already appeared earlier in this file; the first occurrence wins.
     Duplicate,

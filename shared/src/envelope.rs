@@ -90,15 +90,21 @@ impl Envelope {
         }
         let v: V = serde_json::from_str(body).map_err(|e| {
             // serde_json's messages cite positions, not the input: safe to report.
-            EnvelopeError::Undecodable(format!("{}", e.classify_str()))
+            EnvelopeError::Undecodable(e.classify_str().to_string())
         })?;
         match v.v {
             Some(1) => {}
             Some(other) => return Err(EnvelopeError::UnknownVersion(other)),
             None => return Err(EnvelopeError::Undecodable("no `v` field".into())),
         }
-        serde_json::from_str(body)
-            .map_err(|e| EnvelopeError::Undecodable(format!("{} at line {} column {}", e.classify_str(), e.line(), e.column())))
+        serde_json::from_str(body).map_err(|e| {
+            EnvelopeError::Undecodable(format!(
+                "{} at line {} column {}",
+                e.classify_str(),
+                e.line(),
+                e.column()
+            ))
+        })
     }
 }
 

@@ -10,6 +10,8 @@ pub struct ObjectEvent {
     pub sequencer: Option<String>,
     pub size: Option<u64>,
     pub event_name: Option<String>,
+    /// When S3 received the request (RFC 3339, millisecond precision).
+    pub event_time: Option<String>,
 }
 
 /// S3 event keys are URL-encoded form values: `+` is a space, `%XX` a byte.

@@ -16,4 +16,6 @@ pub mod rows;
 pub mod s3;
 pub mod snapshot;
 pub mod splitter;
+#[cfg(test)]
+mod splitter_tests;
 pub mod store;

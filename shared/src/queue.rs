@@ -220,9 +220,7 @@ pub async fn run_sender<Q: MessageQueue>(
         let next = rx.recv().await;
         let flush = match &next {
             None => !batch.is_empty(),
-            Some(m) => {
-                batch.len() == MAX_BATCH_ENTRIES || batch_bytes + m.size() > MAX_BATCH_BYTES
-            }
+            Some(m) => batch.len() == MAX_BATCH_ENTRIES || batch_bytes + m.size() > MAX_BATCH_BYTES,
         };
         if flush {
             while inflight.len() >= concurrency {
@@ -367,7 +365,10 @@ mod tests {
     }
 
     impl MessageQueue for FakeQueue {
-        async fn send_batch(&self, messages: &[OutMessage]) -> Result<Vec<EntryFailure>, QueueError> {
+        async fn send_batch(
+            &self,
+            messages: &[OutMessage],
+        ) -> Result<Vec<EntryFailure>, QueueError> {
             assert!(messages.len() <= MAX_BATCH_ENTRIES);
             assert!(messages.iter().map(|m| m.size()).sum::<usize>() <= MAX_BATCH_BYTES);
             self.calls.fetch_add(1, Ordering::SeqCst);
@@ -379,11 +380,19 @@ mod tests {
                 let mut fl = self.flaky.lock().unwrap();
                 if !fl.0.is_empty() && m.body.contains(&fl.0) && fl.1 > 0 {
                     fl.1 -= 1;
-                    fails.push(EntryFailure { index: i, code: "InternalError".into(), sender_fault: false });
+                    fails.push(EntryFailure {
+                        index: i,
+                        code: "InternalError".into(),
+                        sender_fault: false,
+                    });
                     continue;
                 }
                 if self.refuse.as_deref().is_some_and(|r| m.body.contains(r)) {
-                    fails.push(EntryFailure { index: i, code: "InvalidMessageContents".into(), sender_fault: true });
+                    fails.push(EntryFailure {
+                        index: i,
+                        code: "InvalidMessageContents".into(),
+                        sender_fault: true,
+                    });
                     continue;
                 }
                 self.got.lock().unwrap().push(m.body.clone());
@@ -410,7 +419,11 @@ mod tests {
         }
     }
 
-    async fn drive(q: FakeQueue, msgs: Vec<OutMessage>, s: SenderSettings) -> Result<SendStats, SendError> {
+    async fn drive(
+        q: FakeQueue,
+        msgs: Vec<OutMessage>,
+        s: SenderSettings,
+    ) -> Result<SendStats, SendError> {
         let (tx, rx) = mpsc::channel(16);
         let h = tokio::spawn(run_sender(q, rx, s));
         for m in msgs {
@@ -423,7 +436,9 @@ mod tests {
     #[tokio::test]
     async fn batches_of_ten_with_bounded_concurrency() {
         let q = FakeQueue::default();
-        let stats = drive(q.clone(), (0..95).map(|i| msg(i, 10)).collect(), fast()).await.unwrap();
+        let stats = drive(q.clone(), (0..95).map(|i| msg(i, 10)).collect(), fast())
+            .await
+            .unwrap();
         assert_eq!(stats.sent, 95);
         assert_eq!(stats.calls, 10, "ceil(95/10) calls");
         assert_eq!(q.calls.load(Ordering::SeqCst), 10);
@@ -437,7 +452,13 @@ mod tests {
     #[tokio::test]
     async fn batches_respect_total_size() {
         let q = FakeQueue::default();
-        let stats = drive(q.clone(), (0..6).map(|i| msg(i, 300 * 1024)).collect(), fast()).await.unwrap();
+        let stats = drive(
+            q.clone(),
+            (0..6).map(|i| msg(i, 300 * 1024)).collect(),
+            fast(),
+        )
+        .await
+        .unwrap();
         assert_eq!(stats.sent, 6);
         assert_eq!(stats.calls, 2, "three 300 KiB messages per 1 MiB batch");
     }
@@ -446,7 +467,9 @@ mod tests {
     async fn failed_entries_are_retried() {
         let q = FakeQueue::default();
         *q.flaky.lock().unwrap() = ("m00007".into(), 3);
-        let stats = drive(q.clone(), (0..20).map(|i| msg(i, 1)).collect(), fast()).await.unwrap();
+        let stats = drive(q.clone(), (0..20).map(|i| msg(i, 1)).collect(), fast())
+            .await
+            .unwrap();
         assert_eq!(stats.sent, 20);
         assert_eq!(stats.retried_entries, 3);
         assert_eq!(q.got.lock().unwrap().len(), 20);
@@ -458,13 +481,28 @@ mod tests {
         *q.flaky.lock().unwrap() = ("m00003".into(), 1000);
         let mut s = fast();
         s.max_attempts = 4;
-        let e = drive(q, (0..10).map(|i| msg(i, 1)).collect(), s).await.unwrap_err();
-        assert!(matches!(e, SendError::Exhausted { count: 1, attempts: 4, .. }), "{e}");
+        let e = drive(q, (0..10).map(|i| msg(i, 1)).collect(), s)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SendError::Exhausted {
+                    count: 1,
+                    attempts: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[tokio::test]
     async fn oversized_and_refused_rows_are_reported() {
-        let q = FakeQueue { refuse: Some("m00002".into()), ..Default::default() };
+        let q = FakeQueue {
+            refuse: Some("m00002".into()),
+            ..Default::default()
+        };
         let mut s = fast();
         s.max_message_bytes = 1000;
         let mut msgs: Vec<OutMessage> = (0..5).map(|i| msg(i, 1)).collect();
@@ -472,7 +510,13 @@ mod tests {
         let stats = drive(q, msgs, s).await.unwrap();
         assert_eq!(stats.sent, 4);
         assert_eq!(stats.refused.len(), 2);
-        assert!(stats.refused.iter().any(|r| r.line == 11 && r.reason.contains("too large")));
-        assert!(stats.refused.iter().any(|r| r.line == 4 && r.reason.contains("InvalidMessageContents")));
+        assert!(stats
+            .refused
+            .iter()
+            .any(|r| r.line == 11 && r.reason.contains("too large")));
+        assert!(stats
+            .refused
+            .iter()
+            .any(|r| r.line == 4 && r.reason.contains("InvalidMessageContents")));
     }
 }

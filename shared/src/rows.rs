@@ -98,7 +98,10 @@ pub struct RowReader<R: Read> {
 
 /// One outcome of [`RowReader::next_row`].
 pub enum Row<'a> {
-    Ok { line: u64, record: &'a csv::ByteRecord },
+    Ok {
+        line: u64,
+        record: &'a csv::ByteRecord,
+    },
     Rejected(Rejected),
 }
 
@@ -186,48 +189,46 @@ impl<R: Read> RowReader<R> {
         &mut self,
         record: &'a mut csv::ByteRecord,
     ) -> Result<Option<Row<'a>>, ReadError> {
-        loop {
-            if !self.rdr.read_byte_record(record).map_err(csv_io)? {
-                return Ok(None);
-            }
-            let line = record.position().map(|p| p.line()).unwrap_or(0) + self.line_offset;
-            // A blank line between rows: the csv crate yields nothing for it, but a line with
-            // only whitespace would be a 1-field record: reject it like any ragged row.
-            let n = record.len();
-            if n != self.header.len() {
-                let reason = format!(
-                    "ragged row: {n} field(s), the header has {}",
-                    self.header.len()
-                );
-                return Ok(Some(Row::Rejected(reject(line, reason, record))));
-            }
-            let size = record.as_slice().len() + n;
-            if size > self.max_row_bytes {
-                let reason = format!(
-                    "row is {size} bytes, over the feed's limit of {}",
-                    self.max_row_bytes
-                );
-                return Ok(Some(Row::Rejected(Rejected {
-                    line,
-                    reason,
-                    fields: Vec::new(),
-                })));
-            }
-            if std::str::from_utf8(record.as_slice()).is_err() {
-                let col = record
-                    .iter()
-                    .position(|f| std::str::from_utf8(f).is_err())
-                    .map(|i| self.header[i].as_str())
-                    .unwrap_or("?");
-                let reason = format!("invalid UTF-8 in column `{col}`");
-                return Ok(Some(Row::Rejected(reject(line, reason, record))));
-            }
-            if let Some(&i) = self.key_idx.iter().find(|&&i| record[i].is_empty()) {
-                let reason = format!("empty key column `{}`", self.header[i]);
-                return Ok(Some(Row::Rejected(reject(line, reason, record))));
-            }
-            return Ok(Some(Row::Ok { line, record }));
+        if !self.rdr.read_byte_record(record).map_err(csv_io)? {
+            return Ok(None);
         }
+        let line = record.position().map(|p| p.line()).unwrap_or(0) + self.line_offset;
+        // A blank line between rows: the csv crate yields nothing for it, but a line with
+        // only whitespace would be a 1-field record: reject it like any ragged row.
+        let n = record.len();
+        if n != self.header.len() {
+            let reason = format!(
+                "ragged row: {n} field(s), the header has {}",
+                self.header.len()
+            );
+            return Ok(Some(Row::Rejected(reject(line, reason, record))));
+        }
+        let size = record.as_slice().len() + n;
+        if size > self.max_row_bytes {
+            let reason = format!(
+                "row is {size} bytes, over the feed's limit of {}",
+                self.max_row_bytes
+            );
+            return Ok(Some(Row::Rejected(Rejected {
+                line,
+                reason,
+                fields: Vec::new(),
+            })));
+        }
+        if std::str::from_utf8(record.as_slice()).is_err() {
+            let col = record
+                .iter()
+                .position(|f| std::str::from_utf8(f).is_err())
+                .map(|i| self.header[i].as_str())
+                .unwrap_or("?");
+            let reason = format!("invalid UTF-8 in column `{col}`");
+            return Ok(Some(Row::Rejected(reject(line, reason, record))));
+        }
+        if let Some(&i) = self.key_idx.iter().find(|&&i| record[i].is_empty()) {
+            let reason = format!("empty key column `{}`", self.header[i]);
+            return Ok(Some(Row::Rejected(reject(line, reason, record))));
+        }
+        Ok(Some(Row::Ok { line, record }))
     }
 }
 
@@ -253,7 +254,9 @@ fn csv_io(e: csv::Error) -> ReadError {
 mod tests {
     use super::*;
 
-    fn rows(data: &[u8]) -> (Vec<String>, Vec<(u64, Vec<String>)>, Vec<Rejected>) {
+    type Parsed = (Vec<String>, Vec<(u64, Vec<String>)>, Vec<Rejected>);
+
+    fn rows(data: &[u8]) -> Parsed {
         let s = open_stream(std::io::Cursor::new(data.to_vec()), 64).unwrap();
         let mut r = RowReader::new(s, &["id".into()], &["id".into()], 100, 200).unwrap();
         let mut rec = csv::ByteRecord::new();
@@ -343,6 +346,9 @@ mod tests {
         assert!(open(b"id,,v\n").unwrap().contains("empty column name"));
         assert!(open(b"id,v,a,b\n").unwrap().contains("limit of 3"));
         assert!(open(b"id,\xFF\n").unwrap().contains("UTF-8"));
-        assert!(open(b"id,v\n").is_none(), "header only is a valid empty export");
+        assert!(
+            open(b"id,v\n").is_none(),
+            "header only is a valid empty export"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The S3 adapter of [`ObjectStore`].
 
-use crate::store::{Fetched, ObjectMeta, ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError};
+use crate::store::{
+    Fetched, ObjectMeta, ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
@@ -85,7 +87,14 @@ fn fmt_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<String> {
 
 impl ObjectStore for S3Store {
     async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
-        let out = match self.client.get_object().bucket(bucket).key(key).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 return match classify("GetObject", bucket, key, e) {
@@ -105,7 +114,12 @@ impl ObjectStore for S3Store {
         Ok(Some(Fetched { bytes, etag }))
     }
 
-    async fn open(&self, bucket: &str, key: &str, spec: &OpenSpec) -> Result<OpenObject, StoreError> {
+    async fn open(
+        &self,
+        bucket: &str,
+        key: &str,
+        spec: &OpenSpec,
+    ) -> Result<OpenObject, StoreError> {
         let mut req = self.client.get_object().bucket(bucket).key(key);
         if let Some(v) = &spec.version_id {
             req = req.version_id(v);

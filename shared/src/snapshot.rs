@@ -54,6 +54,9 @@ pub struct SourceObject {
     pub sequencer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// The S3 event's time (RFC 3339, ms): breaks last-modified ties (1 s resolution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<String>,
 }
 
 fn norm_etag(e: &str) -> &str {
@@ -71,6 +74,40 @@ impl SourceObject {
         }
         match (&self.etag, &other.etag) {
             (Some(a), Some(b)) => norm_etag(a) == norm_etag(b),
+            _ => false,
+        }
+    }
+}
+
+fn parse_time(t: Option<&str>) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(t?).ok()
+}
+
+impl SourceObject {
+    /// Is this object older than `other` (the one the state comes from)?
+    /// Same key with both sequencers: by sequencer (S3's order for one key). Otherwise by
+    /// last-modified, then by event time when last-modified ties (it has 1 s resolution).
+    /// Unknown → not older.
+    pub fn older_than(&self, other: &SourceObject) -> bool {
+        if self.key == other.key {
+            if let (Some(a), Some(b)) = (&self.sequencer, &other.sequencer) {
+                return cmp_sequencer(a, b) == std::cmp::Ordering::Less;
+            }
+        }
+        let lm = (
+            parse_time(self.last_modified.as_deref()),
+            parse_time(other.last_modified.as_deref()),
+        );
+        if let (Some(a), Some(b)) = lm {
+            if a != b {
+                return a < b;
+            }
+        }
+        match (
+            parse_time(self.event_time.as_deref()),
+            parse_time(other.event_time.as_deref()),
+        ) {
+            (Some(a), Some(b)) => a < b,
             _ => false,
         }
     }
@@ -313,7 +350,10 @@ mod tests {
     fn round_trip_and_lookup() {
         let s = sample(10_000);
         let bytes = s.encode();
-        assert_eq!(bytes.len(), 8 + 4 + serde_json::to_vec(&s.header).unwrap().len() + 8 + 16 * 10_000 + 8);
+        assert_eq!(
+            bytes.len(),
+            8 + 4 + serde_json::to_vec(&s.header).unwrap().len() + 8 + 16 * 10_000 + 8
+        );
         let d = Snapshot::decode(&bytes, Some("f")).unwrap();
         assert_eq!(d.header, s.header);
         assert_eq!(d.len(), 10_000);
@@ -342,16 +382,32 @@ mod tests {
     fn corruption_is_an_error() {
         let bytes = sample(100).encode();
         // every single-byte flip is detected
-        for i in [0usize, 9, 20, bytes.len() / 2, bytes.len() - 9, bytes.len() - 1] {
+        for i in [
+            0usize,
+            9,
+            20,
+            bytes.len() / 2,
+            bytes.len() - 9,
+            bytes.len() - 1,
+        ] {
             let mut b = bytes.clone();
             b[i] ^= 0x40;
-            assert!(Snapshot::decode(&b, Some("f")).is_err(), "flip at {i} undetected");
+            assert!(
+                Snapshot::decode(&b, Some("f")).is_err(),
+                "flip at {i} undetected"
+            );
         }
         // truncation
         for cut in [0usize, 7, 12, 40, bytes.len() - 1] {
-            assert!(Snapshot::decode(&bytes[..cut], Some("f")).is_err(), "cut {cut}");
+            assert!(
+                Snapshot::decode(&bytes[..cut], Some("f")).is_err(),
+                "cut {cut}"
+            );
         }
-        assert_eq!(Snapshot::decode(b"", None).unwrap_err(), SnapshotError::BadMagic);
+        assert_eq!(
+            Snapshot::decode(b"", None).unwrap_err(),
+            SnapshotError::BadMagic
+        );
         assert_eq!(
             Snapshot::decode(b"hello world, not a snapshot at all", None).unwrap_err(),
             SnapshotError::BadMagic
@@ -381,8 +437,50 @@ mod tests {
         b.etag = Some("e2".into());
         assert!(!a.same_object(&b));
         use std::cmp::Ordering::*;
-        assert_eq!(cmp_sequencer("0055AED6DCD90281E5", "0055AED6DCD90281E6"), Less);
+        assert_eq!(
+            cmp_sequencer("0055AED6DCD90281E5", "0055AED6DCD90281E6"),
+            Less
+        );
         assert_eq!(cmp_sequencer("0055AED6DCD9028", "0055AED6DCD90281E5"), Less);
         assert_eq!(cmp_sequencer("0A", "0A00"), Equal);
+        let at = |key: &str, lm: &str, et: Option<&str>, seq: Option<&str>| SourceObject {
+            bucket: "b".into(),
+            key: key.into(),
+            last_modified: Some(lm.into()),
+            event_time: et.map(str::to_string),
+            sequencer: seq.map(str::to_string),
+            ..Default::default()
+        };
+        let old = at(
+            "k1",
+            "2026-01-01T00:00:00Z",
+            Some("2026-01-01T00:00:00.100Z"),
+            Some("01"),
+        );
+        let new = at(
+            "k2",
+            "2026-01-01T00:00:01Z",
+            Some("2026-01-01T00:00:00.900Z"),
+            Some("00"),
+        );
+        assert!(old.older_than(&new), "by last-modified");
+        assert!(!new.older_than(&old));
+        let tie = at(
+            "k2",
+            "2026-01-01T00:00:00Z",
+            Some("2026-01-01T00:00:00.200Z"),
+            None,
+        );
+        assert!(
+            old.older_than(&tie),
+            "last-modified tie broken by event time"
+        );
+        assert!(!tie.older_than(&old));
+        let same_key = at("k1", "2026-01-01T00:00:05Z", None, Some("00"));
+        assert!(same_key.older_than(&old), "same key: the sequencer decides");
+        assert!(
+            !at("k9", "garbage", None, None).older_than(&old),
+            "unknown is not older"
+        );
     }
 }

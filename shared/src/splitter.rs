@@ -4,12 +4,16 @@
 
 use crate::config::{Config, FeedConfig, FirstFile};
 use crate::diff::{record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter};
-use crate::envelope::{idempotency_key, Change, EnvelopeRef, EnvelopeSource, FieldsRef, ENVELOPE_VERSION};
+use crate::envelope::{
+    idempotency_key, Change, EnvelopeRef, EnvelopeSource, FieldsRef, ENVELOPE_VERSION,
+};
 use crate::event::ObjectEvent;
 use crate::queue::{run_sender, MessageQueue, OutMessage, SendError, SendStats, SenderSettings};
-use crate::report::{rejects_key, run_report_key, snapshot_key, Counts, RunReport, RunStatus, SchemaReport, Timings};
+use crate::report::{
+    rejects_key, run_report_key, snapshot_key, Counts, RunReport, RunStatus, SchemaReport, Timings,
+};
 use crate::rows::{open_stream, FileRejection, ReadError, Rejected, Row, RowReader};
-use crate::snapshot::{cmp_sequencer, Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION};
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION};
 use crate::store::{BoxRead, ObjectStore, OpenSpec, PutCondition, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,7 +86,10 @@ impl SplitError {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Not ours (outside `incoming/`, unknown feed, replaced object): logged, not an error.
-    Skipped { key: String, reason: String },
+    Skipped {
+        key: String,
+        reason: String,
+    },
     Report(Box<RunReport>),
 }
 
@@ -136,17 +143,11 @@ pub fn run_id(ev: &ObjectEvent) -> String {
 /// control characters but not the two BMP non-characters.
 fn sqs_safe(body: String) -> String {
     if body.contains(['\u{FFFE}', '\u{FFFF}']) {
-        body.replace('\u{FFFE}', "\\ufffe").replace('\u{FFFF}', "\\uffff")
+        body.replace('\u{FFFE}', "\\ufffe")
+            .replace('\u{FFFF}', "\\uffff")
     } else {
         body
     }
-}
-
-/// Compare two RFC 3339 timestamps; `None` when either is missing or unreadable.
-fn older(a: Option<&str>, b: Option<&str>) -> Option<bool> {
-    let pa = chrono::DateTime::parse_from_rfc3339(a?).ok()?;
-    let pb = chrono::DateTime::parse_from_rfc3339(b?).ok()?;
-    Some(pa < pb)
 }
 
 impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
@@ -175,6 +176,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             last_modified: None,
             sequencer: ev.sequencer.clone(),
             size: ev.size,
+            event_time: ev.event_time.clone(),
         };
         let mut report = RunReport {
             v: 1,
@@ -217,15 +219,11 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                     report.reason = Some("the feed's state already comes from this object".into());
                     return self.finish(&mut report, started, RunStatus::Noop).await;
                 }
-                if prev.key == source.key {
-                    if let (Some(a), Some(b)) = (&source.sequencer, &prev.sequencer) {
-                        if cmp_sequencer(a, b) == std::cmp::Ordering::Less {
-                            report.reason = Some(
-                                "an older version of this object (by S3 event sequencer) than the one the state comes from".into(),
-                            );
-                            return self.finish(&mut report, started, RunStatus::Stale).await;
-                        }
-                    }
+                if prev.key == source.key && source.older_than(prev) {
+                    report.reason = Some(
+                        "an older version of this object (by S3 event sequencer) than the one the feed's state comes from".into(),
+                    );
+                    return self.finish(&mut report, started, RunStatus::Stale).await;
                 }
             }
 
@@ -254,15 +252,9 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             report.source = source.clone();
 
             if let Some(st) = &state {
-                let prev = &st.snapshot.header.source;
-                let by_seq = prev.key == source.key && source.sequencer.is_some() && prev.sequencer.is_some();
-                if !by_seq
-                    && older(source.last_modified.as_deref(), prev.last_modified.as_deref())
-                        == Some(true)
-                {
-                    report.reason = Some(
-                        "the object is older (by last-modified) than the one the feed's state comes from".into(),
-                    );
+                if source.older_than(&st.snapshot.header.source) {
+                    report.reason =
+                        Some("the object is older than the one the feed's state comes from".into());
                     return self.finish(&mut report, started, RunStatus::Stale).await;
                 }
             }
@@ -270,7 +262,14 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             let send = state.is_some() || feed.first_file == FirstFile::Send;
             let t = Instant::now();
             let diffed = self
-                .diff(&feed, &run, &source, state.as_ref().map(|s| s.snapshot.clone()), obj.body, send)
+                .diff(
+                    &feed,
+                    &run,
+                    &source,
+                    state.as_ref().map(|s| s.snapshot.clone()),
+                    obj.body,
+                    send,
+                )
                 .await;
             report.timings.diff_and_send_ms += ms(t);
             let (parsed, stats) = match diffed {
@@ -344,7 +343,13 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             let t = Instant::now();
             let put = self
                 .store
-                .put(&ev.bucket, &snapshot_key(&feed.name), bytes, "application/octet-stream", cond)
+                .put(
+                    &ev.bucket,
+                    &snapshot_key(&feed.name),
+                    bytes,
+                    "application/octet-stream",
+                    cond,
+                )
                 .await;
             report.timings.commit_ms += ms(t);
             match put {
@@ -360,11 +365,21 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                             }
                         }
                         self.store
-                            .put(&ev.bucket, &key, body, "application/x-ndjson", PutCondition::None)
+                            .put(
+                                &ev.bucket,
+                                &key,
+                                body,
+                                "application/x-ndjson",
+                                PutCondition::None,
+                            )
                             .await?;
                         report.rejects_key = Some(key);
                     }
-                    let status = if send { RunStatus::Applied } else { RunStatus::Baseline };
+                    let status = if send {
+                        RunStatus::Applied
+                    } else {
+                        RunStatus::Baseline
+                    };
                     return self.finish(&mut report, started, status).await;
                 }
                 Err(StoreError::PreconditionFailed) => {
@@ -382,15 +397,21 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         }
     }
 
-    async fn load_state(&self, feed: &FeedConfig, bucket: &str) -> Result<Option<State>, SplitError> {
+    async fn load_state(
+        &self,
+        feed: &FeedConfig,
+        bucket: &str,
+    ) -> Result<Option<State>, SplitError> {
         let key = snapshot_key(&feed.name);
         let Some(f) = self.store.get_bytes(bucket, &key).await? else {
             return Ok(None);
         };
-        let snapshot = Snapshot::decode(&f.bytes, Some(&feed.name)).map_err(|source| SplitError::Snapshot {
-            bucket: bucket.to_string(),
-            key: key.clone(),
-            source,
+        let snapshot = Snapshot::decode(&f.bytes, Some(&feed.name)).map_err(|source| {
+            SplitError::Snapshot {
+                bucket: bucket.to_string(),
+                key: key.clone(),
+                source,
+            }
         })?;
         Ok(Some(State {
             snapshot: Arc::new(snapshot),
@@ -407,7 +428,8 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         report.status = status;
         report.finished_at = now_rfc3339();
         report.timings.total_ms = ms(started);
-        let body = serde_json::to_vec_pretty(&*report).map_err(|e| SplitError::Internal(e.to_string()))?;
+        let body =
+            serde_json::to_vec_pretty(&*report).map_err(|e| SplitError::Internal(e.to_string()))?;
         self.store
             .put(
                 &report.source.bucket,
@@ -440,17 +462,29 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         send: bool,
     ) -> Result<(ParseOutput, SendStats), DiffFailure> {
         let (tx, rx) = mpsc::channel::<OutMessage>(self.settings.channel_capacity.max(1));
-        let sender = tokio::spawn(run_sender(self.queue.clone(), rx, self.settings.sender.clone()));
+        let sender = tokio::spawn(run_sender(
+            self.queue.clone(),
+            rx,
+            self.settings.sender.clone(),
+        ));
         let handle = tokio::runtime::Handle::current();
         let feed = feed.clone();
         let run = run.to_string();
         let env_source = EnvelopeSource {
             bucket: source.bucket.clone(),
             key: source.key.clone(),
-            etag: source.etag.clone().unwrap_or_default().trim_matches('"').to_string(),
+            etag: source
+                .etag
+                .clone()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string(),
         };
         let buf = self.settings.read_buffer;
-        let expected_rows = snapshot.as_ref().map(|s| s.len() + s.len() / 8).unwrap_or(0);
+        let expected_rows = snapshot
+            .as_ref()
+            .map(|s| s.len() + s.len() / 8)
+            .unwrap_or(0);
         let parse = tokio::task::spawn_blocking(move || -> Result<ParseOutput, ReadError> {
             let bridge = tokio_util::io::SyncIoBridge::new_with_handle(body, handle);
             let stream = open_stream(bridge, buf)?;
@@ -462,7 +496,9 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 feed.max_row_bytes,
             )?;
             let header = reader.header().to_vec();
-            let prev_cols = snapshot.as_ref().map(|s| s.header.hashed_columns.as_slice());
+            let prev_cols = snapshot
+                .as_ref()
+                .map(|s| s.header.hashed_columns.as_slice());
             let plan = ColumnPlan::new(&header, &feed, prev_cols)?;
             let mut differ = Differ::new(snapshot.as_deref(), expected_rows);
             let mut fp = Fingerprinter::default();
@@ -488,7 +524,9 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 if !send {
                     continue;
                 }
-                let Some(sender_tx) = tx.as_ref() else { continue };
+                let Some(sender_tx) = tx.as_ref() else {
+                    continue;
+                };
                 let rk = record_key(&plan, record);
                 let ikey = idempotency_key(&feed.name, &rk, previous, p.store);
                 let env = EnvelopeRef {
@@ -499,12 +537,19 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                     change,
                     record_key: &rk,
                     idempotency_key: &ikey,
-                    fields: FieldsRef { header: &header, record },
+                    fields: FieldsRef {
+                        header: &header,
+                        record,
+                    },
                 };
                 let body = match serde_json::to_string(&env) {
                     Ok(b) => sqs_safe(b),
                     Err(_) => {
-                        rejects.push(Rejected { line, reason: "row could not be encoded as JSON".into(), fields: Vec::new() });
+                        rejects.push(Rejected {
+                            line,
+                            reason: "row could not be encoded as JSON".into(),
+                            fields: Vec::new(),
+                        });
                         continue;
                     }
                 };
@@ -526,14 +571,25 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             }
             drop(tx);
             let (entries, counts) = differ.finish();
-            Ok(ParseOutput { header, plan, entries, counts, rejects, read })
+            Ok(ParseOutput {
+                header,
+                plan,
+                entries,
+                counts,
+                rejects,
+                read,
+            })
         });
         let parsed = parse.await;
         let sent = sender.await;
         let stats = match sent {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(DiffFailure::Run(e.into())),
-            Err(e) => return Err(DiffFailure::Run(SplitError::Internal(format!("sender task: {e}")))),
+            Err(e) => {
+                return Err(DiffFailure::Run(SplitError::Internal(format!(
+                    "sender task: {e}"
+                ))))
+            }
         };
         match parsed {
             Ok(Ok(p)) => Ok((p, stats)),
@@ -543,7 +599,9 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 key: source.key.clone(),
                 source: e,
             })),
-            Err(e) => Err(DiffFailure::Run(SplitError::Internal(format!("parser task: {e}")))),
+            Err(e) => Err(DiffFailure::Run(SplitError::Internal(format!(
+                "parser task: {e}"
+            )))),
         }
     }
 }

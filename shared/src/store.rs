@@ -101,10 +101,12 @@ pub trait ObjectStore: Send + Sync + Clone + 'static {
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 }
 
+type Objects = HashMap<(String, String), (Vec<u8>, String)>;
+
 /// In-memory store with S3's conditional-write semantics.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
-    inner: Arc<Mutex<HashMap<(String, String), (Vec<u8>, String)>>>,
+    inner: Arc<Mutex<Objects>>,
     counter: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -112,7 +114,7 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Vec<u8>, String)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Objects> {
         match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -155,7 +157,12 @@ impl ObjectStore for MemoryStore {
             }))
     }
 
-    async fn open(&self, bucket: &str, key: &str, spec: &OpenSpec) -> Result<OpenObject, StoreError> {
+    async fn open(
+        &self,
+        bucket: &str,
+        key: &str,
+        spec: &OpenSpec,
+    ) -> Result<OpenObject, StoreError> {
         let g = self.lock();
         let (b, e) = g
             .get(&(bucket.to_string(), key.to_string()))

@@ -24,7 +24,10 @@ async fn main() -> Result<(), Error> {
     };
     info!(feeds = app.config.feeds.len(), "splitter ready");
     let app = &app;
-    lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| handle(app, ev.payload))).await
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
+        handle(app, ev.payload)
+    }))
+    .await
 }
 
 fn casefeed_tracing() {
@@ -53,13 +56,18 @@ async fn handle(app: &App, payload: Value) -> Result<Value, Error> {
     let mut first_error: Option<String> = None;
     for record in event.records {
         let event_name = record.event_name.clone().unwrap_or_default();
-        let (Some(bucket), Some(raw_key)) = (record.s3.bucket.name.clone(), record.s3.object.key.clone()) else {
+        let (Some(bucket), Some(raw_key)) =
+            (record.s3.bucket.name.clone(), record.s3.object.key.clone())
+        else {
             warn!(event_name, "skipped a record without bucket or key");
             results.push(json!({"skipped": "record without bucket or key"}));
             continue;
         };
         let Some(key) = decode_s3_key(&raw_key) else {
-            warn!(bucket, "skipped a record whose key is not valid URL-encoded UTF-8");
+            warn!(
+                bucket,
+                "skipped a record whose key is not valid URL-encoded UTF-8"
+            );
             results.push(json!({"skipped": "key is not valid URL-encoded UTF-8"}));
             continue;
         };
@@ -72,10 +80,20 @@ async fn handle(app: &App, payload: Value) -> Result<Value, Error> {
             bucket,
             key,
             etag: record.s3.object.e_tag.clone().filter(|s| !s.is_empty()),
-            version_id: record.s3.object.version_id.clone().filter(|s| !s.is_empty()),
+            version_id: record
+                .s3
+                .object
+                .version_id
+                .clone()
+                .filter(|s| !s.is_empty()),
             sequencer: record.s3.object.sequencer.clone().filter(|s| !s.is_empty()),
             size: record.s3.object.size.and_then(|s| u64::try_from(s).ok()),
             event_name: Some(event_name),
+            event_time: (record.event_time.timestamp() > 0).then(|| {
+                record
+                    .event_time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            }),
         };
         match app.process(&ev).await {
             Ok(Outcome::Skipped { key, reason }) => {
@@ -88,7 +106,9 @@ async fn handle(app: &App, payload: Value) -> Result<Value, Error> {
             })),
             Err(e) => {
                 error!(key = ev.key, retryable = e.retryable(), error = %e, "processing failed");
-                results.push(json!({"key": ev.key, "error": e.to_string(), "retryable": e.retryable()}));
+                results.push(
+                    json!({"key": ev.key, "error": e.to_string(), "retryable": e.retryable()}),
+                );
                 first_error.get_or_insert_with(|| format!("{}: {e}", ev.key));
             }
         }

@@ -1,0 +1,58 @@
+# casefeed — every entry point a developer or CI needs.
+#   make demo   run the pipeline locally on generated sample data (moto + real Lambda binaries)
+#   make test   every check and test (installs what it needs into .venv/ first)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+PYTHON    ?= python3
+STAMP     := $(VENV)/.installed-$(shell sha256sum tools/requirements.txt 2>/dev/null | cut -c1-12)
+CARGO     ?= cargo
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: help tools build demo test unit e2e lint fmt clippy template-lint clean
+
+help:
+	@echo "make demo   - run the pipeline locally on sample data"
+	@echo "make test   - run every check and test"
+	@echo "make build  - release build of the Lambda binaries and the casefeed CLI"
+
+# Project-local Python tools (moto server, SAM CLI with the Runtime Interface Emulator, cfn-lint).
+tools: $(STAMP)
+$(STAMP): tools/requirements.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+demo: tools build
+	./target/release/casefeed demo
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+template-lint: tools
+	$(VENV)/bin/cfn-lint template.yaml
+	$(VENV)/bin/sam validate --lint --template template.yaml --region $(AWS_DEFAULT_REGION)
+
+lint: fmt clippy template-lint
+
+# Unit tests (no AWS) and end-to-end tests (moto + release binaries under the emulator).
+unit:
+	$(CARGO) test --release --workspace --exclude casefeed-e2e
+
+e2e: tools build
+	$(CARGO) test --release -p casefeed-e2e -- --test-threads=2
+
+test: tools build lint unit e2e
+	@echo "make test: all green"
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,2056 @@
+//! End-to-end tests of [`Splitter::process`] over the in-memory store and a recording fake
+//! queue: baseline, diff, fan-out, envelopes, idempotency keys, schema drift, bad input,
+//! corrupt state, lost commit races and queue failures.
+//!
+//! Tests marked `#[ignore = "BUG…"]` demonstrate defects found in the library; they fail
+//! until the defect is fixed.
+
+use crate::backoff::Backoff;
+use crate::config::{Config, FeedConfig};
+use crate::diff::{ColumnPlan, Fingerprinter, RowPrints};
+use crate::envelope::{idempotency_key, Change, Envelope};
+use crate::event::ObjectEvent;
+use crate::queue::{
+    EntryFailure, MessageQueue, OutMessage, QueueError, SenderSettings, MAX_BATCH_BYTES,
+    MAX_BATCH_ENTRIES,
+};
+use crate::report::{rejects_key, run_report_key, snapshot_key, RunReport, RunStatus};
+use crate::snapshot::{Snapshot, SnapshotError};
+use crate::splitter::{Outcome, SplitError, Splitter, SplitterSettings};
+use crate::store::{
+    Fetched, MemoryStore, ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const BUCKET: &str = "bkt";
+const TS1: &str = "2026-03-01T00:00:00Z";
+const TS2: &str = "2026-03-01T00:30:00Z";
+const TS3: &str = "2026-03-01T01:00:00Z";
+const TS4: &str = "2026-03-01T01:30:00Z";
+
+const CONFIG: &str = r#"
+[[feed]]
+name = "labs"
+key_columns = ["record_id"]
+ignore_columns = ["export_timestamp"]
+required_columns = ["patient_name", "result"]
+
+[[feed]]
+name = "cases"
+key_columns = ["case_id"]
+first_file = "send"
+
+[[feed]]
+name = "juris"
+key_columns = ["jurisdiction", "case_id"]
+first_file = "send"
+"#;
+
+const LAB_COLS: [&str; 5] = [
+    "record_id",
+    "patient_name",
+    "result",
+    "collected",
+    "export_timestamp",
+];
+const LAB_HASHED: [&str; 3] = ["collected", "patient_name", "result"];
+
+// ---------------------------------------------------------------------------------------
+// a recording fake queue
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Sent {
+    body: String,
+    attrs: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum QueueMode {
+    #[default]
+    Healthy,
+    /// Every call fails as a whole with a retryable service error.
+    CallErr,
+    /// Every entry fails (not the sender's fault).
+    EntryErr,
+    /// Calls #1 and #3 fail as a whole; every entry whose idempotency key starts with
+    /// 0-7 fails its first two attempts.
+    Flaky,
+}
+
+#[derive(Clone, Default)]
+struct RecordingQueue {
+    sent: Arc<Mutex<Vec<Sent>>>,
+    /// Attempts per idempotency key (accepted or not).
+    attempts: Arc<Mutex<HashMap<String, usize>>>,
+    calls: Arc<AtomicUsize>,
+    mode: Arc<Mutex<QueueMode>>,
+    /// Entries whose body contains one of these are refused for good (sender fault).
+    refuse: Arc<Mutex<Vec<String>>>,
+}
+
+fn attr<'a>(m: &'a OutMessage, name: &str) -> &'a str {
+    m.attributes
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+impl RecordingQueue {
+    fn set_mode(&self, m: QueueMode) {
+        *self.mode.lock().unwrap() = m;
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    fn attempted_keys(&self) -> BTreeSet<String> {
+        self.attempts.lock().unwrap().keys().cloned().collect()
+    }
+}
+
+impl MessageQueue for RecordingQueue {
+    async fn send_batch(&self, messages: &[OutMessage]) -> Result<Vec<EntryFailure>, QueueError> {
+        assert!(!messages.is_empty() && messages.len() <= MAX_BATCH_ENTRIES);
+        assert!(messages.iter().map(OutMessage::size).sum::<usize>() <= MAX_BATCH_BYTES);
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::task::yield_now().await;
+        let mode = *self.mode.lock().unwrap();
+        let call_err = || QueueError::Service {
+            op: "SendMessageBatch",
+            message: "ServiceUnavailable: try again".into(),
+            retryable: true,
+        };
+        if mode == QueueMode::CallErr || (mode == QueueMode::Flaky && (call == 1 || call == 3)) {
+            for m in messages {
+                *self
+                    .attempts
+                    .lock()
+                    .unwrap()
+                    .entry(attr(m, "idempotency_key").to_string())
+                    .or_default() += 1;
+            }
+            return Err(call_err());
+        }
+        let refuse = self.refuse.lock().unwrap().clone();
+        let mut fails = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let ikey = attr(m, "idempotency_key").to_string();
+            let n = {
+                let mut a = self.attempts.lock().unwrap();
+                let e = a.entry(ikey.clone()).or_default();
+                *e += 1;
+                *e
+            };
+            let flaky = mode == QueueMode::Flaky
+                && ikey.starts_with(['0', '1', '2', '3', '4', '5', '6', '7'])
+                && n <= 2;
+            if mode == QueueMode::EntryErr || flaky {
+                fails.push(EntryFailure {
+                    index: i,
+                    code: "InternalError".into(),
+                    sender_fault: false,
+                });
+                continue;
+            }
+            if refuse.iter().any(|r| m.body.contains(r.as_str())) {
+                fails.push(EntryFailure {
+                    index: i,
+                    code: "InvalidMessageContents".into(),
+                    sender_fault: true,
+                });
+                continue;
+            }
+            self.sent.lock().unwrap().push(Sent {
+                body: m.body.clone(),
+                attrs: m
+                    .attributes
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.clone()))
+                    .collect(),
+            });
+        }
+        Ok(fails)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// stores with extra behaviour, wrapping MemoryStore
+// ---------------------------------------------------------------------------------------
+
+/// Fails the next `n` puts of keys starting with a prefix (a transient S3 error).
+#[derive(Clone, Default)]
+struct FailingPutStore {
+    inner: MemoryStore,
+    fail: Arc<Mutex<Option<(String, usize)>>>,
+}
+
+impl ObjectStore for FailingPutStore {
+    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
+        self.inner.get_bytes(bucket, key).await
+    }
+    async fn open(
+        &self,
+        bucket: &str,
+        key: &str,
+        spec: &OpenSpec,
+    ) -> Result<OpenObject, StoreError> {
+        self.inner.open(bucket, key, spec).await
+    }
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        cond: PutCondition,
+    ) -> Result<Option<String>, StoreError> {
+        let fail = {
+            let mut f = self.fail.lock().unwrap();
+            match f.as_mut() {
+                Some((prefix, n)) if key.starts_with(prefix.as_str()) && *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if fail {
+            return Err(StoreError::Service {
+                op: "PutObject",
+                message: "SlowDown".into(),
+            });
+        }
+        self.inner.put(bucket, key, body, content_type, cond).await
+    }
+}
+
+/// Reports a last-modified time for objects (as S3 does), set by the test.
+#[derive(Clone, Default)]
+struct DatedStore {
+    inner: MemoryStore,
+    dates: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl ObjectStore for DatedStore {
+    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
+        self.inner.get_bytes(bucket, key).await
+    }
+    async fn open(
+        &self,
+        bucket: &str,
+        key: &str,
+        spec: &OpenSpec,
+    ) -> Result<OpenObject, StoreError> {
+        let mut o = self.inner.open(bucket, key, spec).await?;
+        o.meta.last_modified = self.dates.lock().unwrap().get(key).cloned();
+        Ok(o)
+    }
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        cond: PutCondition,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.put(bucket, key, body, content_type, cond).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// CSV tables
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Table {
+    key: String,
+    cols: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+fn lab_row(id: u32, ts: &str) -> Vec<String> {
+    vec![
+        id.to_string(),
+        format!("Patient {id}"),
+        "negative".into(),
+        format!("2026-01-{:02}", id % 28 + 1),
+        ts.into(),
+    ]
+}
+
+impl Table {
+    fn new(cols: &[&str], key: &str) -> Table {
+        Table {
+            key: key.into(),
+            cols: cols.iter().map(|c| c.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+    fn labs(ids: impl IntoIterator<Item = u32>, ts: &str) -> Table {
+        let mut t = Table::new(&LAB_COLS, "record_id");
+        for id in ids {
+            t.rows.push(lab_row(id, ts));
+        }
+        t
+    }
+    fn idx(&self, col: &str) -> usize {
+        self.cols
+            .iter()
+            .position(|c| c == col)
+            .unwrap_or_else(|| panic!("no column {col}"))
+    }
+    fn pos(&self, key: &str) -> usize {
+        let k = self.idx(&self.key);
+        self.rows
+            .iter()
+            .position(|r| r[k] == key)
+            .unwrap_or_else(|| panic!("no row {key}"))
+    }
+    fn row(&self, key: &str) -> &Vec<String> {
+        &self.rows[self.pos(key)]
+    }
+    fn has(&self, key: &str) -> bool {
+        let k = self.idx(&self.key);
+        self.rows.iter().any(|r| r[k] == key)
+    }
+    fn set(&mut self, key: &str, col: &str, val: &str) {
+        let (p, c) = (self.pos(key), self.idx(col));
+        self.rows[p][c] = val.into();
+    }
+    fn set_all(&mut self, col: &str, val: &str) {
+        let c = self.idx(col);
+        for r in &mut self.rows {
+            r[c] = val.into();
+        }
+    }
+    fn remove(&mut self, key: &str) {
+        let p = self.pos(key);
+        self.rows.remove(p);
+    }
+    fn push(&mut self, row: Vec<String>) {
+        assert_eq!(row.len(), self.cols.len());
+        self.rows.push(row);
+    }
+    fn keys(&self) -> Vec<String> {
+        let k = self.idx(&self.key);
+        self.rows.iter().map(|r| r[k].clone()).collect()
+    }
+    fn add_column(&mut self, name: &str, f: impl Fn(&str) -> String) {
+        let k = self.idx(&self.key);
+        self.cols.push(name.into());
+        for r in &mut self.rows {
+            let v = f(&r[k]);
+            r.push(v);
+        }
+    }
+    fn drop_column(&self, name: &str) -> Table {
+        let c = self.idx(name);
+        let mut t = self.clone();
+        t.cols.remove(c);
+        for r in &mut t.rows {
+            r.remove(c);
+        }
+        t
+    }
+    fn reorder(&self, order: &[&str]) -> Table {
+        assert_eq!(order.len(), self.cols.len());
+        let idx: Vec<usize> = order.iter().map(|c| self.idx(c)).collect();
+        Table {
+            key: self.key.clone(),
+            cols: order.iter().map(|c| c.to_string()).collect(),
+            rows: self
+                .rows
+                .iter()
+                .map(|r| idx.iter().map(|&i| r[i].clone()).collect())
+                .collect(),
+        }
+    }
+    fn fields(&self, key: &str) -> BTreeMap<String, String> {
+        self.cols
+            .iter()
+            .cloned()
+            .zip(self.row(key).iter().cloned())
+            .collect()
+    }
+    fn csv(&self) -> Vec<u8> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(&self.cols).unwrap();
+        for r in &self.rows {
+            w.write_record(r).unwrap();
+        }
+        w.into_inner().unwrap()
+    }
+    fn prints(&self, feed: &FeedConfig, key: &str) -> RowPrints {
+        let plan = ColumnPlan::new(&self.cols, feed, None).unwrap();
+        Fingerprinter::default().prints(&plan, &csv::ByteRecord::from(self.row(key).clone()))
+    }
+    /// The content fingerprint the snapshot stores for a row of this file.
+    fn fp(&self, feed: &FeedConfig, key: &str) -> u64 {
+        self.prints(feed, key).store
+    }
+    /// The snapshot entries this file should produce (first occurrence of a key wins).
+    fn entries(&self, feed: &FeedConfig) -> Vec<(u64, u64)> {
+        let plan = ColumnPlan::new(&self.cols, feed, None).unwrap();
+        let mut fp = Fingerprinter::default();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for r in &self.rows {
+            let p = fp.prints(&plan, &csv::ByteRecord::from(r.clone()));
+            if !out.iter().any(|e| e.0 == p.key) {
+                out.push((p.key, p.store));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn without(mut m: BTreeMap<String, String>, col: &str) -> BTreeMap<String, String> {
+    m.remove(col);
+    m
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// the harness
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Msg {
+    env: Envelope,
+    attrs: BTreeMap<String, String>,
+}
+
+fn decode(s: &Sent) -> Msg {
+    let env = Envelope::decode(&s.body).unwrap_or_else(|e| panic!("body does not decode: {e}"));
+    let attrs: BTreeMap<String, String> = s.attrs.iter().cloned().collect();
+    assert_eq!(attrs.len(), s.attrs.len(), "attribute names repeat");
+    assert_eq!(
+        attrs.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["change", "feed", "idempotency_key"]
+    );
+    assert_eq!(attrs["feed"], env.feed);
+    assert_eq!(attrs["change"], env.change.as_str());
+    assert_eq!(attrs["idempotency_key"], env.idempotency_key);
+    assert_eq!(env.v, 1);
+    assert_eq!(env.idempotency_key.len(), 32);
+    Msg { env, attrs }
+}
+
+/// Messages by record key; each record at most once.
+fn by_key(msgs: &[Msg]) -> BTreeMap<String, Msg> {
+    let mut m = BTreeMap::new();
+    for x in msgs {
+        assert!(
+            m.insert(x.env.record_key.clone(), x.clone()).is_none(),
+            "record {} sent twice in one run",
+            x.env.record_key
+        );
+    }
+    m
+}
+
+fn cfg() -> Arc<Config> {
+    Arc::new(Config::from_toml(CONFIG).expect("test config"))
+}
+
+fn settings() -> SplitterSettings {
+    SplitterSettings {
+        sender: SenderSettings {
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+struct Harness<S: ObjectStore = MemoryStore> {
+    mem: MemoryStore,
+    queue: RecordingQueue,
+    splitter: Splitter<S, RecordingQueue>,
+}
+
+impl Harness<MemoryStore> {
+    fn new() -> Self {
+        let mem = MemoryStore::new();
+        Harness::with_store(mem.clone(), mem)
+    }
+}
+
+impl<S: ObjectStore> Harness<S> {
+    fn with_store(mem: MemoryStore, store: S) -> Self {
+        let queue = RecordingQueue::default();
+        Harness {
+            mem,
+            queue: queue.clone(),
+            splitter: Splitter {
+                store,
+                queue,
+                config: cfg(),
+                settings: settings(),
+            },
+        }
+    }
+
+    fn feed(&self, name: &str) -> FeedConfig {
+        self.splitter.config.feed(name).unwrap().clone()
+    }
+
+    fn upload(&self, prefix: &str, name: &str, body: Vec<u8>) -> ObjectEvent {
+        let key = format!("incoming/{prefix}/{name}");
+        let size = body.len() as u64;
+        let etag = self.mem.insert(BUCKET, &key, body);
+        ObjectEvent {
+            bucket: BUCKET.into(),
+            key,
+            etag: Some(etag),
+            size: Some(size),
+            event_name: Some("ObjectCreated:Put".into()),
+            ..Default::default()
+        }
+    }
+
+    async fn process(&self, ev: &ObjectEvent) -> Result<Outcome, SplitError> {
+        tokio::time::timeout(Duration::from_secs(60), self.splitter.process(ev))
+            .await
+            .expect("process hung")
+    }
+
+    /// Process; expect a report, and check the stored copy is the same.
+    async fn run(&self, ev: &ObjectEvent) -> RunReport {
+        match self.process(ev).await {
+            Ok(Outcome::Report(r)) => {
+                assert_eq!(
+                    self.stored_report(&r.feed, &r.run),
+                    *r,
+                    "stored report differs"
+                );
+                assert_eq!(
+                    r.feed,
+                    self.splitter.config.feed_for_key(&ev.key).unwrap().name
+                );
+                assert_eq!(r.source.key, ev.key);
+                assert_eq!(r.source.bucket, BUCKET);
+                *r
+            }
+            other => panic!("expected a report for {}, got {other:?}", ev.key),
+        }
+    }
+
+    async fn run_table(
+        &self,
+        prefix: &str,
+        name: &str,
+        t: &Table,
+    ) -> (ObjectEvent, RunReport, Vec<Msg>) {
+        let ev = self.upload(prefix, name, t.csv());
+        let r = self.run(&ev).await;
+        let msgs = self.take_sent();
+        for m in &msgs {
+            assert_eq!(m.env.run, r.run);
+            assert_eq!(m.env.feed, r.feed);
+            assert_eq!(m.env.source.bucket, BUCKET);
+            assert_eq!(m.env.source.key, ev.key);
+            assert_eq!(
+                m.env.source.etag,
+                ev.etag.as_deref().unwrap().trim_matches('"')
+            );
+        }
+        assert_eq!(r.counts.sent, msgs.len() as u64);
+        (ev, r, msgs)
+    }
+
+    fn stored_report(&self, feed: &str, run: &str) -> RunReport {
+        let bytes = self
+            .mem
+            .get(BUCKET, &run_report_key(feed, run))
+            .unwrap_or_else(|| panic!("no run report for {run}"));
+        serde_json::from_slice(&bytes).expect("run report parses as RunReport")
+    }
+
+    fn reports(&self, feed: &str) -> Vec<RunReport> {
+        self.mem
+            .keys(&format!("runs/{feed}/"))
+            .iter()
+            .map(|k| serde_json::from_slice(&self.mem.get(BUCKET, k).unwrap()).unwrap())
+            .collect()
+    }
+
+    fn take_sent(&self) -> Vec<Msg> {
+        let sent = std::mem::take(&mut *self.queue.sent.lock().unwrap());
+        sent.iter().map(decode).collect()
+    }
+
+    fn snapshot_bytes(&self, feed: &str) -> Option<Vec<u8>> {
+        self.mem.get(BUCKET, &snapshot_key(feed))
+    }
+
+    fn snapshot(&self, feed: &str) -> Snapshot {
+        let b = self.snapshot_bytes(feed).expect("snapshot exists");
+        Snapshot::decode(&b, Some(feed)).expect("snapshot decodes")
+    }
+
+    fn restore_snapshot(&self, feed: &str, bytes: Vec<u8>) {
+        self.mem.insert(BUCKET, &snapshot_key(feed), bytes);
+    }
+
+    fn rejects(&self, key: &str) -> Vec<serde_json::Value> {
+        let b = self.mem.get(BUCKET, key).expect("rejects object");
+        std::str::from_utf8(&b)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("rejects line is JSON"))
+            .collect()
+    }
+}
+
+fn assert_counts(
+    r: &RunReport,
+    read: u64,
+    new: u64,
+    changed: u64,
+    removed: u64,
+    unchanged: u64,
+    sent: u64,
+) {
+    let c = &r.counts;
+    assert_eq!(
+        (c.read, c.new, c.changed, c.removed, c.unchanged, c.sent),
+        (read, new, changed, removed, unchanged, sent),
+        "counts (read, new, changed, removed, unchanged, sent) of {:?}",
+        r.counts
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. baseline
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_file_becomes_the_baseline_and_sends_nothing() {
+    let h = Harness::new();
+    let t = Table::labs(1..=20, TS1);
+    let (ev, r, msgs) = h.run_table("labs", "export-001.csv", &t).await;
+    assert_eq!(r.status, RunStatus::Baseline);
+    assert!(msgs.is_empty());
+    assert_eq!(
+        h.queue.calls(),
+        0,
+        "no SendMessageBatch call for a baseline"
+    );
+    assert_eq!(r.counts.read, 20);
+    assert_eq!(r.counts.sent, 0);
+    assert_eq!(r.counts.rejected, 0);
+    assert_eq!(r.counts.removed, 0);
+    assert_eq!(r.counts.duplicate, 0);
+    assert_eq!(r.send_calls, 0);
+    assert_eq!(r.commit_attempts, 1);
+    assert!(r.previous.is_none());
+    assert!(r.rejects_key.is_none());
+    assert!(r.reason.is_none());
+    assert_eq!(r.schema.columns, LAB_COLS);
+    assert_eq!(r.schema.hashed_columns, LAB_HASHED);
+    assert!(r.schema.added.is_empty() && r.schema.removed.is_empty());
+    assert_eq!(r.source.etag, ev.etag);
+    assert_eq!(r.source.size, Some(t.csv().len() as u64));
+
+    let snap = h.snapshot("labs");
+    assert_eq!(snap.header.row_count, 20);
+    assert_eq!(snap.len(), 20);
+    assert_eq!(snap.header.feed, "labs");
+    assert_eq!(snap.header.key_columns, ["record_id"]);
+    assert_eq!(snap.header.hashed_columns, LAB_HASHED);
+    assert_eq!(snap.header.source.key, ev.key);
+    assert_eq!(snap.header.source.etag, ev.etag);
+    assert_eq!(snap.header.run, r.run);
+    assert_eq!(
+        snap.entries().collect::<Vec<_>>(),
+        t.entries(&h.feed("labs"))
+    );
+    let state = h
+        .mem
+        .get_bytes(BUCKET, &snapshot_key("labs"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.snapshot_etag, state.etag);
+
+    // exactly one report, under runs/labs/, and nothing else written but the state
+    assert_eq!(h.mem.keys("runs/"), [run_report_key("labs", &r.run)]);
+    assert!(run_report_key("labs", &r.run).starts_with("runs/labs/"));
+    assert_eq!(h.mem.keys("incoming/"), std::slice::from_ref(&ev.key));
+    assert_eq!(h.mem.keys("state/"), [snapshot_key("labs")]);
+    assert!(h.mem.keys("rejects/").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. first_file = "send"
+// ---------------------------------------------------------------------------------------
+
+fn cases(ids: impl IntoIterator<Item = u32>) -> Table {
+    let mut t = Table::new(&["case_id", "status", "name"], "case_id");
+    for i in ids {
+        t.push(vec![
+            format!("C{i:03}"),
+            "open".into(),
+            format!("Person {i}, Jr."),
+        ]);
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_file_of_a_send_feed_sends_every_row_as_new() {
+    let h = Harness::new();
+    let t = cases(1..=12);
+    let (_, r, msgs) = h.run_table("cases", "c1.csv", &t).await;
+    assert_eq!(r.status, RunStatus::Applied);
+    assert_counts(&r, 12, 12, 0, 0, 0, 12);
+    assert_eq!(r.send_calls, 2, "ceil(12 / 10) SendMessageBatch calls");
+    let got = by_key(&msgs);
+    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), t.keys());
+    let feed = h.feed("cases");
+    for (k, m) in &got {
+        assert_eq!(m.env.change, Change::New);
+        assert_eq!(m.attrs["change"], "new");
+        assert_eq!(m.env.fields, t.fields(k));
+        assert_eq!(
+            m.env.idempotency_key,
+            idempotency_key("cases", k, None, t.fp(&feed, k))
+        );
+    }
+    assert_eq!(
+        h.snapshot("cases").entries().collect::<Vec<_>>(),
+        t.entries(&feed)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. the diff
+// ---------------------------------------------------------------------------------------
+
+/// Baseline of ids 1..=30; the next file removes 25..=30, changes 3, 7 and 11, adds 31..=35
+/// and moves every row's export timestamp.
+fn diff_scenario() -> (Table, Table) {
+    let t1 = Table::labs(1..=30, TS1);
+    let mut t2 = t1.clone();
+    for id in 25..=30 {
+        t2.remove(&id.to_string());
+    }
+    t2.set("3", "result", "positive");
+    t2.set("7", "patient_name", "Patient 7, renamed");
+    t2.set("11", "collected", "2026-02-11");
+    for id in 31..=35 {
+        t2.push(lab_row(id, TS1));
+    }
+    t2.set_all("export_timestamp", TS2);
+    (t1, t2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_file_sends_exactly_the_new_and_changed_rows() {
+    let h = Harness::new();
+    let feed = h.feed("labs");
+    let (t1, t2) = diff_scenario();
+    let (ev1, r1, _) = h.run_table("labs", "e1.csv", &t1).await;
+    assert_eq!(r1.status, RunStatus::Baseline);
+    let (ev2, r2, msgs) = h.run_table("labs", "e2.csv", &t2).await;
+    assert_eq!(r2.status, RunStatus::Applied);
+    assert_counts(&r2, 29, 5, 3, 6, 21, 8);
+    assert_eq!(r2.counts.rejected, 0);
+    assert_eq!(r2.counts.duplicate, 0);
+    assert_eq!(r2.send_calls, 1);
+    assert_eq!(
+        r2.previous.as_ref().map(|p| p.key.as_str()),
+        Some(ev1.key.as_str())
+    );
+    assert_eq!(r2.previous.as_ref().unwrap().etag, ev1.etag);
+    assert!(r2.schema.added.is_empty() && r2.schema.removed.is_empty());
+
+    let got = by_key(&msgs);
+    let want: BTreeSet<String> = ["3", "7", "11", "31", "32", "33", "34", "35"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), want);
+    for (k, m) in &got {
+        let is_new = !t1.has(k);
+        assert_eq!(
+            m.env.change,
+            if is_new { Change::New } else { Change::Changed },
+            "{k}"
+        );
+        assert_eq!(m.env.fields, t2.fields(k), "{k}");
+        assert_eq!(m.env.fields["export_timestamp"], TS2);
+        let prev = (!is_new).then(|| t1.fp(&feed, k));
+        assert_eq!(
+            m.env.idempotency_key,
+            idempotency_key("labs", k, prev, t2.fp(&feed, k))
+        );
+        assert_eq!(m.env.source.key, ev2.key);
+    }
+    let snap = h.snapshot("labs");
+    assert_eq!(snap.header.source.key, ev2.key);
+    assert_eq!(snap.header.row_count, 29);
+    assert_eq!(snap.entries().collect::<Vec<_>>(), t2.entries(&feed));
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. the same event again
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_again_is_a_noop() {
+    let h = Harness::new();
+    let (t1, t2) = diff_scenario();
+    let (ev1, _, _) = h.run_table("labs", "e1.csv", &t1).await;
+    // a duplicate event of the baseline itself
+    let again = h.run(&ev1).await;
+    assert_eq!(again.status, RunStatus::Noop);
+    let (ev2, _, msgs) = h.run_table("labs", "e2.csv", &t2).await;
+    assert_eq!(msgs.len(), 8);
+    let state = h.snapshot_bytes("labs").unwrap();
+    let calls = h.queue.calls();
+    for _ in 0..2 {
+        let r = h.run(&ev2).await;
+        assert_eq!(r.status, RunStatus::Noop);
+        assert!(
+            r.reason.as_deref().unwrap().contains("already"),
+            "{:?}",
+            r.reason
+        );
+        assert_eq!(r.counts.sent, 0);
+        assert!(h.take_sent().is_empty());
+        assert_eq!(h.snapshot_bytes("labs").unwrap(), state, "state moved");
+    }
+    assert_eq!(h.queue.calls(), calls);
+    // the event without the quotes S3 sometimes leaves off the ETag is the same object
+    let mut unquoted = ev2.clone();
+    unquoted.etag = ev2.etag.as_deref().map(|e| e.trim_matches('"').to_string());
+    assert_eq!(h.run(&unquoted).await.status, RunStatus::Noop);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. reordered columns, shuffled rows
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_columns_and_shuffled_rows_change_nothing() {
+    let h = Harness::new();
+    let t1 = Table::labs(1..=25, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let before = h.snapshot("labs");
+    let mut t2 = t1.reorder(&[
+        "result",
+        "export_timestamp",
+        "collected",
+        "record_id",
+        "patient_name",
+    ]);
+    t2.rows
+        .sort_by_key(|r| (r[3].parse::<u32>().unwrap() * 7) % 25);
+    t2.rows.reverse();
+    t2.set_all("export_timestamp", TS2);
+    assert_ne!(t2.keys(), t1.keys(), "rows really are shuffled");
+    let (ev2, r, msgs) = h.run_table("labs", "e2.csv", &t2).await;
+    assert_eq!(r.status, RunStatus::Applied);
+    assert_counts(&r, 25, 0, 0, 0, 25, 0);
+    assert!(msgs.is_empty());
+    assert_eq!(h.queue.calls(), 0);
+    let after = h.snapshot("labs");
+    assert_eq!(
+        after.entries().collect::<Vec<_>>(),
+        before.entries().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        after.header.source.key, ev2.key,
+        "the state now comes from the new file"
+    );
+    assert_eq!(after.header.hashed_columns, LAB_HASHED);
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. an added column
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_column_changes_nothing_then_counts_from_the_next_file() {
+    let h = Harness::new();
+    let feed = h.feed("labs");
+    let t1 = Table::labs(1..=15, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+
+    let mut t2 = t1.clone();
+    t2.add_column("lab_site", |k| {
+        format!("site-{}", k.parse::<u32>().unwrap() % 3)
+    });
+    t2.set_all("export_timestamp", TS2);
+    let (_, r2, msgs) = h.run_table("labs", "e2.csv", &t2).await;
+    assert_eq!(r2.status, RunStatus::Applied);
+    assert_counts(&r2, 15, 0, 0, 0, 15, 0);
+    assert!(msgs.is_empty());
+    assert_eq!(r2.schema.added, ["lab_site"]);
+    assert!(r2.schema.removed.is_empty());
+    assert_eq!(
+        r2.schema.hashed_columns,
+        ["collected", "lab_site", "patient_name", "result"]
+    );
+    let snap = h.snapshot("labs");
+    assert_eq!(
+        snap.header.hashed_columns,
+        ["collected", "lab_site", "patient_name", "result"]
+    );
+    assert_eq!(snap.entries().collect::<Vec<_>>(), t2.entries(&feed));
+
+    // now only the new column of one row changes
+    let mut t3 = t2.clone();
+    t3.set("4", "lab_site", "site-moved");
+    t3.set_all("export_timestamp", TS3);
+    let (_, r3, msgs) = h.run_table("labs", "e3.csv", &t3).await;
+    assert_eq!(r3.status, RunStatus::Applied);
+    assert_counts(&r3, 15, 0, 1, 0, 14, 1);
+    assert!(
+        r3.schema.added.is_empty(),
+        "lab_site is part of the state now"
+    );
+    let m = &msgs[0];
+    assert_eq!(m.env.record_key, "4");
+    assert_eq!(m.env.change, Change::Changed);
+    assert_eq!(m.env.fields, t3.fields("4"));
+    assert_eq!(
+        m.env.idempotency_key,
+        idempotency_key("labs", "4", Some(t2.fp(&feed, "4")), t3.fp(&feed, "4"))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. malformed rows
+// ---------------------------------------------------------------------------------------
+
+const LAB_HEADER: &str = "record_id,patient_name,result,collected,export_timestamp";
+
+/// Baseline ids 1..=10, then a file with bad rows at lines 3, 4, 5 and 9 (`nl` is the line
+/// terminator; line 7 holds a quoted field spanning two lines).
+fn malformed_file(nl: &str) -> Vec<u8> {
+    let mut b: Vec<u8> = Vec::new();
+    let mut line = |s: &[u8]| {
+        b.extend_from_slice(s);
+        b.extend_from_slice(nl.as_bytes());
+    };
+    line(LAB_HEADER.as_bytes()); // 1
+    line(b"1,Patient 1,negative,2026-01-02,T2"); // 2 unchanged
+    line(b"2,Patient 2,negative,2026-01-03,T2,extra"); // 3 ragged (6 fields)
+    line(b"3,Bad \xFF\xFE Name,negative,2026-01-04,T2"); // 4 invalid UTF-8
+    line(b",Nobody,negative,2026-01-05,T2"); // 5 empty key
+    line(b"4,Patient 4,positive,2026-01-05,T2"); // 6 changed
+    line(format!("5,\"Patient 5{nl}second line\",negative,2026-01-06,T2").as_bytes()); // 7-8 changed
+    line(b"6,short"); // 9 ragged (2 fields)
+    line(b"11,Patient 11,negative,2026-01-12,T2"); // 10 new
+    for id in 7..=10 {
+        line(format!("{id},Patient {id},negative,2026-01-{:02},T2", id % 28 + 1).as_bytes());
+    }
+    b
+}
+
+async fn check_malformed(nl: &str) {
+    let h = Harness::new();
+    h.run_table("labs", "e1.csv", &Table::labs(1..=10, TS1))
+        .await;
+    let ev = h.upload("labs", "e2.csv", malformed_file(nl));
+    let r = h.run(&ev).await;
+    assert_eq!(r.status, RunStatus::Applied);
+    // 12 data rows: 4 rejected; of the 8 good ones 1 new, 2 changed, 5 unchanged;
+    // ids 2, 3 and 6 have no usable row, so they count as removed
+    assert_counts(&r, 12, 1, 2, 3, 5, 3);
+    assert_eq!(r.counts.rejected, 4);
+    let key = r.rejects_key.clone().expect("a rejects report");
+    assert_eq!(key, rejects_key("labs", &r.run));
+    assert!(key.starts_with("rejects/labs/") && key.ends_with(".jsonl"));
+    let rejects = h.rejects(&key);
+    let lines: Vec<u64> = rejects
+        .iter()
+        .map(|j| j["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [3, 4, 5, 9], "line numbers with {nl:?} line ends");
+    let reasons: Vec<&str> = rejects
+        .iter()
+        .map(|j| j["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons[0].contains("ragged") && reasons[0].contains('6'),
+        "{}",
+        reasons[0]
+    );
+    assert!(
+        reasons[1].contains("UTF-8") && reasons[1].contains("`patient_name`"),
+        "{}",
+        reasons[1]
+    );
+    assert!(
+        reasons[2].contains("empty key") && reasons[2].contains("`record_id`"),
+        "{}",
+        reasons[2]
+    );
+    assert!(
+        reasons[3].contains("ragged") && reasons[3].contains('2'),
+        "{}",
+        reasons[3]
+    );
+    assert_eq!(
+        rejects[2]["fields"][1], "Nobody",
+        "raw fields kept in the S3 rejects report"
+    );
+
+    let got = by_key(&h.take_sent());
+    assert_eq!(
+        got.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["11", "4", "5"]
+    );
+    assert_eq!(got["11"].env.change, Change::New);
+    assert_eq!(got["4"].env.change, Change::Changed);
+    assert_eq!(got["4"].env.fields["result"], "positive");
+    assert_eq!(got["5"].env.change, Change::Changed);
+    assert_eq!(
+        got["5"].env.fields["patient_name"],
+        format!("Patient 5{nl}second line")
+    );
+    assert_eq!(h.snapshot("labs").len(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_rows_are_rejected_with_lines_and_reasons() {
+    check_malformed("\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_rows_crlf_line_numbers() {
+    check_malformed("\r\n").await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. missing required column
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_required_column_rejects_the_file_and_keeps_the_state() {
+    let h = Harness::new();
+    let feed = h.feed("labs");
+    let t1 = Table::labs(1..=10, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let state = h.snapshot_bytes("labs").unwrap();
+
+    for (col, name) in [("result", "no-result.csv"), ("record_id", "no-key.csv")] {
+        let mut t = t1.drop_column(col);
+        t.set_all("export_timestamp", TS2);
+        let ev = h.upload("labs", name, t.csv());
+        let r = h.run(&ev).await;
+        assert_eq!(r.status, RunStatus::Rejected);
+        let reason = r.reason.clone().unwrap();
+        assert!(
+            reason.contains("missing") && reason.contains(col),
+            "{reason}"
+        );
+        assert_eq!(r.counts.sent, 0);
+        assert!(r.snapshot_etag.is_none());
+        assert!(h.take_sent().is_empty());
+        assert_eq!(
+            h.snapshot_bytes("labs").unwrap(),
+            state,
+            "state must not move"
+        );
+    }
+    assert_eq!(h.queue.calls(), 0);
+
+    // the feed still works afterwards, against the untouched state
+    let mut t3 = t1.clone();
+    t3.set("2", "result", "positive");
+    let (_, r, msgs) = h.run_table("labs", "e3.csv", &t3).await;
+    assert_counts(&r, 10, 0, 1, 0, 9, 1);
+    assert_eq!(
+        msgs[0].env.idempotency_key,
+        idempotency_key("labs", "2", Some(t1.fp(&feed, "2")), t3.fp(&feed, "2"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_compared_column_rejects_the_file_naming_it() {
+    let h = Harness::new();
+    let t1 = Table::labs(1..=10, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let state = h.snapshot_bytes("labs").unwrap();
+    // `collected` is not required, but it was hashed into the state
+    let ev = h.upload("labs", "e2.csv", t1.drop_column("collected").csv());
+    let r = h.run(&ev).await;
+    assert_eq!(r.status, RunStatus::Rejected);
+    assert!(
+        r.reason.as_deref().unwrap().contains("collected"),
+        "{:?}",
+        r.reason
+    );
+    assert_eq!(h.snapshot_bytes("labs").unwrap(), state);
+    assert!(h.take_sent().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. empty object
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_object_is_rejected() {
+    let h = Harness::new();
+    // as a first file
+    let ev = h.upload("labs", "empty.csv", Vec::new());
+    let r = h.run(&ev).await;
+    assert_eq!(r.status, RunStatus::Rejected);
+    assert!(
+        r.reason.as_deref().unwrap().contains("empty"),
+        "{:?}",
+        r.reason
+    );
+    assert!(
+        h.snapshot_bytes("labs").is_none(),
+        "no state from an empty file"
+    );
+    // and after a baseline
+    h.run_table("labs", "e1.csv", &Table::labs(1..=5, TS1))
+        .await;
+    let state = h.snapshot_bytes("labs").unwrap();
+    for (name, body) in [
+        ("empty2.csv", Vec::new()),
+        ("bom.csv", b"\xEF\xBB\xBF".to_vec()),
+        ("gz.csv.gz", gzip(b"")),
+    ] {
+        let ev = h.upload("labs", name, body);
+        let r = h.run(&ev).await;
+        assert_eq!(r.status, RunStatus::Rejected, "{name}");
+        assert!(
+            r.reason.as_deref().unwrap().contains("empty"),
+            "{name}: {:?}",
+            r.reason
+        );
+        assert_eq!(h.snapshot_bytes("labs").unwrap(), state);
+    }
+    assert!(h.take_sent().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. corrupt snapshot
+// ---------------------------------------------------------------------------------------
+
+type IsError = fn(&SnapshotError) -> bool;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_foreign_snapshot_fails_the_run_permanently() {
+    let h = Harness::new();
+    let t1 = Table::labs(1..=10, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let good = h.snapshot_bytes("labs").unwrap();
+    // another feed's (valid) snapshot
+    h.run_table("cases", "c1.csv", &cases(1..=3)).await;
+    let foreign = h.snapshot_bytes("cases").unwrap();
+    h.take_sent();
+    let calls = h.queue.calls();
+
+    let mut t2 = t1.clone();
+    t2.set("1", "result", "positive");
+    let ev = h.upload("labs", "e2.csv", t2.csv());
+    let cases_: [(&str, Vec<u8>, IsError); 4] = [
+        ("garbage", b"this is not a snapshot at all".to_vec(), |e| {
+            *e == SnapshotError::BadMagic
+        }),
+        ("truncated", good[..good.len() / 2].to_vec(), |e| {
+            *e == SnapshotError::Checksum
+        }),
+        ("empty", Vec::new(), |e| *e == SnapshotError::BadMagic),
+        ("foreign", foreign, |e| {
+            matches!(e, SnapshotError::ForeignFeed { .. })
+        }),
+    ];
+    for (what, bytes, want) in cases_ {
+        h.restore_snapshot("labs", bytes.clone());
+        // run ids have millisecond resolution: keep the runs of the same event apart
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let before_reports = h.reports("labs").len();
+        let err = h.process(&ev).await.expect_err(what);
+        match &err {
+            SplitError::Snapshot {
+                bucket,
+                key,
+                source,
+            } => {
+                assert_eq!(bucket, BUCKET);
+                assert_eq!(key, &snapshot_key("labs"));
+                assert!(want(source), "{what}: {source:?}");
+            }
+            other => panic!("{what}: expected SplitError::Snapshot, got {other:?}"),
+        }
+        assert!(!err.retryable(), "{what}");
+        assert!(err.to_string().contains("state was not changed"), "{err}");
+        assert!(h.take_sent().is_empty());
+        assert_eq!(
+            h.snapshot_bytes("labs").unwrap(),
+            bytes,
+            "{what}: the bad state is left for an operator"
+        );
+        let reports = h.reports("labs");
+        assert_eq!(
+            reports.len(),
+            before_reports + 1,
+            "{what}: one report per run"
+        );
+        let failed: Vec<&RunReport> = reports
+            .iter()
+            .filter(|r| r.status == RunStatus::Failed)
+            .collect();
+        assert!(!failed.is_empty(), "{what}: a failed run report exists");
+        assert!(failed
+            .iter()
+            .all(|r| r.reason.as_deref().unwrap().contains("snapshot")));
+        assert!(failed.iter().all(|r| r.counts.sent == 0));
+    }
+    assert_eq!(h.queue.calls(), calls, "nothing sent");
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. idempotency keys
+// ---------------------------------------------------------------------------------------
+
+fn one_key(msgs: &[Msg], record: &str) -> String {
+    let m: Vec<&Msg> = msgs.iter().filter(|m| m.env.record_key == record).collect();
+    assert_eq!(m.len(), 1, "exactly one message for {record}");
+    m[0].env.idempotency_key.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_follow_transitions() {
+    let h = Harness::new();
+    let feed = h.feed("cases");
+    let ta = cases(1..=5);
+    let mut tb = ta.clone();
+    tb.set("C003", "status", "closed");
+
+    let (_, r1, m1) = h.run_table("cases", "f1.csv", &ta).await;
+    assert_eq!(r1.counts.sent, 5);
+    let k1 = one_key(&m1, "C003");
+    let s1 = h.snapshot_bytes("cases").unwrap();
+    let (ev2, _, m2) = h.run_table("cases", "f2.csv", &tb).await;
+    assert_eq!(m2.len(), 1);
+    let k2 = one_key(&m2, "C003");
+    let s2 = h.snapshot_bytes("cases").unwrap();
+    let (ev3, _, m3) = h.run_table("cases", "f3.csv", &ta).await;
+    assert_eq!(m3.len(), 1);
+    let k3 = one_key(&m3, "C003");
+    assert_eq!(
+        m3[0].env.fields,
+        ta.fields("C003"),
+        "the return to A is sent"
+    );
+
+    let (fa, fb) = (ta.fp(&feed, "C003"), tb.fp(&feed, "C003"));
+    assert_eq!(k1, idempotency_key("cases", "C003", None, fa));
+    assert_eq!(k2, idempotency_key("cases", "C003", Some(fa), fb));
+    assert_eq!(k3, idempotency_key("cases", "C003", Some(fb), fa));
+    assert!(k1 != k2 && k2 != k3 && k1 != k3, "{k1} {k2} {k3}");
+
+    // a re-run of the same transition (the state restored to before it) has the same key
+    h.restore_snapshot("cases", s1);
+    let (r, m) = (h.run(&ev2).await, h.take_sent());
+    assert_eq!(r.status, RunStatus::Applied);
+    assert_eq!(one_key(&m, "C003"), k2);
+    assert_eq!(m.len(), 1);
+    h.restore_snapshot("cases", s2.clone());
+    let _ = h.run(&ev3).await;
+    assert_eq!(one_key(&h.take_sent(), "C003"), k3);
+    // and again from the same restored state
+    h.restore_snapshot("cases", s2);
+    let _ = h.run(&ev3).await;
+    assert_eq!(one_key(&h.take_sent(), "C003"), k3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG(design): idempotency key is hash(feed, key, prev fp, new fp), so a record going A→B→A→B reuses the key of the first A→B; the consumer ledger / API dedupes the second A→B and the API is left at A"]
+async fn a_repeated_transition_gets_a_new_key() {
+    let h = Harness::new();
+    let ta = cases(1..=3);
+    let mut tb = ta.clone();
+    tb.set("C002", "status", "closed");
+    h.run_table("cases", "f1.csv", &ta).await;
+    let (_, _, m2) = h.run_table("cases", "f2.csv", &tb).await; // A→B
+    let (_, _, m3) = h.run_table("cases", "f3.csv", &ta).await; // B→A
+    let (_, _, m4) = h.run_table("cases", "f4.csv", &tb).await; // A→B again
+    let (k2, k3, k4) = (
+        one_key(&m2, "C002"),
+        one_key(&m3, "C002"),
+        one_key(&m4, "C002"),
+    );
+    assert_ne!(k3, k4);
+    assert_ne!(
+        k2, k4,
+        "the second A→B must not be deduplicated against the first"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 12. duplicate keys inside one file
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_first_occurrence_wins() {
+    let h = Harness::new();
+    let t1 = Table::labs(1..=10, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+
+    let mut t2 = t1.clone();
+    t2.set("3", "result", "positive"); // first occurrence of 3: changed
+    let mut dup3 = t2.row("3").clone();
+    dup3[2] = "inconclusive".into(); // second occurrence of 3: something else
+    let mut dup5 = t2.row("5").clone(); // first occurrence of 5: unchanged
+    dup5[2] = "positive".into(); // second occurrence of 5: a change that must lose
+    let mut row12 = lab_row(12, TS1);
+    row12[1] = "First Twelve".into();
+    let mut dup12 = lab_row(12, TS1);
+    dup12[1] = "Second Twelve".into();
+    t2.push(row12);
+    t2.push(dup3);
+    t2.push(dup5);
+    t2.push(dup12);
+    t2.set_all("export_timestamp", TS2);
+
+    let (_, r, msgs) = h.run_table("labs", "e2.csv", &t2).await;
+    assert_eq!(r.status, RunStatus::Applied);
+    assert_counts(&r, 14, 1, 1, 0, 9, 2);
+    assert_eq!(r.counts.duplicate, 3);
+    let got = by_key(&msgs);
+    assert_eq!(got["3"].env.fields["result"], "positive");
+    assert_eq!(got["12"].env.fields["patient_name"], "First Twelve");
+    assert!(!got.contains_key("5"));
+    assert_eq!(h.snapshot("labs").len(), 11);
+    assert_eq!(
+        h.snapshot("labs").entries().collect::<Vec<_>>(),
+        t2.entries(&h.feed("labs"))
+    );
+
+    // the state holds the first occurrences: a file with them changes nothing ...
+    let mut t3 = t1.clone();
+    t3.set("3", "result", "positive");
+    let mut row12 = lab_row(12, TS1);
+    row12[1] = "First Twelve".into();
+    t3.push(row12);
+    t3.set_all("export_timestamp", TS3);
+    let (_, r3, msgs) = h.run_table("labs", "e3.csv", &t3).await;
+    assert_counts(&r3, 11, 0, 0, 0, 11, 0);
+    assert!(msgs.is_empty());
+
+    // ... and the second occurrences are changes
+    let mut t4 = t3.clone();
+    t4.set("3", "result", "inconclusive");
+    t4.set("5", "result", "positive");
+    t4.set("12", "patient_name", "Second Twelve");
+    let (_, r4, msgs) = h.run_table("labs", "e4.csv", &t4).await;
+    assert_counts(&r4, 11, 0, 3, 0, 8, 3);
+    assert_eq!(
+        by_key(&msgs).keys().map(String::as_str).collect::<Vec<_>>(),
+        ["12", "3", "5"]
+    );
+
+    // deterministic: the same duplicate-laden file in a fresh feed gives the same state
+    let h2 = Harness::new();
+    h2.run_table("labs", "e1.csv", &t1).await;
+    h2.run_table("labs", "e2.csv", &t2).await;
+    let h3 = Harness::new();
+    h3.run_table("labs", "e1.csv", &t1).await;
+    let mut t2_again = t2.clone();
+    t2_again.set_all("export_timestamp", TS4);
+    h3.run_table("labs", "e2-again.csv", &t2_again).await;
+    assert_eq!(
+        h2.snapshot("labs").entries().collect::<Vec<_>>(),
+        h3.snapshot("labs").entries().collect::<Vec<_>>()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 13. a lost race
+// ---------------------------------------------------------------------------------------
+
+/// Baseline 1..=40; X changes 1..=10 and adds 41..=45; Y changes 6..=15 and adds 46..=50.
+fn race_scenario() -> (Table, Table, Table) {
+    let base = Table::labs(1..=40, TS1);
+    let mut x = base.clone();
+    for id in 1..=10 {
+        x.set(&id.to_string(), "result", "X-positive");
+    }
+    for id in 41..=45 {
+        x.push(lab_row(id, TS1));
+    }
+    x.set_all("export_timestamp", TS2);
+    let mut y = base.clone();
+    for id in 6..=15 {
+        y.set(&id.to_string(), "result", "Y-inconclusive");
+    }
+    for id in 46..=50 {
+        y.push(lab_row(id, TS1));
+    }
+    y.set_all("export_timestamp", TS3);
+    (base, x, y)
+}
+
+async fn race(h: &Harness) -> (ObjectEvent, ObjectEvent, RunReport, RunReport, Vec<Msg>) {
+    let (base, x, y) = race_scenario();
+    h.run_table("labs", "base.csv", &base).await;
+    let ex = h.upload("labs", "x.csv", x.csv());
+    let ey = h.upload("labs", "y.csv", y.csv());
+    let (rx, ry) = tokio::join!(h.process(&ex), h.process(&ey));
+    let report = |r: Result<Outcome, SplitError>| match r {
+        Ok(Outcome::Report(r)) => *r,
+        other => panic!("{other:?}"),
+    };
+    let (rx, ry) = (report(rx), report(ry));
+    (ex, ey, rx, ry, h.take_sent())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_race_loses_nothing() {
+    let h = Harness::new();
+    let feed = h.feed("labs");
+    let (base, x, y) = race_scenario();
+    let (ex, ey, rx, ry, msgs) = race(&h).await;
+    assert_eq!(rx.status, RunStatus::Applied);
+    assert_eq!(ry.status, RunStatus::Applied);
+    let mut attempts = [rx.commit_attempts, ry.commit_attempts];
+    attempts.sort();
+    assert_eq!(
+        attempts,
+        [1, 2],
+        "exactly one run lost the conditional commit and retried"
+    );
+
+    let snap = h.snapshot("labs");
+    let (final_t, final_r) = if snap.header.source.key == ex.key {
+        (&x, &rx)
+    } else {
+        assert_eq!(snap.header.source.key, ey.key);
+        (&y, &ry)
+    };
+    assert_eq!(
+        final_r.commit_attempts, 2,
+        "the last committer is the one that retried"
+    );
+    assert_eq!(snap.header.run, final_r.run);
+    assert_eq!(snap.entries().collect::<Vec<_>>(), final_t.entries(&feed));
+
+    // every record whose final content differs from the baseline was sent with that content,
+    // and the last message about each record carries its final content
+    let compared = |t: &Table, k: &str| without(t.fields(k), "export_timestamp");
+    let mut last: BTreeMap<String, &Msg> = BTreeMap::new();
+    for m in &msgs {
+        last.insert(m.env.record_key.clone(), m);
+    }
+    for k in final_t.keys() {
+        let want = compared(final_t, &k);
+        let differs = !base.has(&k) || compared(&base, &k) != want;
+        if differs {
+            assert!(
+                msgs.iter().any(|m| m.env.record_key == k
+                    && without(m.env.fields.clone(), "export_timestamp") == want),
+                "record {k}: final content never sent"
+            );
+        }
+        match last.get(&k) {
+            Some(m) => assert_eq!(
+                without(m.env.fields.clone(), "export_timestamp"),
+                want,
+                "record {k}: last message is stale"
+            ),
+            None => assert!(!differs, "record {k}"),
+        }
+    }
+    // and each (record, transition) key was accepted for exactly one content
+    let mut by_ikey: HashMap<&str, &BTreeMap<String, String>> = HashMap::new();
+    for m in &msgs {
+        if let Some(prev) = by_ikey.insert(&m.env.idempotency_key, &m.env.fields) {
+            assert_eq!(
+                without(prev.clone(), "export_timestamp"),
+                without(m.env.fields.clone(), "export_timestamp"),
+                "one idempotency key, two contents"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: splitter.rs sets report.counts.sent / send_calls from the last commit attempt only; messages sent by an attempt that lost the commit race are not counted"]
+async fn race_reports_count_every_message_sent() {
+    let h = Harness::new();
+    let (_, _, rx, ry, msgs) = race(&h).await;
+    assert_eq!(rx.counts.sent + ry.counts.sent, msgs.len() as u64);
+    assert_eq!(rx.send_calls + ry.send_calls, h.queue.calls() as u64);
+}
+
+// ---------------------------------------------------------------------------------------
+// 14. queue failures
+// ---------------------------------------------------------------------------------------
+
+/// Baseline 1..=30; the next file changes 1..=25 and adds 31..=35: 30 messages.
+fn thirty_changes() -> (Table, Table) {
+    let t1 = Table::labs(1..=30, TS1);
+    let mut t2 = t1.clone();
+    for id in 1..=25 {
+        t2.set(&id.to_string(), "result", "positive");
+    }
+    for id in 31..=35 {
+        t2.push(lab_row(id, TS1));
+    }
+    t2.set_all("export_timestamp", TS2);
+    (t1, t2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_queue_failures_still_send_everything_exactly_once() {
+    let h = Harness::new();
+    let (t1, t2) = thirty_changes();
+    h.run_table("labs", "e1.csv", &t1).await;
+    h.queue.set_mode(QueueMode::Flaky);
+    let (_, r, msgs) = h.run_table("labs", "e2.csv", &t2).await;
+    assert_eq!(r.status, RunStatus::Applied);
+    assert_counts(&r, 35, 5, 25, 0, 5, 30);
+    assert_eq!(msgs.len(), 30);
+    let keys: BTreeSet<&str> = msgs
+        .iter()
+        .map(|m| m.env.idempotency_key.as_str())
+        .collect();
+    assert_eq!(keys.len(), 30, "every message accepted exactly once");
+    let records: BTreeSet<&str> = msgs.iter().map(|m| m.env.record_key.as_str()).collect();
+    assert_eq!(records.len(), 30);
+    let retried = h
+        .queue
+        .attempts
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|n| **n > 1)
+        .count();
+    assert!(retried > 0, "the fake queue really failed some entries");
+    assert!(h.queue.calls() > 3, "retries took extra calls");
+    assert_eq!(h.snapshot("labs").header.source.key, "incoming/labs/e2.csv");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_always_fails_fails_the_run_and_keeps_the_state() {
+    for mode in [QueueMode::CallErr, QueueMode::EntryErr] {
+        let h = Harness::new();
+        let feed = h.feed("labs");
+        let (t1, t2) = thirty_changes();
+        h.run_table("labs", "e1.csv", &t1).await;
+        let state = h.snapshot_bytes("labs").unwrap();
+        h.queue.set_mode(mode);
+        let ev = h.upload("labs", "e2.csv", t2.csv());
+        let err = h.process(&ev).await.expect_err("the run must fail");
+        assert!(matches!(err, SplitError::Send(_)), "{mode:?}: {err:?}");
+        assert!(err.retryable(), "{mode:?}");
+        assert!(h.take_sent().is_empty());
+        assert_eq!(
+            h.snapshot_bytes("labs").unwrap(),
+            state,
+            "{mode:?}: state moved"
+        );
+        let attempted = h.queue.attempted_keys();
+
+        // Lambda retries the event once SQS is back: everything goes, under the same keys
+        h.queue.set_mode(QueueMode::Healthy);
+        let r = h.run(&ev).await;
+        assert_eq!(r.status, RunStatus::Applied);
+        let msgs = h.take_sent();
+        assert_eq!(msgs.len(), 30);
+        assert_eq!(r.counts.sent, 30);
+        let keys: BTreeSet<String> = msgs.iter().map(|m| m.env.idempotency_key.clone()).collect();
+        assert_eq!(keys.len(), 30);
+        assert!(!attempted.is_empty());
+        assert!(
+            attempted.is_subset(&keys),
+            "{mode:?}: the retry uses the same keys"
+        );
+        assert_eq!(
+            h.snapshot("labs").entries().collect::<Vec<_>>(),
+            t2.entries(&feed)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_queue_refuses_are_rejected_and_retried_by_the_next_file() {
+    let h = Harness::new();
+    let feed = h.feed("labs");
+    let t1 = Table::labs(1..=10, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let mut t2 = t1.clone();
+    t2.set("3", "result", "positive");
+    t2.set("7", "result", "positive");
+    t2.push(lab_row(11, TS1));
+    *h.queue.refuse.lock().unwrap() = vec![
+        "\"record_key\":\"7\"".into(),
+        "\"record_key\":\"11\"".into(),
+    ];
+    let (_, r, msgs) = h.run_table("labs", "e2.csv", &t2).await;
+    assert_eq!(r.status, RunStatus::Applied);
+    assert_counts(&r, 11, 1, 2, 0, 8, 1);
+    assert_eq!(r.counts.rejected, 2);
+    assert_eq!(msgs[0].env.record_key, "3");
+    let rejects = h.rejects(r.rejects_key.as_deref().unwrap());
+    let mut lines: Vec<u64> = rejects
+        .iter()
+        .map(|j| j["line"].as_u64().unwrap())
+        .collect();
+    lines.sort();
+    assert_eq!(lines, [8, 12], "rows 7 and 11 are on lines 8 and 12");
+    assert!(rejects
+        .iter()
+        .all(|j| j["reason"].as_str().unwrap().contains("SQS refused")));
+    // the refused rows stay at their previous state
+    let snap = h.snapshot("labs");
+    assert_eq!(snap.get(t2.prints(&feed, "7").key), Some(t1.fp(&feed, "7")));
+    assert_eq!(snap.get(t2.prints(&feed, "11").key), None);
+    assert_eq!(snap.get(t2.prints(&feed, "3").key), Some(t2.fp(&feed, "3")));
+
+    // the next file (SQS fine again) sends them
+    h.queue.refuse.lock().unwrap().clear();
+    let mut t3 = t2.clone();
+    t3.set_all("export_timestamp", TS3);
+    let (_, r3, msgs) = h.run_table("labs", "e3.csv", &t3).await;
+    assert_counts(&r3, 11, 1, 1, 0, 9, 2);
+    let got = by_key(&msgs);
+    assert_eq!(got["7"].env.change, Change::Changed);
+    assert_eq!(got["11"].env.change, Change::New);
+    assert_eq!(
+        got["7"].env.idempotency_key,
+        idempotency_key("labs", "7", Some(t1.fp(&feed, "7")), t3.fp(&feed, "7"))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 15. skipped events
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_keys_and_unknown_feeds_are_skipped() {
+    let h = Harness::new();
+    let body = Table::labs(1..=3, TS1).csv();
+    let keys = [
+        ("runs/labs/x.json", "outside incoming/"),
+        ("state/labs/snapshot", "outside incoming/"),
+        ("rejects/labs/r.jsonl", "outside incoming/"),
+        ("labs/e1.csv", "outside incoming/"),
+        ("incoming/unknown/e1.csv", "no feed"),
+        ("incoming/labs/", ""),
+        ("incoming/labs", ""),
+        ("incoming/e1.csv", ""),
+    ];
+    for (key, why) in keys {
+        let etag = h.mem.insert(BUCKET, key, body.clone());
+        let ev = ObjectEvent {
+            bucket: BUCKET.into(),
+            key: key.into(),
+            etag: Some(etag),
+            ..Default::default()
+        };
+        match h.process(&ev).await {
+            Ok(Outcome::Skipped { key: k, reason }) => {
+                assert_eq!(k, key);
+                assert!(reason.contains(why), "{key}: {reason}");
+            }
+            other => panic!("{key}: expected Skipped, got {other:?}"),
+        }
+    }
+    // nothing written: only the objects the test put there
+    assert_eq!(h.mem.keys("runs/"), ["runs/labs/x.json"]);
+    assert_eq!(h.mem.keys("rejects/"), ["rejects/labs/r.jsonl"]);
+    assert_eq!(h.snapshot_bytes("labs").unwrap(), body);
+    assert_eq!(h.queue.calls(), 0);
+
+    // deleted or replaced after the event
+    let h = Harness::new();
+    let ghost = ObjectEvent {
+        bucket: BUCKET.into(),
+        key: "incoming/labs/gone.csv".into(),
+        etag: Some("\"etag-404\"".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        h.process(&ghost).await,
+        Ok(Outcome::Skipped { .. })
+    ));
+    let old = h.upload("labs", "replaced.csv", body.clone());
+    h.upload("labs", "replaced.csv", Table::labs(1..=4, TS2).csv());
+    assert!(matches!(h.process(&old).await, Ok(Outcome::Skipped { .. })));
+    assert!(h.snapshot_bytes("labs").is_none());
+    assert!(h.mem.keys("runs/").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// stale events
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_of_the_same_key_is_stale() {
+    let h = Harness::new();
+    let t1 = Table::labs(1..=5, TS1);
+    let mut e1 = h.upload("labs", "latest.csv", t1.csv());
+    e1.sequencer = Some("0055AED6DCD90281E5".into());
+    h.run(&e1).await;
+    let mut t2 = t1.clone();
+    t2.set("2", "result", "positive");
+    let mut e2 = h.upload("labs", "latest.csv", t2.csv());
+    e2.sequencer = Some("0055AED6DCD90281E6".into());
+    let r2 = h.run(&e2).await;
+    assert_eq!(r2.counts.sent, 1);
+    h.take_sent();
+    let state = h.snapshot_bytes("labs").unwrap();
+    // the first event arrives again, late
+    let r = h.run(&e1).await;
+    assert_eq!(r.status, RunStatus::Stale);
+    assert!(r.reason.as_deref().unwrap().contains("sequencer"));
+    assert!(h.take_sent().is_empty());
+    assert_eq!(h.snapshot_bytes("labs").unwrap(), state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_file_replayed_after_a_newer_one_is_stale() {
+    let store = DatedStore::default();
+    let h = Harness::with_store(store.inner.clone(), store.clone());
+    let (t1, t2) = diff_scenario();
+    let e1 = h.upload("labs", "e1.csv", t1.csv());
+    store
+        .dates
+        .lock()
+        .unwrap()
+        .insert(e1.key.clone(), "2026-03-01T00:00:05Z".into());
+    let e2 = h.upload("labs", "e2.csv", t2.csv());
+    store
+        .dates
+        .lock()
+        .unwrap()
+        .insert(e2.key.clone(), "2026-03-01T00:30:05Z".into());
+    h.run(&e1).await;
+    h.run(&e2).await;
+    assert_eq!(h.take_sent().len(), 8);
+    let state = h.snapshot_bytes("labs").unwrap();
+    let r = h.run(&e1).await;
+    assert_eq!(r.status, RunStatus::Stale);
+    assert!(r.reason.as_deref().unwrap().contains("older"));
+    assert!(
+        h.take_sent().is_empty(),
+        "an old file must not roll the API back"
+    );
+    assert_eq!(h.snapshot_bytes("labs").unwrap(), state);
+}
+
+// ---------------------------------------------------------------------------------------
+// 16. no row values in reasons
+// ---------------------------------------------------------------------------------------
+
+const PII: [&str; 6] = [
+    "Zelda",
+    "Quixote",
+    "555-0199",
+    "1961-07-04",
+    "Baker Street",
+    "ZZ-SECRET",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_row_value_appears_in_any_reason() {
+    let h = Harness::new();
+    let pii_row = |id: u32| {
+        vec![
+            id.to_string(),
+            format!("Zelda Quixote {id}, 221 Baker Street, 555-0199"),
+            "ZZ-SECRET".to_string(),
+            "1961-07-04".to_string(),
+            TS1.to_string(),
+        ]
+    };
+    let mut t1 = Table::new(&LAB_COLS, "record_id");
+    for id in 1..=8 {
+        t1.push(pii_row(id));
+    }
+    h.run_table("labs", "e1.csv", &t1).await;
+    let mut errors: Vec<String> = Vec::new();
+
+    // bad rows, each carrying values
+    let mut bad = Vec::new();
+    bad.extend_from_slice(LAB_HEADER.as_bytes());
+    bad.extend_from_slice(b"\n1,Zelda Quixote,ZZ-SECRET,1961-07-04,T,555-0199\n");
+    bad.extend_from_slice(b"2,Zelda \xFF Quixote,ZZ-SECRET,1961-07-04,T\n");
+    bad.extend_from_slice(b",Zelda Quixote,ZZ-SECRET,1961-07-04,T\n");
+    bad.extend_from_slice(b"3,Zelda Quixote 555-0199\n");
+    let long = format!(
+        "4,Zelda Quixote {},ZZ-SECRET,1961-07-04,T\n",
+        "Baker Street ".repeat(6000)
+    );
+    bad.extend_from_slice(long.as_bytes());
+    let ev = h.upload("labs", "bad-rows.csv", bad);
+    let r = h.run(&ev).await;
+    assert_eq!(r.counts.rejected, 5);
+
+    // whole-file rejections: a missing column, a headerless file, an empty file
+    let ev = h.upload("labs", "no-result.csv", t1.drop_column("result").csv());
+    assert_eq!(h.run(&ev).await.status, RunStatus::Rejected);
+    let headerless =
+        b"9,Zelda Quixote,ZZ-SECRET,1961-07-04,T\n10,Zelda,ZZ-SECRET,1961-07-04,T\n".to_vec();
+    let ev = h.upload("labs", "headerless.csv", headerless);
+    assert_eq!(h.run(&ev).await.status, RunStatus::Rejected);
+    let ev = h.upload("labs", "empty.csv", Vec::new());
+    assert_eq!(h.run(&ev).await.status, RunStatus::Rejected);
+    // SQS refusing a row
+    let mut t2 = t1.clone();
+    t2.set("5", "result", "ZZ-SECRET changed");
+    *h.queue.refuse.lock().unwrap() = vec!["ZZ-SECRET changed".into()];
+    let ev = h.upload("labs", "refused.csv", t2.csv());
+    assert_eq!(h.run(&ev).await.counts.rejected, 1);
+    h.queue.refuse.lock().unwrap().clear();
+    // a failing queue
+    h.queue.set_mode(QueueMode::EntryErr);
+    let mut t3 = t1.clone();
+    t3.set("6", "result", "ZZ-SECRET again");
+    let ev = h.upload("labs", "queue-down.csv", t3.csv());
+    errors.push(h.process(&ev).await.unwrap_err().to_string());
+    h.queue.set_mode(QueueMode::Healthy);
+    // a truncated gzip
+    let gz = gzip(&t3.csv());
+    let ev = h.upload("labs", "cut.csv.gz", gz[..gz.len() / 2].to_vec());
+    if let Err(e) = h.process(&ev).await {
+        errors.push(e.to_string());
+    }
+    // a corrupt snapshot
+    h.restore_snapshot("labs", b"Zelda Quixote 555-0199".to_vec());
+    errors.push(h.process(&ev).await.unwrap_err().to_string());
+
+    let mut reasons: Vec<String> = Vec::new();
+    for k in h.mem.keys("runs/labs/") {
+        let v: serde_json::Value = serde_json::from_slice(&h.mem.get(BUCKET, &k).unwrap()).unwrap();
+        if let Some(s) = v["reason"].as_str() {
+            reasons.push(s.to_string());
+        }
+        // nothing but reasons, column names and identities in the whole report either
+        let text = String::from_utf8(h.mem.get(BUCKET, &k).unwrap()).unwrap();
+        for p in PII {
+            assert!(!text.contains(p), "{k} contains {p}: {text}");
+        }
+    }
+    for k in h.mem.keys("rejects/labs/") {
+        for j in h.rejects(&k) {
+            reasons.push(j["reason"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(reasons.len() >= 10, "{reasons:#?}");
+    for s in reasons.iter().chain(&errors) {
+        for p in PII {
+            assert!(!s.contains(p), "`{s}` contains the row value {p}");
+        }
+    }
+    // and no message attribute carries one
+    for m in h.take_sent() {
+        for v in m.attrs.values() {
+            for p in PII {
+                assert!(!v.contains(p));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: rows.rs FileRejection::DuplicateColumn echoes the header cell; for a headerless export the 'header' is a data row, so a repeated value (name, date of birth) lands in the report reason, the log line and the run report"]
+async fn a_headerless_file_does_not_leak_its_first_row() {
+    let h = Harness::new();
+    let ev = h.upload(
+        "labs",
+        "headerless.csv",
+        b"17,Quixote,Quixote,1961-07-04,1961-07-04\n18,Zelda,x,y,z\n".to_vec(),
+    );
+    let r = h.run(&ev).await;
+    assert_eq!(r.status, RunStatus::Rejected);
+    let reason = r.reason.unwrap();
+    for p in PII {
+        assert!(!reason.contains(p), "`{reason}` contains {p}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 17. gzip
+// ---------------------------------------------------------------------------------------
+
+type Normal = BTreeSet<(String, String, String, BTreeMap<String, String>)>;
+
+fn normal(msgs: &[Msg]) -> Normal {
+    msgs.iter()
+        .map(|m| {
+            (
+                m.env.record_key.clone(),
+                m.env.change.as_str().to_string(),
+                m.env.idempotency_key.clone(),
+                m.env.fields.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_bodies_process_like_plain_ones() {
+    let (t1, t2) = diff_scenario();
+    let plain = Harness::new();
+    plain.run_table("labs", "e1.csv", &t1).await;
+    let (_, rp, mp) = plain.run_table("labs", "e2.csv", &t2).await;
+
+    let gz = Harness::new();
+    let ev1 = gz.upload("labs", "e1.csv.gz", gzip(&t1.csv()));
+    assert_eq!(gz.run(&ev1).await.status, RunStatus::Baseline);
+    // with a byte-order mark inside the gzip, too
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend_from_slice(&t2.csv());
+    let ev2 = gz.upload("labs", "e2.csv.gz", gzip(&bom));
+    let rg = gz.run(&ev2).await;
+    let mg = gz.take_sent();
+    assert_eq!(rg.status, RunStatus::Applied);
+    assert_eq!(rg.counts, rp.counts);
+    assert_eq!(rg.schema, rp.schema);
+    assert_eq!(normal(&mg), normal(&mp));
+    assert_eq!(mg.len(), 8);
+    assert_eq!(
+        gz.snapshot("labs").entries().collect::<Vec<_>>(),
+        plain.snapshot("labs").entries().collect::<Vec<_>>()
+    );
+
+    // a plain file after a gzipped one: nothing changed
+    let mut t3 = t2.clone();
+    t3.set_all("export_timestamp", TS3);
+    let (_, r3, m3) = gz.run_table("labs", "e3.csv", &t3).await;
+    assert_counts(&r3, 29, 0, 0, 0, 29, 0);
+    assert!(m3.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_gzip_does_not_move_the_state() {
+    let h = Harness::new();
+    let t1 = Table::labs(1..=50, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let state = h.snapshot_bytes("labs").unwrap();
+    let mut t2 = t1.clone();
+    for id in 1..=50 {
+        t2.set(&id.to_string(), "result", "positive");
+    }
+    let gz = gzip(&t2.csv());
+    let ev = h.upload("labs", "cut.csv.gz", gz[..gz.len() * 2 / 3].to_vec());
+    let res = h.process(&ev).await;
+    assert_eq!(
+        h.snapshot_bytes("labs").unwrap(),
+        state,
+        "a truncated file must not move the state"
+    );
+    match res {
+        Err(e) => assert!(matches!(e, SplitError::Read { .. }), "{e:?}"),
+        Ok(Outcome::Report(r)) => assert!(
+            matches!(r.status, RunStatus::Rejected | RunStatus::Failed),
+            "{:?}",
+            r.status
+        ),
+        Ok(other) => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: splitter.rs returns SplitError::Read (retryable, no run report) for a truncated/corrupt gzip: the same bytes always fail, and invariant 6 wants a report"]
+async fn a_truncated_gzip_is_reported() {
+    let h = Harness::new();
+    let t1 = Table::labs(1..=50, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let gz = gzip(&t1.csv());
+    let ev = h.upload("labs", "cut.csv.gz", gz[..gz.len() * 2 / 3].to_vec());
+    let res = h.process(&ev).await;
+    let reports = h.reports("labs");
+    assert_eq!(reports.len(), 2, "a run report for the truncated file");
+    match res {
+        Ok(Outcome::Report(r)) => assert_eq!(r.status, RunStatus::Rejected),
+        Err(e) => assert!(!e.retryable(), "the same bytes fail the same way: {e}"),
+        Ok(other) => panic!("{other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// further defects
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: splitter.rs writes the rejects object only after the snapshot commit; if that put fails the invocation fails, the Lambda retry is a Noop (state already from this object) and the rejected rows are never reported"]
+async fn rejected_rows_survive_a_failed_rejects_write() {
+    let store = FailingPutStore::default();
+    let h = Harness::with_store(store.inner.clone(), store.clone());
+    h.run_table("labs", "e1.csv", &Table::labs(1..=5, TS1))
+        .await;
+    let mut bad = LAB_HEADER.as_bytes().to_vec();
+    bad.extend_from_slice(b"\n1,Patient 1,negative,2026-01-02,T\n2,ragged\n");
+    let ev = h.upload("labs", "e2.csv", bad);
+    *store.fail.lock().unwrap() = Some(("rejects/".into(), 1));
+    let first = h.process(&ev).await;
+    assert!(first.as_ref().is_err_and(|e| e.retryable()), "{first:?}");
+    // Lambda retries the event
+    let _ = h.process(&ev).await;
+    assert!(
+        !h.mem.keys("rejects/labs/").is_empty(),
+        "the rejected row (line 3) is in no rejects report"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: a rejected row of a known record (its key readable) drops the record from the state (counted `removed`); when the row comes back unchanged it is re-sent as `new` under a fresh idempotency key"]
+async fn a_temporarily_malformed_row_is_not_resent_when_it_recovers() {
+    let h = Harness::new();
+    let t1 = Table::labs(1..=5, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let mut bad = LAB_HEADER.as_bytes().to_vec();
+    bad.push(b'\n');
+    for id in 1..=5 {
+        if id == 3 {
+            bad.extend_from_slice(b"3,Patient \xFF3,negative,2026-01-04,T2\n");
+        } else {
+            bad.extend_from_slice(
+                format!("{id},Patient {id},negative,2026-01-{:02},T2\n", id % 28 + 1).as_bytes(),
+            );
+        }
+    }
+    let ev = h.upload("labs", "e2.csv", bad);
+    let r2 = h.run(&ev).await;
+    assert_eq!(r2.counts.rejected, 1);
+    assert_eq!(r2.counts.removed, 0, "record 3 is rejected, not removed");
+    // the row recovers, unchanged since the baseline
+    let mut t3 = t1.clone();
+    t3.set_all("export_timestamp", TS3);
+    let (_, r3, msgs) = h.run_table("labs", "e3.csv", &t3).await;
+    assert!(
+        msgs.is_empty(),
+        "record 3 never changed, yet {:?} was sent",
+        msgs.first().map(|m| m.env.change)
+    );
+    assert_eq!(r3.counts.new, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BUG: diff.rs record_key joins composite key values with '|' unescaped and envelope.rs idempotency_key hashes that string, so (\"CA|LA\",\"7\") and (\"CA\",\"LA|7\") share record_key and, with equal content, the idempotency key: the consumer drops one"]
+async fn composite_keys_with_the_separator_do_not_collide() {
+    let h = Harness::new();
+    let mut t = Table::new(&["jurisdiction", "case_id", "status"], "case_id");
+    t.push(vec!["CA|LA".into(), "7".into(), "open".into()]);
+    t.push(vec!["CA".into(), "LA|7".into(), "open".into()]);
+    let (_, r, msgs) = h.run_table("juris", "j1.csv", &t).await;
+    assert_eq!(r.counts.new, 2, "two distinct records");
+    assert_eq!(msgs.len(), 2);
+    assert_ne!(msgs[0].env.idempotency_key, msgs[1].env.idempotency_key);
+    assert_ne!(msgs[0].env.record_key, msgs[1].env.record_key);
+}

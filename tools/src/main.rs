@@ -1,0 +1,45 @@
+//! `casefeed`: command-line tools for the casefeed pipeline.
+
+mod gen;
+
+use std::fmt;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "casefeed", version, about = "casefeed command-line tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate synthetic lab-result CSV exports (deterministic, seeded).
+    Gen(gen::GenArgs),
+}
+
+/// An error for `main`: its `Debug` is the plain message, so the process prints
+/// `Error: <message>` and exits with status 1.
+struct CliError(Box<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Debug for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(Box::new(e))
+    }
+}
+
+fn main() -> Result<ExitCode, CliError> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Gen(args) => gen::run(args)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
