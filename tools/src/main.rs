@@ -1,6 +1,6 @@
 //! `casefeed`: command-line tools for the casefeed pipeline.
 
-mod gen;
+use casefeed_tools::{demo, gen};
 
 use std::fmt;
 use std::process::ExitCode;
@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Generate synthetic lab-result CSV exports (deterministic, seeded).
     Gen(gen::GenArgs),
+    /// Run the pipeline locally on sample data (moto + the release Lambda binaries).
+    Demo(demo::DemoArgs),
 }
 
 /// An error for `main`: its `Debug` is the plain message, so the process prints
@@ -40,6 +42,10 @@ fn main() -> Result<ExitCode, CliError> {
     let cli = Cli::parse();
     match cli.command {
         Command::Gen(args) => gen::run(args)?,
+        Command::Demo(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(demo::run(args))?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,6 @@
+//! casefeed's tools: the data generator, the local stack (moto + Runtime Interface Emulator)
+//! and the `casefeed` CLI built on them.
+
+pub mod demo;
+pub mod gen;
+pub mod local;
