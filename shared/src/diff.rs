@@ -12,7 +12,7 @@
 
 use crate::config::FeedConfig;
 use crate::rows::FileRejection;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{next_chain, Entry, Snapshot};
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
@@ -166,25 +166,47 @@ impl Fingerprinter {
     }
 }
 
-/// The record key as the API sees it: the key values joined with `|`.
+/// The record key as the API sees it: the key value, or for a composite key the values
+/// joined with `|` (a `|` or `\\` inside a value is escaped with `\\`, so distinct keys
+/// never share a record key).
 pub fn record_key(plan: &ColumnPlan, rec: &csv::ByteRecord) -> String {
+    if let [i] = plan.key_idx[..] {
+        return String::from_utf8_lossy(&rec[i]).into_owned();
+    }
     let mut s = String::new();
     for (n, &i) in plan.key_idx.iter().enumerate() {
         if n > 0 {
             s.push('|');
         }
-        s.push_str(&String::from_utf8_lossy(&rec[i]));
+        for ch in String::from_utf8_lossy(&rec[i]).chars() {
+            if ch == '|' || ch == '\\' {
+                s.push('\\');
+            }
+            s.push(ch);
+        }
     }
     s
+}
+
+/// The key fingerprint of a record whose key columns are readable (for rows rejected for
+/// other reasons), `None` when a key column is missing or empty.
+pub fn key_print(plan: &ColumnPlan, rec: &csv::ByteRecord, fp: &mut Fingerprinter) -> Option<u64> {
+    if plan
+        .key_idx
+        .iter()
+        .any(|&i| rec.get(i).is_none_or(|f| f.is_empty()))
+    {
+        return None;
+    }
+    Some(hash_fields(&mut fp.buf, rec, &plan.key_idx, KEY_SEED))
 }
 
 /// How one row compares with the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
     New,
-    Changed {
-        previous: u64,
-    },
+    /// `previous`: the snapshot's content fingerprint; `chain`: its history summary.
+    Changed { previous: u64, chain: u64 },
     Unchanged,
     /// The key already appeared earlier in this file; the first occurrence wins.
     Duplicate,
@@ -223,7 +245,7 @@ pub struct Differ<'a> {
     snapshot: Option<&'a Snapshot>,
     seen: Vec<u64>,
     new_keys: FpSet,
-    entries: Vec<(u64, u64)>,
+    entries: Vec<Entry>,
     counts: DiffCounts,
 }
 
@@ -249,11 +271,17 @@ impl<'a> Differ<'a> {
                     Class::Duplicate
                 } else {
                     self.seen[w] |= bit;
-                    let prev = self.snapshot.map(|s| s.content_at(pos)).unwrap_or(0);
+                    let (prev, chain) = self
+                        .snapshot
+                        .map(|s| (s.content_at(pos), s.chain_at(pos)))
+                        .unwrap_or((0, 0));
                     if prev == p.compare {
                         Class::Unchanged
                     } else {
-                        Class::Changed { previous: prev }
+                        Class::Changed {
+                            previous: prev,
+                            chain,
+                        }
                     }
                 }
             }
@@ -271,10 +299,39 @@ impl<'a> Differ<'a> {
             Class::Unchanged => self.counts.unchanged += 1,
             Class::Duplicate => self.counts.duplicate += 1,
         }
-        if class != Class::Duplicate {
-            self.entries.push((p.key, p.store));
-        }
+        let chain = match class {
+            Class::Duplicate => return class,
+            Class::New => next_chain(None, p.store),
+            Class::Changed { chain, .. } => next_chain(Some(chain), p.store),
+            // unchanged: the history goes on as it was (the stored fingerprint may move to
+            // a new column set after schema drift, the history does not)
+            Class::Unchanged => pos
+                .and_then(|pos| self.snapshot.map(|s| s.chain_at(pos)))
+                .unwrap_or_else(|| next_chain(None, p.store)),
+        };
+        self.entries.push(Entry {
+            key: p.key,
+            content: p.store,
+            chain,
+        });
         class
+    }
+
+    /// A row of this key was rejected: keep the record's previous state (it is not
+    /// "removed", and comes back as unchanged when the row is fixed).
+    pub fn carry(&mut self, key: u64) {
+        let Some(s) = self.snapshot else { return };
+        let Some(pos) = s.position(key) else { return };
+        let (w, bit) = (pos / 64, 1u64 << (pos % 64));
+        if self.seen[w] & bit != 0 {
+            return;
+        }
+        self.seen[w] |= bit;
+        self.entries.push(Entry {
+            key,
+            content: s.content_at(pos),
+            chain: s.chain_at(pos),
+        });
     }
 
     pub fn counts(&self) -> DiffCounts {
@@ -282,7 +339,7 @@ impl<'a> Differ<'a> {
     }
 
     /// The new snapshot's entries (unsorted, unique) and the final counts.
-    pub fn finish(mut self) -> (Vec<(u64, u64)>, DiffCounts) {
+    pub fn finish(mut self) -> (Vec<Entry>, DiffCounts) {
         let seen: u64 = self.seen.iter().map(|w| u64::from(w.count_ones())).sum();
         let total = self.snapshot.map(|s| s.len() as u64).unwrap_or(0);
         self.counts.removed = total - seen;
@@ -311,6 +368,7 @@ mod tests {
         Fingerprinter::default().prints(&plan, &rec(vals))
     }
     fn snap(entries: Vec<(u64, u64)>, hashed: Vec<String>) -> Snapshot {
+        let entries: Vec<Entry> = entries.into_iter().map(Entry::from).collect();
         Snapshot::from_entries(
             SnapshotHeader {
                 format: FORMAT_VERSION,
@@ -356,6 +414,11 @@ mod tests {
         let b = fp.prints(&plan, &rec(&["1", "ny", "v"]));
         assert_ne!(a.key, b.key);
         assert_eq!(record_key(&plan, &rec(&["1", "ca", "v"])), "ca|1");
+        // separators inside values are escaped: distinct keys, distinct record keys
+        let ra = record_key(&plan, &rec(&["7", "CA|LA", "v"]));
+        let rb = record_key(&plan, &rec(&["LA|7", "CA", "v"]));
+        assert_ne!(ra, rb);
+        assert_eq!(ra, "CA\\|LA|7");
         let plan2 = ColumnPlan::new(&hdr(&["v", "j", "id"]), &f, None).unwrap();
         assert_eq!(fp.prints(&plan2, &rec(&["v", "ca", "1"])), a);
     }
@@ -402,7 +465,8 @@ mod tests {
         assert_eq!(
             d.classify(p("2", "y")),
             Class::Changed {
-                previous: p("2", "x").compare
+                previous: p("2", "x").compare,
+                chain: next_chain(None, p("2", "x").compare),
             }
         );
         assert_eq!(d.classify(p("4", "x")), Class::New);
@@ -420,8 +484,29 @@ mod tests {
             }
         );
         assert_eq!(entries.len(), 3);
-        assert!(entries.contains(&(p("4", "x").key, p("4", "x").store)));
-        assert!(entries.contains(&(p("1", "x").key, p("1", "x").store)));
+        let has = |k: u64, c: u64| entries.iter().any(|e| e.key == k && e.content == c);
+        assert!(has(p("4", "x").key, p("4", "x").store));
+        assert!(has(p("1", "x").key, p("1", "x").store));
+        let two = entries.iter().find(|e| e.key == p("2", "y").key).unwrap();
+        assert_eq!(
+            two.chain,
+            next_chain(Some(next_chain(None, p("2", "x").compare)), p("2", "y").store)
+        );
+    }
+
+    #[test]
+    fn carried_rows_are_not_removed() {
+        let cols = ["id", "a"];
+        let p = |id: &str, a: &str| prints(&cols, &[id, a], None);
+        let s = snap(vec![(p("1", "x").key, p("1", "x").compare)], hdr(&["a"]));
+        let mut d = Differ::new(Some(&s), 0);
+        d.carry(p("1", "x").key);
+        d.carry(p("1", "x").key);
+        d.carry(p("9", "x").key);
+        let (entries, c) = d.finish();
+        assert_eq!(c.removed, 0);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0], s.entry(p("1", "x").key).unwrap());
     }
 
     #[test]

@@ -122,20 +122,40 @@ impl ClassifyStr for serde_json::Error {
     }
 }
 
-/// `hash(feed, record key, previous content fingerprint or none, new content fingerprint)`:
-/// the same transition always yields the same key; A→B→A yields a new key for the return
-/// to A. 128 bits of SHA-256, hex.
-pub fn idempotency_key(feed: &str, record_key: &str, previous: Option<u64>, new: u64) -> String {
+/// The record's state before a transition: its content fingerprint and history chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Previous {
+    pub content: u64,
+    pub chain: u64,
+}
+
+/// `hash(feed, record key, previous state or none, new content fingerprint)`, where the
+/// previous state is the content fingerprint *and* the record's history chain (see
+/// [`crate::snapshot::next_chain`]). The same transition from the same state always yields
+/// the same key — a re-run of a crashed file, a duplicate S3 event, two files racing all
+/// dedupe — while A→B→A→B gives three distinct keys (the second A→B starts from a different
+/// history). The key's values are length-prefixed, so composite keys cannot collide.
+/// 128 bits of SHA-256, hex.
+pub fn idempotency_key(
+    feed: &str,
+    key_values: &[&[u8]],
+    previous: Option<Previous>,
+    new: u64,
+) -> String {
     let mut h = Sha256::new();
     h.update(b"casefeed/idempotency/v1\0");
     h.update((feed.len() as u64).to_le_bytes());
     h.update(feed.as_bytes());
-    h.update((record_key.len() as u64).to_le_bytes());
-    h.update(record_key.as_bytes());
+    h.update((key_values.len() as u64).to_le_bytes());
+    for v in key_values {
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v);
+    }
     match previous {
         Some(p) => {
             h.update([1u8]);
-            h.update(p.to_le_bytes());
+            h.update(p.content.to_le_bytes());
+            h.update(p.chain.to_le_bytes());
         }
         None => h.update([0u8]),
     }
@@ -150,21 +170,33 @@ mod tests {
 
     #[test]
     fn idempotency_key_is_a_function_of_the_transition() {
-        let a = idempotency_key("f", "k1", None, 10);
-        assert_eq!(a, idempotency_key("f", "k1", None, 10));
+        use crate::snapshot::next_chain;
+        let k1: &[&[u8]] = &[b"k1"];
+        let a = idempotency_key("f", k1, None, 10);
+        assert_eq!(a, idempotency_key("f", k1, None, 10));
         assert_eq!(a.len(), 32);
-        assert_ne!(a, idempotency_key("g", "k1", None, 10));
-        assert_ne!(a, idempotency_key("f", "k2", None, 10));
-        assert_ne!(a, idempotency_key("f", "k1", Some(0), 10));
-        // A -> B -> A: the return to A is a new transition with its own key
-        let ab = idempotency_key("f", "k1", Some(10), 20);
-        let ba = idempotency_key("f", "k1", Some(20), 10);
-        assert_ne!(ab, ba);
-        assert_ne!(ba, a);
-        // no ambiguity between feed and key boundaries
+        assert_ne!(a, idempotency_key("g", k1, None, 10));
+        assert_ne!(a, idempotency_key("f", &[b"k2"], None, 10));
+        let at = |content: u64, chain: u64| Some(Previous { content, chain });
+        // A -> B -> A -> B: every transition has its own key, the second A -> B included
+        let c_a = next_chain(None, 10);
+        let ab = idempotency_key("f", k1, at(10, c_a), 20);
+        let c_ab = next_chain(Some(c_a), 20);
+        let ba = idempotency_key("f", k1, at(20, c_ab), 10);
+        let c_aba = next_chain(Some(c_ab), 10);
+        let ab2 = idempotency_key("f", k1, at(10, c_aba), 20);
+        let keys: std::collections::BTreeSet<_> = [&a, &ab, &ba, &ab2].into_iter().collect();
+        assert_eq!(keys.len(), 4);
+        // the same transition from the same state: the same key
+        assert_eq!(ab, idempotency_key("f", k1, at(10, c_a), 20));
+        // no ambiguity between feed, key parts and composite keys
         assert_ne!(
-            idempotency_key("ab", "c", None, 1),
-            idempotency_key("a", "bc", None, 1)
+            idempotency_key("ab", &[b"c"], None, 1),
+            idempotency_key("a", &[b"bc"], None, 1)
+        );
+        assert_ne!(
+            idempotency_key("f", &[b"CA|LA", b"7"], None, 1),
+            idempotency_key("f", &[b"CA", b"LA|7"], None, 1)
         );
     }
 

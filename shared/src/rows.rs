@@ -4,6 +4,8 @@
 //! stop the file; an empty file, a missing or unusable header rejects the whole file.
 
 use std::io::{BufRead, BufReader, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Why a whole file was refused. Permanent: the same bytes always fail the same way.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -14,8 +16,10 @@ pub enum FileRejection {
     HeaderEncoding,
     #[error("the header row has an empty column name at position {0}")]
     EmptyColumnName(usize),
-    #[error("the header row names column `{0}` twice")]
-    DuplicateColumn(String),
+    #[error("the header row names the same column at positions {0} and {1}")]
+    DuplicateColumn(usize, usize),
+    #[error("the compressed (gzip) data is corrupt or truncated")]
+    CorruptCompression,
     #[error("the header row has {found} columns, more than the feed's limit of {limit}")]
     TooManyColumns { found: usize, limit: usize },
     #[error("required column(s) missing: {}", .0.join(", "))]
@@ -50,21 +54,77 @@ pub struct Rejected {
     pub fields: Vec<String>,
 }
 
+/// Marks an error of the decompressor on intact input: the data itself is bad.
+#[derive(Debug)]
+struct CorruptInput;
+impl std::fmt::Display for CorruptInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("corrupt compressed data")
+    }
+}
+impl std::error::Error for CorruptInput {}
+
+/// Remembers whether the underlying source (the network stream) failed.
+struct Watch<R> {
+    inner: R,
+    failed: Arc<AtomicBool>,
+}
+impl<R: Read> Read for Watch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| {
+            self.failed.store(true, Ordering::SeqCst);
+        })
+    }
+}
+
+/// A decompressor whose errors, when the source itself did not fail, mean corrupt data.
+struct Decoded<R> {
+    inner: R,
+    source_failed: Arc<AtomicBool>,
+}
+impl<R: Read> Read for Decoded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if self.source_failed.load(Ordering::SeqCst) {
+                e
+            } else {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, CorruptInput)
+            }
+        })
+    }
+}
+
 /// Open a byte stream: transparently gunzips (by magic bytes) and skips a UTF-8 BOM.
 pub fn open_stream<R: Read + Send + 'static>(
     inner: R,
     buf_size: usize,
-) -> std::io::Result<Box<dyn Read + Send>> {
-    let mut br = BufReader::with_capacity(buf_size, inner);
+) -> Result<Box<dyn Read + Send>, ReadError> {
+    let failed = Arc::new(AtomicBool::new(false));
+    let watched = Watch {
+        inner,
+        failed: failed.clone(),
+    };
+    let mut br = BufReader::with_capacity(buf_size, watched);
     let head = fill_at_least(&mut br, 2)?;
     if head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b {
-        let gz = flate2::read::MultiGzDecoder::new(br);
+        let gz = Decoded {
+            inner: flate2::read::MultiGzDecoder::new(br),
+            source_failed: failed,
+        };
         let mut inner = BufReader::with_capacity(buf_size, gz);
-        skip_bom(&mut inner)?;
+        skip_bom(&mut inner).map_err(io_error)?;
         return Ok(Box::new(inner));
     }
     skip_bom(&mut br)?;
     Ok(Box::new(br))
+}
+
+fn io_error(e: std::io::Error) -> ReadError {
+    if e.get_ref().is_some_and(|i| i.is::<CorruptInput>()) {
+        ReadError::Rejected(FileRejection::CorruptCompression)
+    } else {
+        ReadError::Io(e)
+    }
 }
 
 fn fill_at_least<R: Read>(br: &mut BufReader<R>, n: usize) -> std::io::Result<Vec<u8>> {
@@ -102,7 +162,11 @@ pub enum Row<'a> {
         line: u64,
         record: &'a csv::ByteRecord,
     },
-    Rejected(Rejected),
+    /// A row that cannot be used; `record` is what was read (its key may still be readable).
+    Rejected {
+        rejected: Rejected,
+        record: &'a csv::ByteRecord,
+    },
 }
 
 impl<R: Read> RowReader<R> {
@@ -144,8 +208,8 @@ impl<R: Read> RowReader<R> {
             if name.is_empty() {
                 return Err(FileRejection::EmptyColumnName(i + 1).into());
             }
-            if header.iter().any(|h: &String| h == name) {
-                return Err(FileRejection::DuplicateColumn(name.to_string()).into());
+            if let Some(first) = header.iter().position(|h: &String| h == name) {
+                return Err(FileRejection::DuplicateColumn(first + 1, i + 1).into());
             }
             header.push(name.to_string());
         }
@@ -201,7 +265,10 @@ impl<R: Read> RowReader<R> {
                 "ragged row: {n} field(s), the header has {}",
                 self.header.len()
             );
-            return Ok(Some(Row::Rejected(reject(line, reason, record))));
+            return Ok(Some(Row::Rejected {
+                rejected: reject(line, reason, record),
+                record,
+            }));
         }
         let size = record.as_slice().len() + n;
         if size > self.max_row_bytes {
@@ -209,11 +276,14 @@ impl<R: Read> RowReader<R> {
                 "row is {size} bytes, over the feed's limit of {}",
                 self.max_row_bytes
             );
-            return Ok(Some(Row::Rejected(Rejected {
-                line,
-                reason,
-                fields: Vec::new(),
-            })));
+            return Ok(Some(Row::Rejected {
+                rejected: Rejected {
+                    line,
+                    reason,
+                    fields: Vec::new(),
+                },
+                record,
+            }));
         }
         if std::str::from_utf8(record.as_slice()).is_err() {
             let col = record
@@ -222,11 +292,17 @@ impl<R: Read> RowReader<R> {
                 .map(|i| self.header[i].as_str())
                 .unwrap_or("?");
             let reason = format!("invalid UTF-8 in column `{col}`");
-            return Ok(Some(Row::Rejected(reject(line, reason, record))));
+            return Ok(Some(Row::Rejected {
+                rejected: reject(line, reason, record),
+                record,
+            }));
         }
         if let Some(&i) = self.key_idx.iter().find(|&&i| record[i].is_empty()) {
             let reason = format!("empty key column `{}`", self.header[i]);
-            return Ok(Some(Row::Rejected(reject(line, reason, record))));
+            return Ok(Some(Row::Rejected {
+                rejected: reject(line, reason, record),
+                record,
+            }));
         }
         Ok(Some(Row::Ok { line, record }))
     }
@@ -245,7 +321,7 @@ fn reject(line: u64, reason: String, record: &csv::ByteRecord) -> Rejected {
 
 fn csv_io(e: csv::Error) -> ReadError {
     match e.into_kind() {
-        csv::ErrorKind::Io(io) => ReadError::Io(io),
+        csv::ErrorKind::Io(io) => io_error(io),
         other => ReadError::Io(std::io::Error::other(format!("csv: {other:?}"))),
     }
 }
@@ -271,7 +347,7 @@ mod tests {
                         .map(|f| String::from_utf8(f.to_vec()).unwrap())
                         .collect(),
                 )),
-                Row::Rejected(rj) => bad.push(rj),
+                Row::Rejected { rejected, .. } => bad.push(rejected),
             }
         }
         (r.header().to_vec(), ok, bad)
@@ -300,6 +376,42 @@ mod tests {
         assert_eq!(h, vec!["id", "v"]);
         assert_eq!(ok.len(), 2);
         assert!(bad.is_empty());
+    }
+
+    #[test]
+    fn corrupt_gzip_is_a_file_rejection() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for i in 0..5000 {
+            writeln!(enc, "{i},value-{i}").unwrap();
+        }
+        let gz = enc.finish().unwrap();
+        let mut cut = b"".to_vec();
+        cut.extend_from_slice(&gz[..gz.len() / 2]);
+        let s = open_stream(std::io::Cursor::new(cut), 64).unwrap();
+        let mut r = RowReader::new(s, &[], &["id".into()], 10, 100).unwrap_or_else(|e| panic!("{e}"));
+        let mut rec = csv::ByteRecord::new();
+        let err = loop {
+            match r.next_row(&mut rec) {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("a truncated gzip read to the end"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, ReadError::Rejected(FileRejection::CorruptCompression)), "{err}");
+        assert!(!err.retryable());
+    }
+
+    #[test]
+    fn source_failures_stay_retryable() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("connection reset"))
+            }
+        }
+        let err = open_stream(Broken, 64).err().unwrap();
+        assert!(err.retryable(), "{err}");
     }
 
     #[test]
@@ -342,7 +454,7 @@ mod tests {
         assert!(open(b"\xEF\xBB\xBF").unwrap().contains("empty"));
         assert!(open(b"\n\n").unwrap().contains("empty"));
         assert!(open(b"id,w\n1,2\n").unwrap().contains("missing: v"));
-        assert!(open(b"id,v,id\n").unwrap().contains("twice"));
+        assert!(open(b"id,v,id\n").unwrap().contains("positions 1 and 3"));
         assert!(open(b"id,,v\n").unwrap().contains("empty column name"));
         assert!(open(b"id,v,a,b\n").unwrap().contains("limit of 3"));
         assert!(open(b"id,\xFF\n").unwrap().contains("UTF-8"));

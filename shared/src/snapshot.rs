@@ -6,9 +6,13 @@
 //! header_len: u32             length of the JSON header that follows
 //! header: JSON                SnapshotHeader (feed, hashed columns, source object, row count)
 //! row_count: u64
-//! row_count × { key_fp: u64, content_fp: u64 }   sorted by key_fp, unique
+//! row_count × { key_fp: u64, content_fp: u64, chain: u64 }   sorted by key_fp, unique
 //! checksum: u64               xxh3-64 of every byte before it
 //! ```
+//! `chain` summarises the record's history of contents (see [`next_chain`]): it makes the
+//! idempotency key of a transition unique over the record's life, so A→B, B→A, A→B again
+//! get three different keys while a re-run of the same transition gets the same one.
+//!
 //! A file that is truncated, has a wrong magic/version/checksum, or belongs to another feed
 //! is an error: it is never treated as empty.
 
@@ -16,6 +20,37 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 pub const MAGIC: &[u8; 8] = b"CFSNAP\x00\x01";
+const ENTRY_BYTES: usize = 24;
+
+/// One row of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub key: u64,
+    pub content: u64,
+    pub chain: u64,
+}
+
+/// The history summary after a record takes `content`.
+pub fn next_chain(previous: Option<u64>, content: u64) -> u64 {
+    let mut b = [0u8; 17];
+    if let Some(p) = previous {
+        b[0] = 1;
+        b[1..9].copy_from_slice(&p.to_le_bytes());
+    }
+    b[9..17].copy_from_slice(&content.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64_with_seed(&b, 0x6368_6169_6e00_0001)
+}
+
+impl From<(u64, u64)> for Entry {
+    /// A record seen for the first time with this content.
+    fn from((key, content): (u64, u64)) -> Entry {
+        Entry {
+            key,
+            content,
+            chain: next_chain(None, content),
+        }
+    }
+}
 pub const FORMAT_VERSION: u32 = 1;
 const MAX_HEADER_LEN: usize = 16 * 1024 * 1024;
 
@@ -142,6 +177,7 @@ pub struct Snapshot {
     pub header: SnapshotHeader,
     keys: Vec<u64>,
     contents: Vec<u64>,
+    chains: Vec<u64>,
     index: Vec<u32>,
 }
 
@@ -162,18 +198,25 @@ fn build_index(keys: &[u64]) -> Vec<u32> {
 
 impl Snapshot {
     /// Build from entries (any order); duplicates by key keep the first occurrence.
-    pub fn from_entries(header: SnapshotHeader, mut entries: Vec<(u64, u64)>) -> Snapshot {
-        entries.sort_by_key(|e| e.0); // stable: the first occurrence of a key stays first
-        entries.dedup_by_key(|e| e.0);
+    pub fn from_entries<E: Into<Entry>>(
+        header: SnapshotHeader,
+        entries: impl IntoIterator<Item = E>,
+    ) -> Snapshot {
+        let mut entries: Vec<Entry> = entries.into_iter().map(Into::into).collect();
+        entries.sort_by_key(|e| e.key); // stable: the first occurrence of a key stays first
+        entries.dedup_by_key(|e| e.key);
         let mut header = header;
         header.row_count = entries.len() as u64;
-        let keys: Vec<u64> = entries.iter().map(|e| e.0).collect();
-        let contents: Vec<u64> = entries.iter().map(|e| e.1).collect();
+        let keys: Vec<u64> = entries.iter().map(|e| e.key).collect();
+        let contents: Vec<u64> = entries.iter().map(|e| e.content).collect();
+        let chains: Vec<u64> = entries.iter().map(|e| e.chain).collect();
+        drop(entries);
         let index = build_index(&keys);
         Snapshot {
             header,
             keys,
             contents,
+            chains,
             index,
         }
     }
@@ -201,24 +244,50 @@ impl Snapshot {
         self.contents[pos]
     }
 
+    #[inline]
+    pub fn chain_at(&self, pos: usize) -> u64 {
+        self.chains[pos]
+    }
+
+    /// The content fingerprint stored for a key.
     pub fn get(&self, key: u64) -> Option<u64> {
         self.position(key).map(|p| self.contents[p])
     }
 
+    pub fn entry(&self, key: u64) -> Option<Entry> {
+        self.position(key).map(|p| Entry {
+            key,
+            content: self.contents[p],
+            chain: self.chains[p],
+        })
+    }
+
+    /// `(key, content)` pairs in key order.
     pub fn entries(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.keys.iter().copied().zip(self.contents.iter().copied())
     }
 
+    /// Full entries in key order.
+    pub fn all_entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        (0..self.keys.len()).map(|i| Entry {
+            key: self.keys[i],
+            content: self.contents[i],
+            chain: self.chains[i],
+        })
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let header = serde_json::to_vec(&self.header).unwrap_or_default();
-        let mut out = Vec::with_capacity(8 + 4 + header.len() + 8 + self.keys.len() * 16 + 8);
+        let mut out =
+            Vec::with_capacity(8 + 4 + header.len() + 8 + self.keys.len() * ENTRY_BYTES + 8);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(header.len() as u32).to_le_bytes());
         out.extend_from_slice(&header);
         out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
-        for (k, c) in self.keys.iter().zip(&self.contents) {
-            out.extend_from_slice(&k.to_le_bytes());
-            out.extend_from_slice(&c.to_le_bytes());
+        for i in 0..self.keys.len() {
+            out.extend_from_slice(&self.keys[i].to_le_bytes());
+            out.extend_from_slice(&self.contents[i].to_le_bytes());
+            out.extend_from_slice(&self.chains[i].to_le_bytes());
         }
         let sum = xxh3_64(&out);
         out.extend_from_slice(&sum.to_le_bytes());
@@ -279,10 +348,10 @@ impl Snapshot {
         let count = read_u64(count_at)?;
         let entries_at = count_at + 8;
         let entries_bytes = &body[entries_at.min(body.len())..];
-        if entries_bytes.len() % 16 != 0 {
+        if entries_bytes.len() % ENTRY_BYTES != 0 {
             return Err(SnapshotError::Truncated("entries"));
         }
-        let n = (entries_bytes.len() / 16) as u64;
+        let n = (entries_bytes.len() / ENTRY_BYTES) as u64;
         if n != count || header.row_count != count {
             return Err(SnapshotError::Count {
                 header: header.row_count,
@@ -291,13 +360,16 @@ impl Snapshot {
         }
         let mut keys = Vec::with_capacity(n as usize);
         let mut contents = Vec::with_capacity(n as usize);
-        for ch in entries_bytes.chunks_exact(16) {
-            let mut k = [0u8; 8];
-            let mut c = [0u8; 8];
-            k.copy_from_slice(&ch[..8]);
-            c.copy_from_slice(&ch[8..]);
-            keys.push(u64::from_le_bytes(k));
-            contents.push(u64::from_le_bytes(c));
+        let mut chains = Vec::with_capacity(n as usize);
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        for ch in entries_bytes.chunks_exact(ENTRY_BYTES) {
+            keys.push(word(&ch[..8]));
+            contents.push(word(&ch[8..16]));
+            chains.push(word(&ch[16..24]));
         }
         if keys.windows(2).any(|w| w[0] >= w[1]) {
             return Err(SnapshotError::Unsorted);
@@ -307,6 +379,7 @@ impl Snapshot {
             header,
             keys,
             contents,
+            chains,
             index,
         })
     }
@@ -335,7 +408,7 @@ mod tests {
     }
 
     fn sample(n: u64) -> Snapshot {
-        let entries = (0..n)
+        let entries: Vec<(u64, u64)> = (0..n)
             .map(|i| {
                 (
                     xxh3_64(&i.to_le_bytes()),
@@ -343,7 +416,7 @@ mod tests {
                 )
             })
             .collect();
-        Snapshot::from_entries(header("f"), entries)
+        Snapshot::from_entries::<(u64, u64)>(header("f"), entries)
     }
 
     #[test]
@@ -352,7 +425,7 @@ mod tests {
         let bytes = s.encode();
         assert_eq!(
             bytes.len(),
-            8 + 4 + serde_json::to_vec(&s.header).unwrap().len() + 8 + 16 * 10_000 + 8
+            8 + 4 + serde_json::to_vec(&s.header).unwrap().len() + 8 + 24 * 10_000 + 8
         );
         let d = Snapshot::decode(&bytes, Some("f")).unwrap();
         assert_eq!(d.header, s.header);
@@ -362,6 +435,10 @@ mod tests {
             assert_eq!(d.get(k), Some(xxh3_64(&(i * 7 + 1).to_le_bytes())));
         }
         assert_eq!(d.get(12345), None);
+        let k = xxh3_64(&5u64.to_le_bytes());
+        assert_eq!(d.entry(k).unwrap().chain, next_chain(None, d.get(k).unwrap()));
+        assert_ne!(next_chain(None, 1), next_chain(Some(0), 1));
+        assert_ne!(next_chain(Some(next_chain(None, 1)), 2), next_chain(None, 2));
         assert_eq!(d.get(0), None);
         assert_eq!(d.get(u64::MAX), None);
     }
@@ -372,7 +449,7 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s.get(0), Some(2), "first occurrence wins");
         assert_eq!(s.get(u64::MAX), Some(1));
-        let e = Snapshot::from_entries(header("f"), vec![]);
+        let e = Snapshot::from_entries(header("f"), Vec::<Entry>::new());
         let d = Snapshot::decode(&e.encode(), Some("f")).unwrap();
         assert!(d.is_empty());
         assert_eq!(d.get(5), None);

@@ -3,8 +3,8 @@
 //! conditional write, and leave a run report.
 
 use crate::config::{Config, FeedConfig, FirstFile};
-use crate::diff::{record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter};
-use crate::envelope::{
+use crate::diff::{key_print, record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter};
+use crate::envelope::{Previous, 
     idempotency_key, Change, EnvelopeRef, EnvelopeSource, FieldsRef, ENVELOPE_VERSION,
 };
 use crate::event::ObjectEvent;
@@ -13,7 +13,7 @@ use crate::report::{
     rejects_key, run_report_key, snapshot_key, Counts, RunReport, RunStatus, SchemaReport, Timings,
 };
 use crate::rows::{open_stream, FileRejection, ReadError, Rejected, Row, RowReader};
-use crate::snapshot::{Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION};
+use crate::snapshot::{Entry, Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION};
 use crate::store::{BoxRead, ObjectStore, OpenSpec, PutCondition, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -108,7 +108,7 @@ struct State {
 struct ParseOutput {
     header: Vec<String>,
     plan: ColumnPlan,
-    entries: Vec<(u64, u64)>,
+    entries: Vec<Entry>,
     counts: DiffCounts,
     rejects: Vec<Rejected>,
     read: u64,
@@ -132,10 +132,18 @@ pub fn run_id(ev: &ObjectEvent) -> String {
         ev.version_id.as_deref().unwrap_or("")
     );
     let h = xxhash_rust::xxh3::xxh3_64(ident.as_bytes());
+    // a few random bits keep two runs of one event in the same millisecond apart
+    let r = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut x = std::collections::hash_map::RandomState::new().build_hasher();
+        x.write_u64(h);
+        x.finish()
+    };
     format!(
-        "{}-{:08x}",
+        "{}-{:08x}{:04x}",
         chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"),
-        h >> 32
+        h >> 32,
+        r & 0xffff
     )
 }
 
@@ -278,7 +286,12 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                     report.reason = Some(rej.to_string());
                     return self.finish(&mut report, started, RunStatus::Rejected).await;
                 }
-                Err(DiffFailure::Run(e)) => return Err(e),
+                Err(DiffFailure::Run(e)) => {
+                    report.reason = Some(e.to_string());
+                    // best effort: the run fails anyway and Lambda retries it
+                    let _ = self.finish(&mut report, started, RunStatus::Failed).await;
+                    return Err(e);
+                }
             };
 
             // rows SQS refused stay at their previous state, so a later file retries them
@@ -289,12 +302,12 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                     stats.refused.iter().map(|r| (r.key_fp, ())).collect();
                 let old = state.as_ref().map(|s| s.snapshot.clone());
                 entries.retain_mut(|e| {
-                    if !refused.contains_key(&e.0) {
+                    if !refused.contains_key(&e.key) {
                         return true;
                     }
-                    match old.as_ref().and_then(|s| s.get(e.0)) {
+                    match old.as_ref().and_then(|s| s.entry(e.key)) {
                         Some(prev) => {
-                            e.1 = prev;
+                            *e = prev;
                             true
                         }
                         None => false,
@@ -311,14 +324,32 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             report.counts.add_diff(parsed.counts);
             report.counts.read = parsed.read;
             report.counts.rejected = rejects.len() as u64;
-            report.counts.sent = stats.sent;
-            report.send_calls = stats.calls;
+            // attempts that lost a commit race sent messages too: count them all
+            report.counts.sent += stats.sent;
+            report.send_calls += stats.calls;
             report.schema = SchemaReport {
                 columns: parsed.header.clone(),
                 hashed_columns: parsed.plan.hashed_columns.clone(),
                 added: parsed.plan.added.clone(),
                 removed: parsed.plan.removed.clone(),
             };
+
+            // the rejects report goes first: once the state moves, a retry is a no-op and
+            // could never write it again
+            if !rejects.is_empty() {
+                let key = rejects_key(&feed.name, &run);
+                let mut body = Vec::new();
+                for r in &rejects {
+                    if let Ok(line) = serde_json::to_vec(r) {
+                        body.extend_from_slice(&line);
+                        body.push(b'\n');
+                    }
+                }
+                self.store
+                    .put(&ev.bucket, &key, body, "application/x-ndjson", PutCondition::None)
+                    .await?;
+                report.rejects_key = Some(key);
+            }
 
             let header = SnapshotHeader {
                 format: FORMAT_VERSION,
@@ -355,26 +386,6 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             match put {
                 Ok(etag) => {
                     report.snapshot_etag = etag;
-                    if !rejects.is_empty() {
-                        let key = rejects_key(&feed.name, &run);
-                        let mut body = Vec::new();
-                        for r in &rejects {
-                            if let Ok(line) = serde_json::to_vec(r) {
-                                body.extend_from_slice(&line);
-                                body.push(b'\n');
-                            }
-                        }
-                        self.store
-                            .put(
-                                &ev.bucket,
-                                &key,
-                                body,
-                                "application/x-ndjson",
-                                PutCondition::None,
-                            )
-                            .await?;
-                        report.rejects_key = Some(key);
-                    }
                     let status = if send {
                         RunStatus::Applied
                     } else {
@@ -509,8 +520,12 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             while let Some(row) = reader.next_row(&mut rec)? {
                 read += 1;
                 let (line, record) = match row {
-                    Row::Rejected(r) => {
-                        rejects.push(r);
+                    Row::Rejected { rejected, record } => {
+                        // a readable key keeps its record's state: not "removed"
+                        if let Some(k) = key_print(&plan, record, &mut fp) {
+                            differ.carry(k);
+                        }
+                        rejects.push(rejected);
                         continue;
                     }
                     Row::Ok { line, record } => (line, record),
@@ -518,7 +533,13 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 let p = fp.prints(&plan, record);
                 let (change, previous) = match differ.classify(p) {
                     Class::New => (Change::New, None),
-                    Class::Changed { previous } => (Change::Changed, Some(previous)),
+                    Class::Changed { previous, chain } => (
+                        Change::Changed,
+                        Some(Previous {
+                            content: previous,
+                            chain,
+                        }),
+                    ),
                     Class::Unchanged | Class::Duplicate => continue,
                 };
                 if !send {
@@ -528,7 +549,8 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                     continue;
                 };
                 let rk = record_key(&plan, record);
-                let ikey = idempotency_key(&feed.name, &rk, previous, p.store);
+                let key_values: Vec<&[u8]> = plan.key_idx.iter().map(|&i| &record[i]).collect();
+                let ikey = idempotency_key(&feed.name, &key_values, previous, p.store);
                 let env = EnvelopeRef {
                     v: ENVELOPE_VERSION,
                     feed: &feed.name,
