@@ -38,7 +38,12 @@ pub struct Stack {
 
 impl Stack {
     pub async fn new(test: &str, feeds_toml: &str) -> Stack {
-        let inner = local::Stack::start(BUCKET, feeds_toml, 5)
+        Stack::with_receives(test, feeds_toml, 5).await
+    }
+
+    /// With the work queue's redrive after `max_receive_count` receives.
+    pub async fn with_receives(test: &str, feeds_toml: &str, max_receive_count: u32) -> Stack {
+        let inner = local::Stack::start(BUCKET, feeds_toml, max_receive_count)
             .await
             .unwrap_or_else(|e| panic!("local stack: {e}"));
         let work_dir =

@@ -80,3 +80,117 @@ pub async fn splitter_from_env(
         },
     })
 }
+
+/// The consumer, configured from the environment:
+/// `API_BASE_URL` (https; `API_ALLOW_HTTP=1` for local runs only), `API_TOKEN_SECRET_ARN`
+/// (Secrets Manager; the secret is the token, or JSON `{"token": "…"}`) — or `API_TOKEN`
+/// when `API_ALLOW_HTTP=1` —, `WORK_QUEUE_URL`, `DLQ_URL`, `LEDGER_BUCKET` (required);
+/// `RECORD_CONCURRENCY` (1-10, default 2), `BACKOFF_BASE_SECS` (default 5),
+/// `BACKOFF_CAP_SECS` (default 900, at most 43200), `API_TIMEOUT_MS` (default 10000),
+/// `API_CONNECT_TIMEOUT_MS` (default 2000), `LEDGER_LEASE_SECS` (default 120),
+/// `BREAKER_THRESHOLD` (default 3).
+pub async fn consumer_from_env(
+    sdk: &aws_config::SdkConfig,
+) -> Result<
+    crate::consumer::Consumer<S3Store, crate::api::HttpApi, crate::consumer::SqsWork>,
+    ConfigError,
+> {
+    use crate::backoff::Backoff;
+    use crate::consumer::{Consumer, ConsumerSettings, SqsWork};
+    use std::time::Duration;
+    let base_url = env_required("API_BASE_URL")?;
+    let allow_http = matches!(
+        std::env::var("API_ALLOW_HTTP").as_deref(),
+        Ok("1") | Ok("true")
+    );
+    let work_queue_url = env_required("WORK_QUEUE_URL")?;
+    let dlq_url = env_required("DLQ_URL")?;
+    let bucket = env_required("LEDGER_BUCKET")?;
+    let concurrency = env_number("RECORD_CONCURRENCY", 2, 1, 10)? as usize;
+    let base = env_number("BACKOFF_BASE_SECS", 5, 1, 3600)?;
+    let cap = env_number("BACKOFF_CAP_SECS", 900, 1, 43_200)?;
+    if cap < base {
+        return Err(ConfigError::Env {
+            name: "BACKOFF_CAP_SECS".into(),
+            problem: format!("{cap} is below BACKOFF_BASE_SECS ({base})"),
+        });
+    }
+    let timeout = env_number("API_TIMEOUT_MS", 10_000, 100, 60_000)?;
+    let connect = env_number("API_CONNECT_TIMEOUT_MS", 2_000, 100, 30_000)?;
+    let lease = env_number("LEDGER_LEASE_SECS", 120, 5, 43_200)?;
+    let breaker = env_number("BREAKER_THRESHOLD", 3, 1, 1000)? as u32;
+
+    let secret_arn = std::env::var("API_TOKEN_SECRET_ARN").unwrap_or_default();
+    let token = if !secret_arn.trim().is_empty() {
+        read_token_secret(sdk, secret_arn.trim()).await?
+    } else if allow_http {
+        env_required("API_TOKEN")?
+    } else {
+        return Err(ConfigError::Env {
+            name: "API_TOKEN_SECRET_ARN".into(),
+            problem: "is not set (a plain API_TOKEN is accepted only for local runs with API_ALLOW_HTTP=1)".into(),
+        });
+    };
+    let api = crate::api::HttpApi::new(
+        &base_url,
+        &token,
+        allow_http,
+        Duration::from_millis(connect),
+        Duration::from_millis(timeout),
+    )
+    .map_err(|e| ConfigError::Env {
+        name: "API_BASE_URL".into(),
+        problem: e.to_string(),
+    })?;
+    Ok(Consumer {
+        ledger: crate::ledger::Ledger {
+            store: S3Store::from_conf(sdk),
+            bucket,
+            lease: Duration::from_secs(lease),
+        },
+        api,
+        queue: SqsWork {
+            client: aws_sdk_sqs::Client::new(sdk),
+            work_queue_url,
+            dlq_url,
+        },
+        settings: ConsumerSettings {
+            concurrency,
+            backoff: Backoff::new(Duration::from_secs(base), Duration::from_secs(cap)),
+            breaker_threshold: breaker,
+        },
+    })
+}
+
+async fn read_token_secret(sdk: &aws_config::SdkConfig, arn: &str) -> Result<String, ConfigError> {
+    let client = aws_sdk_secretsmanager::Client::new(sdk);
+    let out = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| ConfigError::Read {
+            source_ref: arn.to_string(),
+            problem: format!(
+                "GetSecretValue failed: {}",
+                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+            ),
+        })?;
+    let raw = out.secret_string().unwrap_or_default().trim().to_string();
+    let token = match serde_json::from_str::<serde_json::Value>(&raw) {
+        Ok(serde_json::Value::Object(m)) => m
+            .get("token")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_default(),
+        _ => raw,
+    };
+    if token.is_empty() {
+        return Err(ConfigError::Read {
+            source_ref: arn.to_string(),
+            problem: "the secret holds no token (expected the token, or JSON {\"token\": \"…\"})"
+                .into(),
+        });
+    }
+    Ok(token)
+}

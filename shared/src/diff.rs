@@ -206,7 +206,10 @@ pub fn key_print(plan: &ColumnPlan, rec: &csv::ByteRecord, fp: &mut Fingerprinte
 pub enum Class {
     New,
     /// `previous`: the snapshot's content fingerprint; `chain`: its history summary.
-    Changed { previous: u64, chain: u64 },
+    Changed {
+        previous: u64,
+        chain: u64,
+    },
     Unchanged,
     /// The key already appeared earlier in this file; the first occurrence wins.
     Duplicate,
@@ -245,6 +248,9 @@ pub struct Differ<'a> {
     snapshot: Option<&'a Snapshot>,
     seen: Vec<u64>,
     new_keys: FpSet,
+    /// Snapshot positions of records whose row was rejected (kept unless a valid row of the
+    /// same record turns up later in the file).
+    carried: Vec<usize>,
     entries: Vec<Entry>,
     counts: DiffCounts,
 }
@@ -256,6 +262,7 @@ impl<'a> Differ<'a> {
             snapshot,
             seen: vec![0u64; n.div_ceil(64)],
             new_keys: FpSet::default(),
+            carried: Vec::new(),
             entries: Vec::with_capacity(expected_rows.max(n)),
             counts: DiffCounts::default(),
         }
@@ -321,17 +328,9 @@ impl<'a> Differ<'a> {
     /// "removed", and comes back as unchanged when the row is fixed).
     pub fn carry(&mut self, key: u64) {
         let Some(s) = self.snapshot else { return };
-        let Some(pos) = s.position(key) else { return };
-        let (w, bit) = (pos / 64, 1u64 << (pos % 64));
-        if self.seen[w] & bit != 0 {
-            return;
+        if let Some(pos) = s.position(key) {
+            self.carried.push(pos);
         }
-        self.seen[w] |= bit;
-        self.entries.push(Entry {
-            key,
-            content: s.content_at(pos),
-            chain: s.chain_at(pos),
-        });
     }
 
     pub fn counts(&self) -> DiffCounts {
@@ -340,6 +339,19 @@ impl<'a> Differ<'a> {
 
     /// The new snapshot's entries (unsorted, unique) and the final counts.
     pub fn finish(mut self) -> (Vec<Entry>, DiffCounts) {
+        if let Some(s) = self.snapshot {
+            for pos in std::mem::take(&mut self.carried) {
+                let (w, bit) = (pos / 64, 1u64 << (pos % 64));
+                if self.seen[w] & bit == 0 {
+                    self.seen[w] |= bit;
+                    self.entries.push(Entry {
+                        key: s.keys_at(pos),
+                        content: s.content_at(pos),
+                        chain: s.chain_at(pos),
+                    });
+                }
+            }
+        }
         let seen: u64 = self.seen.iter().map(|w| u64::from(w.count_ones())).sum();
         let total = self.snapshot.map(|s| s.len() as u64).unwrap_or(0);
         self.counts.removed = total - seen;
@@ -490,7 +502,10 @@ mod tests {
         let two = entries.iter().find(|e| e.key == p("2", "y").key).unwrap();
         assert_eq!(
             two.chain,
-            next_chain(Some(next_chain(None, p("2", "x").compare)), p("2", "y").store)
+            next_chain(
+                Some(next_chain(None, p("2", "x").compare)),
+                p("2", "y").store
+            )
         );
     }
 

@@ -3,12 +3,15 @@
 //! Everything that decides something lives here and is unit-tested without AWS; the Lambda
 //! binaries in `functions/` only wire events to [`splitter::Splitter`] (and the consumer).
 
+pub mod api;
 pub mod app;
 pub mod backoff;
 pub mod config;
+pub mod consumer;
 pub mod diff;
 pub mod envelope;
 pub mod event;
+pub mod ledger;
 pub mod metrics;
 pub mod queue;
 pub mod report;

@@ -38,3 +38,33 @@ pub fn emit_run(report: &RunReport) {
         println!("{doc}");
     }
 }
+
+/// One EMF document per consumer batch.
+pub fn emit_batch(stats: &crate::consumer::BatchStats) {
+    let doc = serde_json::json!({
+        "_aws": {
+            "Timestamp": chrono::Utc::now().timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": "casefeed",
+                "Dimensions": [[]],
+                "Metrics": [
+                    {"Name": "Applied", "Unit": "Count"},
+                    {"Name": "Duplicates", "Unit": "Count"},
+                    {"Name": "DeadLettered", "Unit": "Count"},
+                    {"Name": "Retried", "Unit": "Count"},
+                    {"Name": "ApiAuthFailures", "Unit": "Count"},
+                    {"Name": "CircuitOpened", "Unit": "Count"}
+                ]
+            }]
+        },
+        "Applied": stats.applied,
+        "Duplicates": stats.duplicates,
+        "DeadLettered": stats.dead_lettered,
+        "Retried": stats.retried,
+        "ApiAuthFailures": stats.auth_failures,
+        "CircuitOpened": u32::from(stats.circuit_opened),
+    });
+    if std::env::var_os("CASEFEED_NO_METRICS").is_none() {
+        println!("{doc}");
+    }
+}

@@ -382,6 +382,7 @@ mod tests {
     fn corrupt_gzip_is_a_file_rejection() {
         use std::io::Write;
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        writeln!(enc, "id,v").unwrap();
         for i in 0..5000 {
             writeln!(enc, "{i},value-{i}").unwrap();
         }
@@ -389,7 +390,8 @@ mod tests {
         let mut cut = b"".to_vec();
         cut.extend_from_slice(&gz[..gz.len() / 2]);
         let s = open_stream(std::io::Cursor::new(cut), 64).unwrap();
-        let mut r = RowReader::new(s, &[], &["id".into()], 10, 100).unwrap_or_else(|e| panic!("{e}"));
+        let mut r =
+            RowReader::new(s, &[], &["id".into()], 10, 100).unwrap_or_else(|e| panic!("{e}"));
         let mut rec = csv::ByteRecord::new();
         let err = loop {
             match r.next_row(&mut rec) {
@@ -398,7 +400,10 @@ mod tests {
                 Err(e) => break e,
             }
         };
-        assert!(matches!(err, ReadError::Rejected(FileRejection::CorruptCompression)), "{err}");
+        assert!(
+            matches!(err, ReadError::Rejected(FileRejection::CorruptCompression)),
+            "{err}"
+        );
         assert!(!err.retryable());
     }
 

@@ -245,6 +245,11 @@ impl Snapshot {
     }
 
     #[inline]
+    pub fn keys_at(&self, pos: usize) -> u64 {
+        self.keys[pos]
+    }
+
+    #[inline]
     pub fn chain_at(&self, pos: usize) -> u64 {
         self.chains[pos]
     }
@@ -436,9 +441,15 @@ mod tests {
         }
         assert_eq!(d.get(12345), None);
         let k = xxh3_64(&5u64.to_le_bytes());
-        assert_eq!(d.entry(k).unwrap().chain, next_chain(None, d.get(k).unwrap()));
+        assert_eq!(
+            d.entry(k).unwrap().chain,
+            next_chain(None, d.get(k).unwrap())
+        );
         assert_ne!(next_chain(None, 1), next_chain(Some(0), 1));
-        assert_ne!(next_chain(Some(next_chain(None, 1)), 2), next_chain(None, 2));
+        assert_ne!(
+            next_chain(Some(next_chain(None, 1)), 2),
+            next_chain(None, 2)
+        );
         assert_eq!(d.get(0), None);
         assert_eq!(d.get(u64::MAX), None);
     }

@@ -4,8 +4,8 @@
 
 use crate::config::{Config, FeedConfig, FirstFile};
 use crate::diff::{key_print, record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter};
-use crate::envelope::{Previous, 
-    idempotency_key, Change, EnvelopeRef, EnvelopeSource, FieldsRef, ENVELOPE_VERSION,
+use crate::envelope::{
+    idempotency_key, Change, EnvelopeRef, EnvelopeSource, FieldsRef, Previous, ENVELOPE_VERSION,
 };
 use crate::event::ObjectEvent;
 use crate::queue::{run_sender, MessageQueue, OutMessage, SendError, SendStats, SenderSettings};
@@ -13,7 +13,9 @@ use crate::report::{
     rejects_key, run_report_key, snapshot_key, Counts, RunReport, RunStatus, SchemaReport, Timings,
 };
 use crate::rows::{open_stream, FileRejection, ReadError, Rejected, Row, RowReader};
-use crate::snapshot::{Entry, Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION};
+use crate::snapshot::{
+    Entry, Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION,
+};
 use crate::store::{BoxRead, ObjectStore, OpenSpec, PutCondition, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -208,6 +210,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         loop {
             attempt += 1;
             report.commit_attempts = attempt;
+            report.rejects_key = None;
             let t = Instant::now();
             let state = match self.load_state(&feed, &ev.bucket).await {
                 Ok(s) => s,
@@ -346,7 +349,13 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                     }
                 }
                 self.store
-                    .put(&ev.bucket, &key, body, "application/x-ndjson", PutCondition::None)
+                    .put(
+                        &ev.bucket,
+                        &key,
+                        body,
+                        "application/x-ndjson",
+                        PutCondition::None,
+                    )
                     .await?;
                 report.rejects_key = Some(key);
             }

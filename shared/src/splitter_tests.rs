@@ -2,20 +2,20 @@
 //! queue: baseline, diff, fan-out, envelopes, idempotency keys, schema drift, bad input,
 //! corrupt state, lost commit races and queue failures.
 //!
-//! Tests marked `#[ignore = "BUG…"]` demonstrate defects found in the library; they fail
-//! until the defect is fixed.
+//! The tests under "further defects" (and a few others) pin down defects that were found
+//! in the library and fixed: they fail if one comes back.
 
 use crate::backoff::Backoff;
 use crate::config::{Config, FeedConfig};
 use crate::diff::{ColumnPlan, Fingerprinter, RowPrints};
-use crate::envelope::{idempotency_key, Change, Envelope};
+use crate::envelope::{idempotency_key, Change, Envelope, Previous};
 use crate::event::ObjectEvent;
 use crate::queue::{
     EntryFailure, MessageQueue, OutMessage, QueueError, SenderSettings, MAX_BATCH_BYTES,
     MAX_BATCH_ENTRIES,
 };
 use crate::report::{rejects_key, run_report_key, snapshot_key, RunReport, RunStatus};
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::snapshot::{next_chain, Snapshot, SnapshotError};
 use crate::splitter::{Outcome, SplitError, Splitter, SplitterSettings};
 use crate::store::{
     Fetched, MemoryStore, ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError,
@@ -281,6 +281,69 @@ impl ObjectStore for BarrierStore {
     }
 }
 
+/// A body that yields its first `ok` bytes, then fails as a broken network stream does.
+struct BrokenBody {
+    data: Vec<u8>,
+    pos: usize,
+}
+
+impl tokio::io::AsyncRead for BrokenBody {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.pos >= self.data.len() {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset by peer",
+            )));
+        }
+        let n = buf.remaining().min(self.data.len() - self.pos).min(4096);
+        let start = self.pos;
+        buf.put_slice(&self.data[start..start + n]);
+        self.pos += n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Streams objects whose key contains `broken` only up to `cut` bytes, then fails.
+#[derive(Clone, Default)]
+struct BrokenStreamStore {
+    inner: MemoryStore,
+    cut: usize,
+}
+
+impl ObjectStore for BrokenStreamStore {
+    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
+        self.inner.get_bytes(bucket, key).await
+    }
+    async fn open(
+        &self,
+        bucket: &str,
+        key: &str,
+        spec: &OpenSpec,
+    ) -> Result<OpenObject, StoreError> {
+        let mut o = self.inner.open(bucket, key, spec).await?;
+        if key.contains("broken") {
+            let mut data = self.inner.get(bucket, key).unwrap();
+            data.truncate(self.cut);
+            o.body = Box::pin(BrokenBody { data, pos: 0 });
+        }
+        Ok(o)
+    }
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        cond: PutCondition,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.put(bucket, key, body, content_type, cond).await
+    }
+}
+
 /// Reports a last-modified time for objects (as S3 does), set by the test.
 #[derive(Clone, Default)]
 struct DatedStore {
@@ -445,6 +508,14 @@ impl Table {
     fn fp(&self, feed: &FeedConfig, key: &str) -> u64 {
         self.prints(feed, key).store
     }
+    /// The state `snap` holds for this file's row `key`: its previous state in the next run.
+    fn state_in(&self, feed: &FeedConfig, snap: &Snapshot, key: &str) -> Option<Previous> {
+        let e = snap.entry(self.prints(feed, key).key)?;
+        Some(Previous {
+            content: e.content,
+            chain: e.chain,
+        })
+    }
     /// The snapshot entries this file should produce (first occurrence of a key wins).
     fn entries(&self, feed: &FeedConfig) -> Vec<(u64, u64)> {
         let plan = ColumnPlan::new(&self.cols, feed, None).unwrap();
@@ -459,6 +530,26 @@ impl Table {
         out.sort();
         out
     }
+}
+
+/// The idempotency key of a record of a single-column-key feed.
+fn ikey(feed: &str, key: &str, previous: Option<Previous>, new: u64) -> String {
+    idempotency_key(feed, &[key.as_bytes()], previous, new)
+}
+
+/// The state of a record first seen with content `content` and changed to each of `then`.
+fn history(content: u64, then: &[u64]) -> Previous {
+    let mut p = Previous {
+        content,
+        chain: next_chain(None, content),
+    };
+    for &c in then {
+        p = Previous {
+            content: c,
+            chain: next_chain(Some(p.chain), c),
+        };
+    }
+    p
 }
 
 fn without(mut m: BTreeMap<String, String>, col: &str) -> BTreeMap<String, String> {
@@ -778,7 +869,7 @@ async fn first_file_of_a_send_feed_sends_every_row_as_new() {
         assert_eq!(m.env.fields, t.fields(k));
         assert_eq!(
             m.env.idempotency_key,
-            idempotency_key("cases", k, None, t.fp(&feed, k))
+            ikey("cases", k, None, t.fp(&feed, k))
         );
     }
     assert_eq!(
@@ -816,6 +907,7 @@ async fn next_file_sends_exactly_the_new_and_changed_rows() {
     let (t1, t2) = diff_scenario();
     let (ev1, r1, _) = h.run_table("labs", "e1.csv", &t1).await;
     assert_eq!(r1.status, RunStatus::Baseline);
+    let s1 = h.snapshot("labs");
     let (ev2, r2, msgs) = h.run_table("labs", "e2.csv", &t2).await;
     assert_eq!(r2.status, RunStatus::Applied);
     assert_counts(&r2, 29, 5, 3, 6, 21, 8);
@@ -844,10 +936,14 @@ async fn next_file_sends_exactly_the_new_and_changed_rows() {
         );
         assert_eq!(m.env.fields, t2.fields(k), "{k}");
         assert_eq!(m.env.fields["export_timestamp"], TS2);
-        let prev = (!is_new).then(|| t1.fp(&feed, k));
+        let prev = t1.has(k).then(|| t1.state_in(&feed, &s1, k).unwrap());
+        if let Some(p) = prev {
+            // a baseline record's state: its first content and a fresh history
+            assert_eq!(p, history(t1.fp(&feed, k), &[]), "{k}");
+        }
         assert_eq!(
             m.env.idempotency_key,
-            idempotency_key("labs", k, prev, t2.fp(&feed, k))
+            ikey("labs", k, prev, t2.fp(&feed, k))
         );
         assert_eq!(m.env.source.key, ev2.key);
     }
@@ -968,6 +1064,11 @@ async fn an_added_column_changes_nothing_then_counts_from_the_next_file() {
     let mut t3 = t2.clone();
     t3.set("4", "lab_site", "site-moved");
     t3.set_all("export_timestamp", TS3);
+    // the unchanged rows took the new column set's fingerprint but kept their history
+    let s2 = h.snapshot("labs");
+    let p4 = t2.state_in(&feed, &s2, "4").unwrap();
+    assert_eq!(p4.content, t2.fp(&feed, "4"));
+    assert_eq!(p4.chain, next_chain(None, t1.fp(&feed, "4")));
     let (_, r3, msgs) = h.run_table("labs", "e3.csv", &t3).await;
     assert_eq!(r3.status, RunStatus::Applied);
     assert_counts(&r3, 15, 0, 1, 0, 14, 1);
@@ -981,7 +1082,7 @@ async fn an_added_column_changes_nothing_then_counts_from_the_next_file() {
     assert_eq!(m.env.fields, t3.fields("4"));
     assert_eq!(
         m.env.idempotency_key,
-        idempotency_key("labs", "4", Some(t2.fp(&feed, "4")), t3.fp(&feed, "4"))
+        ikey("labs", "4", Some(p4), t3.fp(&feed, "4"))
     );
 }
 
@@ -1021,9 +1122,9 @@ async fn check_malformed(nl: &str) {
     let ev = h.upload("labs", "e2.csv", malformed_file(nl));
     let r = h.run(&ev).await;
     assert_eq!(r.status, RunStatus::Applied);
-    // 12 data rows: 4 rejected; of the 8 good ones 1 new, 2 changed, 5 unchanged;
-    // ids 2, 3 and 6 have no usable row, so they count as removed
-    assert_counts(&r, 12, 1, 2, 3, 5, 3);
+    // 12 data rows: 4 rejected; of the 8 good ones 1 new, 2 changed, 5 unchanged; ids 2, 3
+    // and 6 have no usable row but a readable key, so they keep their state (not removed)
+    assert_counts(&r, 12, 1, 2, 0, 5, 3);
     assert_eq!(r.counts.rejected, 4);
     let key = r.rejects_key.clone().expect("a rejects report");
     assert_eq!(key, rejects_key("labs", &r.run));
@@ -1076,7 +1177,17 @@ async fn check_malformed(nl: &str) {
         got["5"].env.fields["patient_name"],
         format!("Patient 5{nl}second line")
     );
-    assert_eq!(h.snapshot("labs").len(), 8);
+    let snap = h.snapshot("labs");
+    assert_eq!(snap.len(), 11, "8 good rows + 3 carried records");
+    let feed = h.feed("labs");
+    let t1 = Table::labs(1..=10, TS1);
+    for id in ["2", "3", "6"] {
+        assert_eq!(
+            t1.state_in(&feed, &snap, id),
+            Some(history(t1.fp(&feed, id), &[])),
+            "record {id} keeps its baseline state"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1130,7 +1241,12 @@ async fn missing_required_column_rejects_the_file_and_keeps_the_state() {
     assert_counts(&r, 10, 0, 1, 0, 9, 1);
     assert_eq!(
         msgs[0].env.idempotency_key,
-        idempotency_key("labs", "2", Some(t1.fp(&feed, "2")), t3.fp(&feed, "2"))
+        ikey(
+            "labs",
+            "2",
+            Some(history(t1.fp(&feed, "2"), &[])),
+            t3.fp(&feed, "2")
+        )
     );
 }
 
@@ -1230,8 +1346,7 @@ async fn corrupt_or_foreign_snapshot_fails_the_run_permanently() {
     ];
     for (what, bytes, want) in cases_ {
         h.restore_snapshot("labs", bytes.clone());
-        // run ids have millisecond resolution: keep the runs of the same event apart
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        // no sleep: runs of the same event in the same millisecond still get distinct ids
         let before_reports = h.reports("labs").len();
         let err = h.process(&ev).await.expect_err(what);
         match &err {
@@ -1309,9 +1424,23 @@ async fn idempotency_keys_follow_transitions() {
     );
 
     let (fa, fb) = (ta.fp(&feed, "C003"), tb.fp(&feed, "C003"));
-    assert_eq!(k1, idempotency_key("cases", "C003", None, fa));
-    assert_eq!(k2, idempotency_key("cases", "C003", Some(fa), fb));
-    assert_eq!(k3, idempotency_key("cases", "C003", Some(fb), fa));
+    let (pa, pab) = (history(fa, &[]), history(fa, &[fb]));
+    assert_eq!(k1, ikey("cases", "C003", None, fa));
+    assert_eq!(k2, ikey("cases", "C003", Some(pa), fb));
+    assert_eq!(k3, ikey("cases", "C003", Some(pab), fa));
+    // the states the keys were computed from are the ones the snapshots hold
+    let snap = |b: &[u8]| Snapshot::decode(b, Some("cases")).unwrap();
+    assert_eq!(ta.state_in(&feed, &snap(&s1), "C003"), Some(pa));
+    assert_eq!(ta.state_in(&feed, &snap(&s2), "C003"), Some(pab));
+    assert_eq!(
+        ta.state_in(&feed, &h.snapshot("cases"), "C003"),
+        Some(history(fa, &[fb, fa]))
+    );
+    // an unchanged record keeps its history
+    assert_eq!(
+        ta.state_in(&feed, &h.snapshot("cases"), "C001"),
+        Some(history(ta.fp(&feed, "C001"), &[]))
+    );
     assert!(k1 != k2 && k2 != k3 && k1 != k3, "{k1} {k2} {k3}");
 
     // a re-run of the same transition (the state restored to before it) has the same key
@@ -1330,7 +1459,6 @@ async fn idempotency_keys_follow_transitions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG(design): idempotency key is hash(feed, key, prev fp, new fp), so a record going A→B→A→B reuses the key of the first A→B; the consumer ledger / API dedupes the second A→B and the API is left at A"]
 async fn a_repeated_transition_gets_a_new_key() {
     let h = Harness::new();
     let ta = cases(1..=3);
@@ -1349,6 +1477,15 @@ async fn a_repeated_transition_gets_a_new_key() {
     assert_ne!(
         k2, k4,
         "the second A→B must not be deduplicated against the first"
+    );
+    let feed = h.feed("cases");
+    let (fa, fb) = (ta.fp(&feed, "C002"), tb.fp(&feed, "C002"));
+    assert_eq!(k2, ikey("cases", "C002", Some(history(fa, &[])), fb));
+    assert_eq!(k3, ikey("cases", "C002", Some(history(fa, &[fb])), fa));
+    assert_eq!(k4, ikey("cases", "C002", Some(history(fa, &[fb, fa])), fb));
+    assert_eq!(
+        tb.state_in(&feed, &h.snapshot("cases"), "C002"),
+        Some(history(fa, &[fb, fa, fb]))
     );
 }
 
@@ -1550,7 +1687,6 @@ async fn a_lost_commit_race_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: splitter.rs sets report.counts.sent / send_calls from the last commit attempt only; messages sent by an attempt that lost the commit race are not counted"]
 async fn race_reports_count_every_message_sent() {
     let h = race_harness();
     let (_, _, rx, ry, msgs) = race(&h).await;
@@ -1620,6 +1756,21 @@ async fn a_queue_that_always_fails_fails_the_run_and_keeps_the_state() {
         assert!(matches!(err, SplitError::Send(_)), "{mode:?}: {err:?}");
         assert!(err.retryable(), "{mode:?}");
         assert!(h.take_sent().is_empty());
+        // the failed run leaves a report
+        let failed: Vec<RunReport> = h
+            .reports("labs")
+            .into_iter()
+            .filter(|r| r.status == RunStatus::Failed)
+            .collect();
+        assert_eq!(failed.len(), 1, "{mode:?}: one failed run report");
+        assert_eq!(failed[0].source.key, ev.key);
+        assert_eq!(failed[0].counts.sent, 0);
+        assert!(failed[0].snapshot_etag.is_none());
+        assert_eq!(
+            failed[0].reason.as_deref(),
+            Some(err.to_string().as_str()),
+            "{mode:?}"
+        );
         assert_eq!(
             h.snapshot_bytes("labs").unwrap(),
             state,
@@ -1682,6 +1833,11 @@ async fn rows_the_queue_refuses_are_rejected_and_retried_by_the_next_file() {
     assert_eq!(snap.get(t2.prints(&feed, "7").key), Some(t1.fp(&feed, "7")));
     assert_eq!(snap.get(t2.prints(&feed, "11").key), None);
     assert_eq!(snap.get(t2.prints(&feed, "3").key), Some(t2.fp(&feed, "3")));
+    assert_eq!(
+        t2.state_in(&feed, &snap, "7"),
+        Some(history(t1.fp(&feed, "7"), &[])),
+        "a refused row keeps its whole previous state, history included"
+    );
 
     // the next file (SQS fine again) sends them
     h.queue.refuse.lock().unwrap().clear();
@@ -1694,7 +1850,12 @@ async fn rows_the_queue_refuses_are_rejected_and_retried_by_the_next_file() {
     assert_eq!(got["11"].env.change, Change::New);
     assert_eq!(
         got["7"].env.idempotency_key,
-        idempotency_key("labs", "7", Some(t1.fp(&feed, "7")), t3.fp(&feed, "7"))
+        ikey(
+            "labs",
+            "7",
+            Some(history(t1.fp(&feed, "7"), &[])),
+            t3.fp(&feed, "7")
+        )
     );
 }
 
@@ -1815,6 +1976,43 @@ async fn an_older_file_replayed_after_a_newer_one_is_stale() {
     assert_eq!(h.snapshot_bytes("labs").unwrap(), state);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_time_orders_files_modified_in_the_same_second() {
+    let store = DatedStore::default();
+    let h = Harness::with_store(store.inner.clone(), store.clone());
+    let (t1, t2) = diff_scenario();
+    let mut e1 = h.upload("labs", "e1.csv", t1.csv());
+    let mut e2 = h.upload("labs", "e2.csv", t2.csv());
+    for (ev, at) in [
+        (&mut e1, "2026-03-01T00:00:05.120Z"),
+        (&mut e2, "2026-03-01T00:00:05.870Z"),
+    ] {
+        // S3's last-modified has 1 s resolution: both files carry the same one
+        store
+            .dates
+            .lock()
+            .unwrap()
+            .insert(ev.key.clone(), "2026-03-01T00:00:05Z".into());
+        ev.event_time = Some(at.into());
+    }
+    let r1 = h.run(&e1).await;
+    assert_eq!(r1.source.event_time, e1.event_time);
+    let r2 = h.run(&e2).await;
+    assert_eq!(r2.status, RunStatus::Applied);
+    assert_eq!(h.take_sent().len(), 8);
+    assert_eq!(h.snapshot("labs").header.source.event_time, e2.event_time);
+    let state = h.snapshot_bytes("labs").unwrap();
+    let r = h.run(&e1).await;
+    assert_eq!(r.status, RunStatus::Stale);
+    assert!(
+        r.reason.as_deref().unwrap().contains("older"),
+        "{:?}",
+        r.reason
+    );
+    assert!(h.take_sent().is_empty());
+    assert_eq!(h.snapshot_bytes("labs").unwrap(), state);
+}
+
 // ---------------------------------------------------------------------------------------
 // 16. no row values in reasons
 // ---------------------------------------------------------------------------------------
@@ -1930,7 +2128,6 @@ async fn no_row_value_appears_in_any_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: rows.rs FileRejection::DuplicateColumn echoes the header cell; for a headerless export the 'header' is a data row, so a repeated value (name, date of birth) lands in the report reason, the log line and the run report"]
 async fn a_headerless_file_does_not_leak_its_first_row() {
     let h = Harness::new();
     let ev = h.upload(
@@ -1944,6 +2141,8 @@ async fn a_headerless_file_does_not_leak_its_first_row() {
     for p in PII {
         assert!(!reason.contains(p), "`{reason}` contains {p}");
     }
+    assert!(reason.contains("positions 2 and 3"), "{reason}");
+    assert!(h.snapshot_bytes("labs").is_none());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2029,20 +2228,63 @@ async fn a_truncated_gzip_does_not_move_the_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: splitter.rs returns SplitError::Read (retryable, no run report) for a truncated/corrupt gzip: the same bytes always fail, and invariant 6 wants a report"]
 async fn a_truncated_gzip_is_reported() {
     let h = Harness::new();
     let t1 = Table::labs(1..=50, TS1);
     h.run_table("labs", "e1.csv", &t1).await;
     let gz = gzip(&t1.csv());
     let ev = h.upload("labs", "cut.csv.gz", gz[..gz.len() * 2 / 3].to_vec());
-    let res = h.process(&ev).await;
-    let reports = h.reports("labs");
-    assert_eq!(reports.len(), 2, "a run report for the truncated file");
-    match res {
-        Ok(Outcome::Report(r)) => assert_eq!(r.status, RunStatus::Rejected),
-        Err(e) => assert!(!e.retryable(), "the same bytes fail the same way: {e}"),
-        Ok(other) => panic!("{other:?}"),
+    let state = h.snapshot_bytes("labs").unwrap();
+    let r = h.run(&ev).await;
+    assert_eq!(
+        r.status,
+        RunStatus::Rejected,
+        "the same bytes fail the same way"
+    );
+    let reason = r.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("gzip") && reason.contains("corrupt"),
+        "{reason}"
+    );
+    assert!(r.snapshot_etag.is_none());
+    assert_eq!(
+        h.reports("labs").len(),
+        2,
+        "a run report for the truncated file"
+    );
+    assert_eq!(h.snapshot_bytes("labs").unwrap(), state);
+    assert!(h.take_sent().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stream_fails_the_run_for_retry_with_a_report() {
+    let (t1, t2) = diff_scenario();
+    for (name, body) in [("broken.csv", t2.csv()), ("broken.csv.gz", gzip(&t2.csv()))] {
+        let store = BrokenStreamStore {
+            cut: body.len() / 2,
+            ..Default::default()
+        };
+        let h = Harness::with_store(store.inner.clone(), store);
+        h.run_table("labs", "e1.csv", &t1).await;
+        let state = h.snapshot_bytes("labs").unwrap();
+        let ev = h.upload("labs", name, body);
+        let err = h.process(&ev).await.expect_err(name);
+        assert!(matches!(err, SplitError::Read { .. }), "{name}: {err:?}");
+        assert!(err.retryable(), "{name}: the network may come back");
+        assert_eq!(h.snapshot_bytes("labs").unwrap(), state, "{name}");
+        let failed: Vec<RunReport> = h
+            .reports("labs")
+            .into_iter()
+            .filter(|r| r.status == RunStatus::Failed)
+            .collect();
+        assert_eq!(failed.len(), 1, "{name}: a failed run report");
+        assert_eq!(failed[0].source.key, ev.key);
+        assert!(
+            failed[0].reason.as_deref().unwrap().contains("reading"),
+            "{name}: {:?}",
+            failed[0].reason
+        );
+        assert!(h.mem.keys("rejects/").is_empty());
     }
 }
 
@@ -2051,7 +2293,6 @@ async fn a_truncated_gzip_is_reported() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: splitter.rs writes the rejects object only after the snapshot commit; if that put fails the invocation fails, the Lambda retry is a Noop (state already from this object) and the rejected rows are never reported"]
 async fn rejected_rows_survive_a_failed_rejects_write() {
     let store = FailingPutStore::default();
     let h = Harness::with_store(store.inner.clone(), store.clone());
@@ -2060,19 +2301,34 @@ async fn rejected_rows_survive_a_failed_rejects_write() {
     let mut bad = LAB_HEADER.as_bytes().to_vec();
     bad.extend_from_slice(b"\n1,Patient 1,negative,2026-01-02,T\n2,ragged\n");
     let ev = h.upload("labs", "e2.csv", bad);
+    let state = h.snapshot_bytes("labs").unwrap();
     *store.fail.lock().unwrap() = Some(("rejects/".into(), 1));
     let first = h.process(&ev).await;
     assert!(first.as_ref().is_err_and(|e| e.retryable()), "{first:?}");
+    assert_eq!(
+        h.snapshot_bytes("labs").unwrap(),
+        state,
+        "the state does not move before the rejects are written"
+    );
+    assert!(h.mem.keys("rejects/labs/").is_empty());
     // Lambda retries the event
-    let _ = h.process(&ev).await;
-    assert!(
-        !h.mem.keys("rejects/labs/").is_empty(),
+    let r = h.run(&ev).await;
+    assert_eq!(r.status, RunStatus::Applied);
+    assert_counts(&r, 2, 0, 0, 3, 1, 0);
+    assert_eq!(r.counts.rejected, 1);
+    let key = r.rejects_key.clone().expect("a rejects report");
+    assert_eq!(
+        h.mem.keys("rejects/labs/"),
+        std::slice::from_ref(&key),
         "the rejected row (line 3) is in no rejects report"
     );
+    let rejects = h.rejects(&key);
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0]["line"], 3);
+    assert_eq!(h.snapshot("labs").header.source.key, ev.key);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a rejected row of a known record (its key readable) drops the record from the state (counted `removed`); when the row comes back unchanged it is re-sent as `new` under a fresh idempotency key"]
 async fn a_temporarily_malformed_row_is_not_resent_when_it_recovers() {
     let h = Harness::new();
     let t1 = Table::labs(1..=5, TS1);
@@ -2092,6 +2348,8 @@ async fn a_temporarily_malformed_row_is_not_resent_when_it_recovers() {
     let r2 = h.run(&ev).await;
     assert_eq!(r2.counts.rejected, 1);
     assert_eq!(r2.counts.removed, 0, "record 3 is rejected, not removed");
+    assert_eq!(h.snapshot("labs").len(), 5);
+    assert!(h.take_sent().is_empty());
     // the row recovers, unchanged since the baseline
     let mut t3 = t1.clone();
     t3.set_all("export_timestamp", TS3);
@@ -2105,7 +2363,6 @@ async fn a_temporarily_malformed_row_is_not_resent_when_it_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: diff.rs record_key joins composite key values with '|' unescaped and envelope.rs idempotency_key hashes that string, so (\"CA|LA\",\"7\") and (\"CA\",\"LA|7\") share record_key and, with equal content, the idempotency key: the consumer drops one"]
 async fn composite_keys_with_the_separator_do_not_collide() {
     let h = Harness::new();
     let mut t = Table::new(&["jurisdiction", "case_id", "status"], "case_id");
@@ -2116,4 +2373,53 @@ async fn composite_keys_with_the_separator_do_not_collide() {
     assert_eq!(msgs.len(), 2);
     assert_ne!(msgs[0].env.idempotency_key, msgs[1].env.idempotency_key);
     assert_ne!(msgs[0].env.record_key, msgs[1].env.record_key);
+    // record keys escape the separator; idempotency keys hash the raw values, in the
+    // feed's key column order (jurisdiction, case_id)
+    let feed = h.feed("juris");
+    let got = by_key(&msgs);
+    assert_eq!(
+        got.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["CA\\|LA|7", "CA|LA\\|7"]
+    );
+    let want = |jur: &str, case: &str| {
+        idempotency_key(
+            "juris",
+            &[jur.as_bytes(), case.as_bytes()],
+            None,
+            t.fp(&feed, case),
+        )
+    };
+    assert_eq!(got["CA\\|LA|7"].env.idempotency_key, want("CA|LA", "7"));
+    assert_eq!(got["CA|LA\\|7"].env.idempotency_key, want("CA", "LA|7"));
+    assert_eq!(got["CA\\|LA|7"].env.fields["jurisdiction"], "CA|LA");
+    assert_eq!(h.snapshot("juris").len(), 2);
+    // a single-column key is not escaped
+    let mut c = cases(1..=1);
+    c.push(vec!["A|B\\C".into(), "open".into(), "x".into()]);
+    let (_, _, msgs) = h.run_table("cases", "c1.csv", &c).await;
+    assert!(by_key(&msgs).contains_key("A|B\\C"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_row_after_a_rejected_row_of_the_same_record_is_used() {
+    let h = Harness::new();
+    let t1 = Table::labs(1..=3, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let mut body = LAB_HEADER.as_bytes().to_vec();
+    body.extend_from_slice(b"\n1,Patient 1,negative,2026-01-02,T2\n");
+    body.extend_from_slice(b"2,Patient \xFF2,negative,2026-01-03,T2\n"); // rejected
+    body.extend_from_slice(b"3,Patient 3,negative,2026-01-04,T2\n");
+    body.extend_from_slice(b"2,Patient 2,positive,2026-01-03,T2\n"); // valid, changed
+    body.extend_from_slice(b"4,Patient \xFF4,negative,2026-01-05,T2\n"); // rejected, new
+    body.extend_from_slice(b"4,Patient 4,negative,2026-01-05,T2\n"); // valid, new
+    let ev = h.upload("labs", "e2.csv", body);
+    let r = h.run(&ev).await;
+    assert_eq!(r.counts.rejected, 2);
+    let got = by_key(&h.take_sent());
+    assert_eq!(got["4"].env.change, Change::New);
+    assert!(
+        got.contains_key("2"),
+        "record 2's valid row was dropped as a duplicate of its rejected row: {:?}",
+        r.counts
+    );
 }

@@ -1,6 +1,8 @@
 //! casefeed's tools: the data generator, the local stack (moto + Runtime Interface Emulator)
 //! and the `casefeed` CLI built on them.
 
+pub mod api;
 pub mod demo;
+pub mod esm;
 pub mod gen;
 pub mod local;

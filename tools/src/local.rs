@@ -274,6 +274,31 @@ impl Stack {
         ]
     }
 
+    /// The environment the consumer gets, aimed at moto and a local API (plain HTTP and a
+    /// plain token are allowed for local runs only).
+    pub fn consumer_env(&self, api_base_url: &str, token: &str) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.moto.endpoint.clone()),
+            ("AWS_REGION".into(), REGION.into()),
+            ("AWS_DEFAULT_REGION".into(), REGION.into()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("API_BASE_URL".into(), api_base_url.into()),
+            ("API_ALLOW_HTTP".into(), "1".into()),
+            ("API_TOKEN".into(), token.into()),
+            ("WORK_QUEUE_URL".into(), self.queue_url.clone()),
+            ("DLQ_URL".into(), self.dlq_url.clone()),
+            ("LEDGER_BUCKET".into(), self.bucket.clone()),
+            ("RECORD_CONCURRENCY".into(), "2".into()),
+            ("BACKOFF_BASE_SECS".into(), "1".into()),
+            ("BACKOFF_CAP_SECS".into(), "4".into()),
+            ("API_TIMEOUT_MS".into(), "3000".into()),
+            ("API_CONNECT_TIMEOUT_MS".into(), "1000".into()),
+            ("LEDGER_LEASE_SECS".into(), "30".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ]
+    }
+
     /// Upload a local file; returns the S3 event S3 would send for it (fresh, increasing
     /// sequencer; the current time as event time).
     pub async fn upload(&self, key: &str, file: &Path) -> Result<Value, LocalError> {

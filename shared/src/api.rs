@@ -1,0 +1,368 @@
+//! The contact-tracing API client and the classification of its answers.
+//!
+//! | answer | class |
+//! | --- | --- |
+//! | 200, 201 | applied |
+//! | 409 | already applied under that key: success |
+//! | 400, 404, 413, 422 | permanent: dead-letter now |
+//! | 401, 403 | credentials/configuration: retry with backoff, alarm |
+//! | 429 (+ Retry-After) | retry no sooner than asked |
+//! | 5xx, timeout, connection error | transient: exponential backoff with jitter |
+
+use crate::envelope::Envelope;
+use std::future::Future;
+use std::time::Duration;
+
+/// What the transport saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAnswer {
+    Status {
+        code: u16,
+        retry_after: Option<String>,
+    },
+    Timeout,
+    /// Connection refused/reset, TLS failure, or the connection dropped before an answer.
+    Connection(String),
+}
+
+/// Why a call is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransientKind {
+    ServerError,
+    RateLimited,
+    Auth,
+    Timeout,
+    Connection,
+    /// Unexpected status (e.g. 3xx, other 4xx): retried, then dead-lettered by redrive.
+    Unexpected,
+}
+
+impl TransientKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransientKind::ServerError => "server_error",
+            TransientKind::RateLimited => "rate_limited",
+            TransientKind::Auth => "auth",
+            TransientKind::Timeout => "timeout",
+            TransientKind::Connection => "connection",
+            TransientKind::Unexpected => "unexpected_status",
+        }
+    }
+
+    /// Failures that mean "the API is down or refusing us": they trip the circuit breaker.
+    pub fn trips_breaker(self) -> bool {
+        !matches!(self, TransientKind::Unexpected)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Applied {
+        status: u16,
+    },
+    AlreadyApplied,
+    Permanent {
+        status: u16,
+        reason: String,
+    },
+    Transient {
+        kind: TransientKind,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        reason: String,
+    },
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date.
+pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let d = at.with_timezone(&chrono::Utc) - now;
+    Some(d.to_std().unwrap_or(Duration::ZERO))
+}
+
+fn status_text(code: u16) -> String {
+    let reason = reqwest::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!("HTTP {code} {reason}").trim().to_string()
+}
+
+/// Classify an answer exactly per the API contract. Reasons carry the status only: an
+/// API's error body may echo row values, so it is never copied.
+pub fn classify(answer: &ApiAnswer) -> Delivery {
+    match answer {
+        ApiAnswer::Status { code, retry_after } => match *code {
+            200 | 201 => Delivery::Applied { status: *code },
+            409 => Delivery::AlreadyApplied,
+            400 | 404 | 413 | 422 => Delivery::Permanent {
+                status: *code,
+                reason: status_text(*code),
+            },
+            401 | 403 => Delivery::Transient {
+                kind: TransientKind::Auth,
+                status: Some(*code),
+                retry_after: None,
+                reason: format!("{}: check the API token secret", status_text(*code)),
+            },
+            429 => Delivery::Transient {
+                kind: TransientKind::RateLimited,
+                status: Some(429),
+                retry_after: retry_after
+                    .as_deref()
+                    .and_then(|v| parse_retry_after(v, chrono::Utc::now())),
+                reason: status_text(429),
+            },
+            500..=599 => Delivery::Transient {
+                kind: TransientKind::ServerError,
+                status: Some(*code),
+                retry_after: None,
+                reason: status_text(*code),
+            },
+            other => Delivery::Transient {
+                kind: TransientKind::Unexpected,
+                status: Some(other),
+                retry_after: None,
+                reason: status_text(other),
+            },
+        },
+        ApiAnswer::Timeout => Delivery::Transient {
+            kind: TransientKind::Timeout,
+            status: None,
+            retry_after: None,
+            reason: "the API did not answer in time".into(),
+        },
+        ApiAnswer::Connection(e) => Delivery::Transient {
+            kind: TransientKind::Connection,
+            status: None,
+            retry_after: None,
+            reason: format!("connection failed: {e}"),
+        },
+    }
+}
+
+pub trait Api: Send + Sync + 'static {
+    /// `POST /cases` with the envelope's key as `Idempotency-Key`.
+    fn deliver(&self, env: &Envelope) -> impl Future<Output = ApiAnswer> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiConfigError {
+    #[error("API_BASE_URL `{0}` is not a valid URL")]
+    BadUrl(String),
+    #[error("API_BASE_URL must use https (set API_ALLOW_HTTP=1 only for local runs)")]
+    NotHttps,
+    #[error("building the HTTP client failed: {0}")]
+    Client(String),
+    #[error("the API token is empty")]
+    EmptyToken,
+}
+
+/// The real client: one `reqwest` client (rustls) per container.
+#[derive(Clone)]
+pub struct HttpApi {
+    client: reqwest::Client,
+    cases_url: String,
+    auth: String,
+}
+
+#[derive(serde::Serialize)]
+struct CaseBody<'a> {
+    feed: &'a str,
+    record_key: &'a str,
+    change: crate::envelope::Change,
+    fields: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl HttpApi {
+    pub fn new(
+        base_url: &str,
+        token: &str,
+        allow_http: bool,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<HttpApi, ApiConfigError> {
+        let url = reqwest::Url::parse(base_url)
+            .map_err(|_| ApiConfigError::BadUrl(base_url.to_string()))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if allow_http => {}
+            _ => return Err(ApiConfigError::NotHttps),
+        }
+        if token.trim().is_empty() {
+            return Err(ApiConfigError::EmptyToken);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .user_agent(concat!("casefeed/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiConfigError::Client(e.to_string()))?;
+        Ok(HttpApi {
+            client,
+            cases_url: format!("{}/cases", base_url.trim_end_matches('/')),
+            auth: format!("Bearer {}", token.trim()),
+        })
+    }
+}
+
+impl Api for HttpApi {
+    async fn deliver(&self, env: &Envelope) -> ApiAnswer {
+        let body = CaseBody {
+            feed: &env.feed,
+            record_key: &env.record_key,
+            change: env.change,
+            fields: &env.fields,
+        };
+        let resp = self
+            .client
+            .post(&self.cases_url)
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header("Idempotency-Key", &env.idempotency_key)
+            .json(&body)
+            .send()
+            .await;
+        match resp {
+            Ok(r) => {
+                let code = r.status().as_u16();
+                let retry_after = r
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                // drain the body so the connection is reused; its content is never kept
+                let _ = r.bytes().await;
+                ApiAnswer::Status { code, retry_after }
+            }
+            Err(e) if e.is_timeout() => ApiAnswer::Timeout,
+            // reqwest's error text names the URL and the cause, never the request body
+            Err(e) => ApiAnswer::Connection(error_chain(&e)),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(code: u16) -> Delivery {
+        classify(&ApiAnswer::Status {
+            code,
+            retry_after: None,
+        })
+    }
+
+    #[test]
+    fn classification_follows_the_contract() {
+        assert_eq!(st(200), Delivery::Applied { status: 200 });
+        assert_eq!(st(201), Delivery::Applied { status: 201 });
+        assert_eq!(st(409), Delivery::AlreadyApplied);
+        for c in [400, 404, 413, 422] {
+            assert!(
+                matches!(st(c), Delivery::Permanent { status, .. } if status == c),
+                "{c}"
+            );
+        }
+        for c in [401, 403] {
+            assert!(matches!(
+                st(c),
+                Delivery::Transient {
+                    kind: TransientKind::Auth,
+                    ..
+                }
+            ));
+        }
+        for c in [500, 502, 503, 504] {
+            assert!(matches!(
+                st(c),
+                Delivery::Transient {
+                    kind: TransientKind::ServerError,
+                    ..
+                }
+            ));
+        }
+        assert!(matches!(
+            classify(&ApiAnswer::Timeout),
+            Delivery::Transient {
+                kind: TransientKind::Timeout,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&ApiAnswer::Connection("reset".into())),
+            Delivery::Transient {
+                kind: TransientKind::Connection,
+                ..
+            }
+        ));
+        assert!(matches!(
+            st(302),
+            Delivery::Transient {
+                kind: TransientKind::Unexpected,
+                ..
+            }
+        ));
+        let d = classify(&ApiAnswer::Status {
+            code: 429,
+            retry_after: Some("7".into()),
+        });
+        assert!(
+            matches!(d, Delivery::Transient { kind: TransientKind::RateLimited, retry_after: Some(r), .. } if r == Duration::from_secs(7))
+        );
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn client_requires_https_unless_allowed() {
+        let t = Duration::from_secs(1);
+        assert!(matches!(
+            HttpApi::new("http://x", "t", false, t, t),
+            Err(ApiConfigError::NotHttps)
+        ));
+        assert!(HttpApi::new("http://127.0.0.1:1", "t", true, t, t).is_ok());
+        assert!(HttpApi::new("https://api.example.org/v1/", "t", false, t, t).is_ok());
+        assert!(matches!(
+            HttpApi::new("not a url", "t", false, t, t),
+            Err(ApiConfigError::BadUrl(_))
+        ));
+        assert!(matches!(
+            HttpApi::new("https://x", " ", false, t, t),
+            Err(ApiConfigError::EmptyToken)
+        ));
+    }
+}

@@ -1,0 +1,472 @@
+//! The whole pipeline end to end: generated files in moto's S3 → the release splitter under
+//! the Runtime Interface Emulator → moto's SQS → the local event source mapping → release
+//! consumer binaries under the emulator → the stand-in contact-tracing API (a real HTTP
+//! server on 127.0.0.1) with injected faults.
+
+use casefeed_e2e::*;
+use casefeed_tools::api::{ApiConfig, ApiServer, Faults};
+use casefeed_tools::esm::{self, EsmConfig, EsmStats};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const TOKEN: &str = "e2e-token";
+
+struct Pipeline {
+    stack: Stack,
+    splitter: Rie,
+    consumers: Vec<casefeed_tools::local::Rie>,
+    api: ApiServer,
+    ledger: PathBuf,
+    baseline_state: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+async fn pipeline(
+    test: &str,
+    receives: u32,
+    consumers: usize,
+    extra_env: &[(&str, &str)],
+    faults: Faults,
+) -> Pipeline {
+    let stack = Stack::with_receives(test, FEEDS, receives).await;
+    let ledger = stack.path("api-ledger.jsonl");
+    let mut cfg = ApiConfig::new(TOKEN);
+    cfg.ledger = Some(ledger.clone());
+    cfg.faults = faults;
+    let api = ApiServer::start(cfg).await.expect("stand-in API");
+    let splitter = Rie::start(
+        &release_bin("splitter"),
+        &stack.lambda_env(),
+        &format!("splitter-{test}"),
+    );
+    let mut env = stack.inner.consumer_env(&api.url(), TOKEN);
+    for (k, v) in extra_env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    let consumers = (0..consumers)
+        .map(|i| {
+            casefeed_tools::local::Rie::start(
+                &release_bin("consumer"),
+                &env,
+                &format!("consumer-{test}-{i}"),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    Pipeline {
+        stack,
+        splitter,
+        consumers,
+        api,
+        ledger,
+        baseline_state: Default::default(),
+    }
+}
+
+impl Pipeline {
+    /// Baseline `rows`, then a next file; returns the next file's expectation.
+    async fn split(&self, rows: &str, new: &str, changed: &str) -> (PathBuf, Expected, Value) {
+        let base = self.stack.path("base.csv");
+        gen(&["baseline", "--rows", rows, "--seed", "3"], &base);
+        let ev = self
+            .stack
+            .upload("incoming/lab_results/export-0001.csv", &base)
+            .await;
+        let r = self.splitter.invoke(&ev).await;
+        assert_eq!(r["results"][0]["status"], "baseline", "{r}");
+        let next = self.stack.path("next.csv");
+        let exp = gen(
+            &[
+                "next",
+                "--prev",
+                base.to_str().unwrap(),
+                "--new",
+                new,
+                "--changed",
+                changed,
+                "--removed",
+                "3",
+                "--seed",
+                "4",
+                "--shuffle",
+            ],
+            &next,
+        );
+        let ev = self
+            .stack
+            .upload("incoming/lab_results/export-0002.csv", &next)
+            .await;
+        *self.baseline_state.lock().unwrap() = self.stack.get("state/lab_results/snapshot").await;
+        let r = self.splitter.invoke(&ev).await;
+        assert_eq!(r["results"][0]["status"], "applied", "{r}");
+        assert_eq!(
+            r["results"][0]["counts"]["sent"],
+            exp.new.len() + exp.changed.len(),
+            "{r}"
+        );
+        (next, exp, ev)
+    }
+
+    async fn drain(&self, max: Duration) -> EsmStats {
+        let cfg = EsmConfig {
+            queue_url: self.stack.queue_url.clone(),
+            batch_size: 10,
+            wait_secs: 1,
+            max_duration: max,
+        };
+        esm::drain(&self.stack.inner.sqs, &self.consumers, &cfg)
+            .await
+            .expect("event source emulation")
+    }
+
+    /// Applied effects at the API, from its append-only ledger: record key → count.
+    fn applied(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        let text = std::fs::read_to_string(&self.ledger).unwrap_or_default();
+        let mut keys = BTreeSet::new();
+        for l in text.lines() {
+            let v: Value = serde_json::from_str(l).expect("ledger line");
+            assert!(
+                keys.insert(v["idempotency_key"].as_str().unwrap().to_string()),
+                "an idempotency key applied twice"
+            );
+            *out.entry(v["record_key"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        out
+    }
+
+    fn logs(&self) -> String {
+        let mut s = self.splitter.log_text();
+        for c in &self.consumers {
+            s.push_str(&c.log_text());
+        }
+        s
+    }
+}
+
+fn expected_keys(exp: &Expected) -> BTreeSet<String> {
+    exp.new.iter().chain(exp.changed.iter()).cloned().collect()
+}
+
+/// Every new/changed row applied exactly once; the same messages again (re-sent by a
+/// re-run of the splitter, with and without the consumer's ledger) have no second effect;
+/// no row value in any log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_row_applied_exactly_once_and_redelivery_has_no_effect() {
+    let p = pipeline("once", 5, 2, &[], Faults::default()).await;
+    let (next, exp, ev) = p.split("3000", "60", "80").await;
+    let st = p.drain(Duration::from_secs(120)).await;
+    assert!(st.drained, "{st:?}");
+    let applied = p.applied();
+    assert_eq!(
+        applied.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_keys(&exp)
+    );
+    assert!(applied.values().all(|&n| n == 1));
+    assert_eq!(p.api.stats().applied, 140);
+
+    // the splitter crashed after sending but before its commit, and runs again: the same
+    // transitions, the same idempotency keys — the consumer's ledger dedupes them all
+    let base_state = p
+        .baseline_state
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("baseline state");
+    p.stack
+        .inner
+        .s3
+        .put_object()
+        .bucket(BUCKET)
+        .key("state/lab_results/snapshot")
+        .body(base_state.into())
+        .send()
+        .await
+        .unwrap();
+    let r = p.splitter.invoke(&ev).await;
+    assert_eq!(r["results"][0]["status"], "applied", "{r}");
+    assert_eq!(r["results"][0]["counts"]["sent"], 140, "{r}");
+    let st = p.drain(Duration::from_secs(120)).await;
+    assert!(st.drained && st.received >= 140, "{st:?}");
+    assert_eq!(p.api.stats().applied, 140, "no second effect");
+    assert_eq!(
+        p.api.stats().replays,
+        0,
+        "the ledger answered before the API was called"
+    );
+    let ledger_keys = p.stack.list("ledger/lab_results/").await;
+    assert_eq!(ledger_keys.len(), 140, "one ledger record per applied key");
+    let sqs = &p.stack.inner.sqs;
+
+    // without the consumer's ledger (expired by lifecycle), the API's 409 still dedupes
+    for line in std::fs::read_to_string(&p.ledger).unwrap().lines().take(10) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let k = format!(
+            "ledger/lab_results/{}",
+            v["idempotency_key"].as_str().unwrap()
+        );
+        p.stack
+            .inner
+            .s3
+            .delete_object()
+            .bucket(BUCKET)
+            .key(k)
+            .send()
+            .await
+            .unwrap();
+    }
+    for line in std::fs::read_to_string(&p.ledger).unwrap().lines().take(10) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let body = serde_json::json!({
+            "v": 1, "feed": "lab_results", "run": "replay", "source": {"bucket": BUCKET, "key": "k", "etag": "e"},
+            "change": v["change"], "record_key": v["record_key"], "idempotency_key": v["idempotency_key"], "fields": {}
+        });
+        sqs.send_message()
+            .queue_url(&p.stack.queue_url)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    let st = p.drain(Duration::from_secs(60)).await;
+    assert!(st.drained, "{st:?}");
+    let s = p.api.stats();
+    assert_eq!(s.applied, 140, "no second effect");
+    assert_eq!(s.replays, 10, "{s:?}");
+    assert_eq!(p.applied().len(), 140);
+
+    // no row value in any log line (splitter and consumers)
+    let logs = p.logs();
+    assert!(logs.contains("batch finished"), "the consumers logged");
+    let rows = read_rows(&next);
+    for id in expected_keys(&exp) {
+        let row = &rows[&id];
+        for col in [
+            "first_name",
+            "last_name",
+            "phone",
+            "street",
+            "date_of_birth",
+            "city",
+        ] {
+            let v = &row[col];
+            if v.chars().count() >= 6 {
+                assert!(
+                    !logs.contains(v.as_str()),
+                    "a log line contains the value of {col}"
+                );
+            }
+        }
+    }
+}
+
+/// Retry delays the consumers logged: (kind, receive count, ceiling ms, delay ms, retry-after ms).
+fn retries(logs: &str) -> Vec<(String, u64, u64, u64, Option<u64>)> {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "retry scheduled")
+        .map(|v| {
+            let f = &v["fields"];
+            (
+                f["kind"].as_str().unwrap_or("").to_string(),
+                f["receive_count"].as_u64().unwrap_or(0),
+                f["ceiling_ms"].as_u64().unwrap_or(0),
+                f["delay_ms"].as_u64().unwrap_or(0),
+                f["retry_after_ms"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+/// 30% transient faults (5xx and 429 with Retry-After) → everything applied once, and the
+/// backoff is visible: its ceiling grows with the receive count, 429s wait at least as
+/// long as asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_and_rate_limits_end_applied_once() {
+    let faults = Faults {
+        fail_5xx: 0.15,
+        rate_limit_429: 0.15,
+        retry_after_secs: 2,
+        seed: 42,
+        ..Faults::default()
+    };
+    // a breaker threshold above the batch keeps every message exposed to the faults
+    let p = pipeline("faults", 12, 2, &[("BREAKER_THRESHOLD", "20")], faults).await;
+    let (_, exp, _) = p.split("2000", "40", "60").await;
+    let st = p.drain(Duration::from_secs(240)).await;
+    assert!(st.drained, "{st:?}");
+    let applied = p.applied();
+    assert_eq!(
+        applied.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_keys(&exp)
+    );
+    let s = p.api.stats();
+    assert_eq!(s.applied, 100, "{s:?}");
+    assert!(
+        s.server_errors_5xx > 0 && s.rate_limited_429 > 0,
+        "faults were injected: {s:?}"
+    );
+    assert!(
+        p.stack.drain(&p.stack.dlq_url).await.is_empty(),
+        "nothing dead-lettered"
+    );
+
+    let r = retries(&p.logs());
+    assert!(
+        r.len() as u64 >= s.server_errors_5xx + s.rate_limited_429 - 5,
+        "every failure scheduled a retry: {} vs {s:?}",
+        r.len()
+    );
+    for (kind, rc, ceiling, delay, after) in &r {
+        let want_ceiling = (1000u64 << (rc.saturating_sub(1)).min(10)).min(4000);
+        assert_eq!(*ceiling, want_ceiling, "ceiling for receive {rc}");
+        if kind == "rate_limited" {
+            assert_eq!(*after, Some(2000));
+            assert!(
+                *delay >= 2000,
+                "a 429 waits at least Retry-After: {delay} ms"
+            );
+        } else {
+            assert!(*delay <= *ceiling, "full jitter stays under the ceiling");
+        }
+    }
+    let by_rc = |n: u64| r.iter().filter(|x| x.1 == n).map(|x| x.2).max();
+    if let (Some(a), Some(b)) = (by_rc(1), by_rc(2)) {
+        assert!(b > a, "the backoff grows with the receive count");
+    }
+    assert!(
+        r.iter().any(|x| x.1 >= 2),
+        "some message was received more than once"
+    );
+}
+
+/// "Apply then drop the connection": the effect happened, the client saw an error and
+/// retried — applied once, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_then_drop_is_applied_once() {
+    let faults = Faults {
+        apply_then_drop: 0.3,
+        seed: 7,
+        ..Faults::default()
+    };
+    let p = pipeline("drop", 10, 2, &[], faults).await;
+    let (_, exp, _) = p.split("1500", "30", "30").await;
+    let st = p.drain(Duration::from_secs(180)).await;
+    assert!(st.drained, "{st:?}");
+    let s = p.api.stats();
+    assert!(s.dropped_after_apply > 0, "{s:?}");
+    assert_eq!(s.applied, 60, "{s:?}");
+    assert!(
+        s.replays >= s.dropped_after_apply,
+        "each dropped answer was retried and found applied: {s:?}"
+    );
+    let applied = p.applied();
+    assert_eq!(
+        applied.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_keys(&exp)
+    );
+    assert!(p.stack.drain(&p.stack.dlq_url).await.is_empty());
+}
+
+/// Permanent 422s → in the DLQ now, with the reason; everything else applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_rejections_go_to_the_dlq_with_the_reason() {
+    let p = pipeline("reject", 10, 2, &[], Faults::default()).await;
+    // the split sends; five of its records are then refused by the API for good
+    let (_, exp, _) = p.split("1500", "30", "30").await;
+    let rows: Vec<String> = expected_keys(&exp).into_iter().take(5).collect();
+    let mut f = p.api.faults();
+    f.reject_record_keys = rows.clone();
+    p.api.set_faults(f);
+    let st = p.drain(Duration::from_secs(120)).await;
+    assert!(st.drained, "{st:?}");
+    let dlq = p.stack.drain(&p.stack.dlq_url).await;
+    assert_eq!(dlq.len(), 5, "{dlq:?}");
+    for m in &dlq {
+        assert_eq!(
+            m.attributes.get("error_class").map(String::as_str),
+            Some("permanent")
+        );
+        assert_eq!(
+            m.attributes.get("http_status").map(String::as_str),
+            Some("422")
+        );
+        assert!(m
+            .attributes
+            .get("reason")
+            .is_some_and(|r| r.contains("422")));
+        assert!(
+            m.attributes.contains_key("idempotency_key") && m.attributes.contains_key("attempts")
+        );
+        let env = casefeed::envelope::Envelope::decode(&m.body).unwrap();
+        assert!(rows.contains(&env.record_key));
+    }
+    let applied = p.applied();
+    assert_eq!(applied.len(), 55);
+    assert!(rows.iter().all(|r| !applied.contains_key(r)));
+}
+
+/// A full outage: messages reach the DLQ through redrive after maxReceiveCount, nothing is
+/// applied twice, nothing is lost (applied + dead-lettered = expected); the circuit breaker
+/// keeps the consumers from hammering the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outage_ends_in_the_dlq_through_redrive() {
+    let mut faults = Faults::default();
+    faults.outage_for(Duration::from_secs(3600));
+    let p = pipeline("outage", 3, 2, &[("BACKOFF_CAP_SECS", "2")], faults).await;
+    let (_, exp, _) = p.split("1000", "20", "20").await;
+    let st = p.drain(Duration::from_secs(180)).await;
+    assert!(st.drained, "{st:?}");
+    let dlq = p.stack.drain(&p.stack.dlq_url).await;
+    let mut keys = BTreeSet::new();
+    for m in &dlq {
+        let env = casefeed::envelope::Envelope::decode(&m.body).unwrap();
+        keys.insert(env.record_key);
+    }
+    let applied = p.applied();
+    assert_eq!(
+        applied.len() + keys.len(),
+        40,
+        "applied + dead-lettered = expected"
+    );
+    assert_eq!(keys, expected_keys(&exp));
+    let s = p.api.stats();
+    assert_eq!(s.applied, 0);
+    assert!(
+        s.requests < 40 * 3,
+        "the breaker spared the API: {} calls for 40 messages × 3 receives",
+        s.requests
+    );
+    assert!(p.logs().contains("circuit opened"));
+}
+
+/// Peak in-flight API calls never exceed the ceiling (consumers × RECORD_CONCURRENCY) while
+/// 2,000 messages are drained with slow answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_calls_never_exceed_the_ceiling() {
+    let faults = Faults {
+        latency_ms: 40,
+        ..Faults::default()
+    };
+    let p = pipeline("inflight", 5, 3, &[("RECORD_CONCURRENCY", "2")], faults).await;
+    let (_, exp, _) = p.split("4000", "2000", "0").await;
+    assert_eq!(exp.new.len(), 2000);
+    let st = p.drain(Duration::from_secs(400)).await;
+    assert!(st.drained, "{st:?}");
+    let s = p.api.stats();
+    assert_eq!(s.applied, 2000, "{s:?}");
+    assert!(
+        s.peak_in_flight <= 6,
+        "peak {} > 3 consumers × 2",
+        s.peak_in_flight
+    );
+    assert!(
+        s.peak_in_flight >= 3,
+        "the consumers really ran concurrently: {}",
+        s.peak_in_flight
+    );
+    assert!(st.peak_concurrency <= 3, "{st:?}");
+}
