@@ -1,8 +1,11 @@
 //! `casefeed demo`: the pipeline on this machine, on generated sample data.
-//! Starts moto, recreates the template's bucket and queues in it, generates a baseline and a
-//! next export, uploads both, runs the release splitter binary under the Runtime Interface
-//! Emulator for each upload and prints what happened. Stops everything it started.
+//! Starts moto and the stand-in contact-tracing API, recreates the template's bucket and
+//! queues in moto, generates a baseline and a next export, uploads both, runs the release
+//! splitter binary under the Runtime Interface Emulator for each upload, drains the work
+//! queue into release consumer binaries through the local event source mapping, and prints
+//! what happened. Stops everything it started.
 
+use crate::api::{ApiConfig, ApiServer, Faults};
 use crate::local::{release_bin, root, LocalError, Rie, Stack};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -14,11 +17,20 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 50_000)]
     pub rows: u64,
     /// New rows in the next export.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 120)]
     pub new: u64,
     /// Changed rows in the next export.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 180)]
     pub changed: u64,
+    /// Share of API calls answered 503 (transient: retried with backoff).
+    #[arg(long, default_value_t = 0.1)]
+    pub fail_5xx: f64,
+    /// Share of API calls answered 429 with Retry-After: 1.
+    #[arg(long, default_value_t = 0.05)]
+    pub rate_limit_429: f64,
+    /// Consumer instances (the event source's maximum concurrency).
+    #[arg(long, default_value_t = 2)]
+    pub consumers: usize,
     /// Removed rows in the next export.
     #[arg(long, default_value_t = 40)]
     pub removed: u64,
@@ -51,6 +63,10 @@ fn gen(args: &[&str], out: &Path) -> Result<(), LocalError> {
     Ok(())
 }
 
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
 fn describe(resp: &Value) -> String {
     let Some(r) = resp.get("results").and_then(|r| r.get(0)) else {
         return format!("unexpected answer: {resp}");
@@ -59,7 +75,7 @@ fn describe(resp: &Value) -> String {
     format!(
         "{:<9} read {:>7}  new {:>5}  changed {:>5}  removed {:>4}  unchanged {:>7}  rejected {:>3}  sent {:>5}",
         r["status"].as_str().unwrap_or("?"),
-        c["read"], c["new"], c["changed"], c["removed"], c["unchanged"], c["rejected"], c["sent"]
+        n(&c["read"]), n(&c["new"]), n(&c["changed"]), n(&c["removed"]), n(&c["unchanged"]), n(&c["rejected"]), n(&c["sent"])
     )
 }
 
@@ -142,24 +158,131 @@ pub async fn run(args: DemoArgs) -> Result<(), LocalError> {
 
     let depth = stack.depth(&stack.queue_url).await?;
     println!("\n4. the work queue holds {depth} message(s): one per new or changed row");
-    let msgs = stack.drain(&stack.queue_url).await?;
-    if let Some(m) = msgs.first() {
-        let v: Value = serde_json::from_str(&m.body).unwrap_or(Value::Null);
+
+    let token = "demo-token";
+    let mut api_cfg = ApiConfig::new(token);
+    api_cfg.ledger = Some(dir.join("api-ledger.jsonl"));
+    let _ = std::fs::remove_file(dir.join("api-ledger.jsonl"));
+    api_cfg.faults = Faults {
+        fail_5xx: args.fail_5xx,
+        rate_limit_429: args.rate_limit_429,
+        retry_after_secs: 1,
+        latency_ms: 20,
+        seed: 5,
+        ..Faults::default()
+    };
+    // one record the API refuses for good: it ends in the dead-letter queue with its reason
+    let expected: Value = std::fs::read(format!("{}.expected.json", next.display()))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    if let Some(id) = expected["changed"].get(0).and_then(Value::as_str) {
+        api_cfg.faults.reject_record_keys = vec![id.to_string()];
+    }
+    let api = ApiServer::start(api_cfg)
+        .await
+        .map_err(|e| LocalError::Setup {
+            what: "starting the stand-in API".into(),
+            detail: e.to_string(),
+        })?;
+    println!(
+        "\n5. stand-in contact-tracing API at {} ({}% 503s, {}% 429s, one record refused with 422)",
+        api.url(),
+        (args.fail_5xx * 100.0).round(),
+        (args.rate_limit_429 * 100.0).round()
+    );
+    let consumer = release_bin("consumer")?;
+    let mut env = stack.consumer_env(&api.url(), token);
+    env.retain(|(k, _)| k != "BACKOFF_CAP_SECS");
+    env.push(("BACKOFF_CAP_SECS".into(), "2".into()));
+    let consumers = (0..args.consumers.max(1))
+        .map(|i| Rie::start(&consumer, &env, &format!("demo-consumer-{i}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    println!(
+        "   {} consumer(s) (release binary) under the emulator, fed by the local event source mapping",
+        consumers.len()
+    );
+    println!("   draining the work queue (retries wait out their backoff)...");
+    let st = crate::esm::drain(
+        &stack.sqs,
+        &consumers,
+        &crate::esm::EsmConfig {
+            queue_url: stack.queue_url.clone(),
+            batch_size: 10,
+            wait_secs: 1,
+            max_duration: std::time::Duration::from_secs(300),
+        },
+    )
+    .await?;
+    let s = api.stats();
+    let dlq = stack.drain(&stack.dlq_url).await?;
+    println!("\n6. summary");
+    println!(
+        "   rows diffed            {}",
+        expected["rows"].as_u64().unwrap_or(0)
+    );
+    println!("   messages sent          {depth}");
+    println!(
+        "   applied at the API     {} (each idempotency key once; replays answered 409: {})",
+        s.applied, s.replays
+    );
+    println!(
+        "   retried                {} (503: {}, 429: {})",
+        st.reported_failures, s.server_errors_5xx, s.rate_limited_429
+    );
+    println!("   dead-lettered          {}", dlq.len());
+    for m in &dlq {
         println!(
-            "   e.g. change={} record_key={} idempotency_key={} ({} fields)",
-            v["change"],
-            v["record_key"],
-            v["idempotency_key"],
-            v["fields"].as_object().map(|o| o.len()).unwrap_or(0)
+            "     error_class={} http_status={} reason={:?} attempts={}",
+            m.attributes
+                .get("error_class")
+                .map(String::as_str)
+                .unwrap_or(""),
+            m.attributes
+                .get("http_status")
+                .map(String::as_str)
+                .unwrap_or(""),
+            m.attributes.get("reason").map(String::as_str).unwrap_or(""),
+            m.attributes
+                .get("attempts")
+                .map(String::as_str)
+                .unwrap_or("")
         );
     }
-    println!("\n5. in the bucket:");
+    println!(
+        "   consumer invocations   {} (peak {} at once, peak API calls in flight {})",
+        st.invocations, st.peak_concurrency, s.peak_in_flight
+    );
+    println!(
+        "   queue drained          {} in {:.1} s",
+        st.drained,
+        st.elapsed_ms as f64 / 1000.0
+    );
+    let ok = st.drained && s.applied + dlq.len() as u64 == depth;
+    println!(
+        "   applied + dead-lettered = sent: {}",
+        if ok { "yes" } else { "NO" }
+    );
+    api.shutdown().await;
+    println!("\n7. in the bucket (s3://{}):", stack.bucket);
     for prefix in ["state/", "runs/", "rejects/"] {
         for k in stack.list(prefix).await? {
-            println!("   s3://{}/{k}", stack.bucket);
+            println!("   {k}");
         }
     }
-    println!("\n   generated files: {}", dir.display());
-    println!("done: moto and the emulator are stopped.");
+    println!(
+        "   ledger/lab_results/…  ({} idempotency records)",
+        stack.list("ledger/").await?.len()
+    );
+    println!(
+        "\n   generated files and the API's ledger of applied effects: {}",
+        dir.display()
+    );
+    println!("done: moto, the API and the emulators are stopped.");
+    if !ok {
+        return Err(LocalError::Aws(
+            "the demo's counts do not add up (see above)".into(),
+        ));
+    }
     Ok(())
 }
