@@ -407,6 +407,64 @@ async fn permanent_rejections_go_to_the_dlq_with_the_reason() {
     let applied = p.applied();
     assert_eq!(applied.len(), 55);
     assert!(rows.iter().all(|r| !applied.contains_key(r)));
+
+    // the operator's path: put them back (drained above, so send them to the DLQ again as
+    // the consumer did), inspect, fix the cause, replay — each applied once
+    let sqs = &p.stack.inner.sqs;
+    for m in &dlq {
+        let mut req = sqs
+            .send_message()
+            .queue_url(&p.stack.dlq_url)
+            .message_body(&m.body);
+        for (k, v) in &m.attributes {
+            let a = aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+                .unwrap();
+            req = req.message_attributes(k, a);
+        }
+        req.send().await.unwrap();
+    }
+    let letters = casefeed_tools::dlq::inspect(sqs, &p.stack.dlq_url, 100)
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 5);
+    assert!(letters
+        .iter()
+        .all(|l| l.attributes["error_class"] == "permanent"));
+    p.api.set_faults(Faults::default());
+    let none = casefeed_tools::dlq::replay(
+        sqs,
+        &p.stack.dlq_url,
+        &p.stack.queue_url,
+        100,
+        Some("undecodable"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(none, 0, "the filter keeps other classes in the DLQ");
+    let moved = casefeed_tools::dlq::replay(
+        sqs,
+        &p.stack.dlq_url,
+        &p.stack.queue_url,
+        100,
+        Some("permanent"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, 5);
+    let st = p.drain(Duration::from_secs(120)).await;
+    assert!(st.drained, "{st:?}");
+    let applied = p.applied();
+    assert_eq!(applied.len(), 60);
+    assert!(applied.values().all(|&n| n == 1));
+    assert_eq!(
+        casefeed_tools::dlq::purge(sqs, &p.stack.dlq_url)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 /// A full outage: messages reach the DLQ through redrive after maxReceiveCount, nothing is

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod demo;
+pub mod dlq;
 pub mod esm;
 pub mod gen;
 pub mod local;

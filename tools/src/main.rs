@@ -1,6 +1,6 @@
 //! `casefeed`: command-line tools for the casefeed pipeline.
 
-use casefeed_tools::{demo, gen};
+use casefeed_tools::{demo, dlq, gen};
 
 use std::fmt;
 use std::process::ExitCode;
@@ -20,6 +20,9 @@ enum Command {
     Gen(gen::GenArgs),
     /// Run the pipeline locally on sample data (moto + the release Lambda binaries).
     Demo(demo::DemoArgs),
+    /// Inspect, replay or purge the dead-letter queue (AWS credentials and endpoint from the
+    /// usual AWS environment).
+    Dlq(dlq::DlqArgs),
 }
 
 /// An error for `main`: its `Debug` is the plain message, so the process prints
@@ -45,6 +48,10 @@ fn main() -> Result<ExitCode, CliError> {
         Command::Demo(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(demo::run(args))?
+        }
+        Command::Dlq(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(dlq::run(args))?
         }
     }
     Ok(ExitCode::SUCCESS)
