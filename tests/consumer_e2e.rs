@@ -369,6 +369,10 @@ async fn apply_then_drop_is_applied_once() {
         expected_keys(&exp)
     );
     assert!(p.stack.drain(&p.stack.dlq_url).await.is_empty());
+    assert_eq!(
+        s.unauthorized, 0,
+        "the token from Secrets Manager was accepted"
+    );
 }
 
 /// Permanent 422s → in the DLQ now, with the reason; everything else applied.
