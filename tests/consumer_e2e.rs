@@ -158,7 +158,7 @@ fn expected_keys(exp: &Expected) -> BTreeSet<String> {
 async fn each_row_applied_exactly_once_and_redelivery_has_no_effect() {
     let p = pipeline("once", 5, 2, &[], Faults::default()).await;
     let (next, exp, ev) = p.split("3000", "60", "80").await;
-    let st = p.drain(Duration::from_secs(120)).await;
+    let st = p.drain(Duration::from_secs(300)).await;
     assert!(st.drained, "{st:?}");
     let applied = p.applied();
     assert_eq!(
@@ -189,7 +189,7 @@ async fn each_row_applied_exactly_once_and_redelivery_has_no_effect() {
     let r = p.splitter.invoke(&ev).await;
     assert_eq!(r["results"][0]["status"], "applied", "{r}");
     assert_eq!(r["results"][0]["counts"]["sent"], 140, "{r}");
-    let st = p.drain(Duration::from_secs(120)).await;
+    let st = p.drain(Duration::from_secs(300)).await;
     assert!(st.drained && st.received >= 140, "{st:?}");
     assert_eq!(p.api.stats().applied, 140, "no second effect");
     assert_eq!(
@@ -231,7 +231,7 @@ async fn each_row_applied_exactly_once_and_redelivery_has_no_effect() {
             .await
             .unwrap();
     }
-    let st = p.drain(Duration::from_secs(60)).await;
+    let st = p.drain(Duration::from_secs(200)).await;
     assert!(st.drained, "{st:?}");
     let s = p.api.stats();
     assert_eq!(s.applied, 140, "no second effect");
@@ -296,7 +296,7 @@ async fn transient_faults_and_rate_limits_end_applied_once() {
     // a breaker threshold above the batch keeps every message exposed to the faults
     let p = pipeline("faults", 12, 2, &[("BREAKER_THRESHOLD", "20")], faults).await;
     let (_, exp, _) = p.split("2000", "40", "60").await;
-    let st = p.drain(Duration::from_secs(240)).await;
+    let st = p.drain(Duration::from_secs(600)).await;
     assert!(st.drained, "{st:?}");
     let applied = p.applied();
     assert_eq!(
@@ -354,7 +354,7 @@ async fn apply_then_drop_is_applied_once() {
     };
     let p = pipeline("drop", 10, 2, &[], faults).await;
     let (_, exp, _) = p.split("1500", "30", "30").await;
-    let st = p.drain(Duration::from_secs(180)).await;
+    let st = p.drain(Duration::from_secs(400)).await;
     assert!(st.drained, "{st:?}");
     let s = p.api.stats();
     assert!(s.dropped_after_apply > 0, "{s:?}");
@@ -385,7 +385,7 @@ async fn permanent_rejections_go_to_the_dlq_with_the_reason() {
     let mut f = p.api.faults();
     f.reject_record_keys = rows.clone();
     p.api.set_faults(f);
-    let st = p.drain(Duration::from_secs(120)).await;
+    let st = p.drain(Duration::from_secs(300)).await;
     assert!(st.drained, "{st:?}");
     let dlq = p.stack.drain(&p.stack.dlq_url).await;
     assert_eq!(dlq.len(), 5, "{dlq:?}");
@@ -458,7 +458,7 @@ async fn permanent_rejections_go_to_the_dlq_with_the_reason() {
     .await
     .unwrap();
     assert_eq!(moved, 5);
-    let st = p.drain(Duration::from_secs(120)).await;
+    let st = p.drain(Duration::from_secs(300)).await;
     assert!(st.drained, "{st:?}");
     let applied = p.applied();
     assert_eq!(applied.len(), 60);
@@ -480,7 +480,7 @@ async fn a_full_outage_ends_in_the_dlq_through_redrive() {
     faults.outage_for(Duration::from_secs(3600));
     let p = pipeline("outage", 3, 2, &[("BACKOFF_CAP_SECS", "2")], faults).await;
     let (_, exp, _) = p.split("1000", "20", "20").await;
-    let st = p.drain(Duration::from_secs(180)).await;
+    let st = p.drain(Duration::from_secs(400)).await;
     assert!(st.drained, "{st:?}");
     let dlq = p.stack.drain(&p.stack.dlq_url).await;
     let mut keys = BTreeSet::new();
@@ -516,7 +516,7 @@ async fn in_flight_calls_never_exceed_the_ceiling() {
     let p = pipeline("inflight", 5, 3, &[("RECORD_CONCURRENCY", "2")], faults).await;
     let (_, exp, _) = p.split("4000", "2000", "0").await;
     assert_eq!(exp.new.len(), 2000);
-    let st = p.drain(Duration::from_secs(400)).await;
+    let st = p.drain(Duration::from_secs(900)).await;
     assert!(st.drained, "{st:?}");
     let s = p.api.stats();
     assert_eq!(s.applied, 2000, "{s:?}");
