@@ -9,6 +9,19 @@ use crate::splitter::{Splitter, SplitterSettings};
 use crate::store::ObjectStore;
 use std::sync::Arc;
 
+/// JSON logs for CloudWatch (`RUST_LOG` filter, default `info`); once per container.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
 /// Load the AWS configuration (region, credentials, `AWS_ENDPOINT_URL`) once.
 pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())

@@ -33,26 +33,13 @@ impl S3Store {
     }
 }
 
-fn status<E, R: HasStatus>(e: &SdkError<E, R>) -> Option<u16> {
-    e.raw_response().map(|r| r.status_code())
-}
-
-trait HasStatus {
-    fn status_code(&self) -> u16;
-}
-impl HasStatus for aws_smithy_runtime_api::http::Response {
-    fn status_code(&self) -> u16 {
-        self.status().as_u16()
-    }
-}
-
 fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
     op: &'static str,
     bucket: &str,
     key: &str,
     e: SdkError<E, aws_smithy_runtime_api::http::Response>,
 ) -> StoreError {
-    match status(&e) {
+    match e.raw_response().map(|r| r.status().as_u16()) {
         Some(404) => StoreError::NotFound {
             bucket: bucket.into(),
             key: key.into(),

@@ -17,7 +17,7 @@ use crate::snapshot::{
     Entry, Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION,
 };
 use crate::store::{BoxRead, ObjectStore, OpenSpec, PutCondition, StoreError};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -301,11 +301,10 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             let mut entries = parsed.entries;
             let mut rejects = parsed.rejects;
             if !stats.refused.is_empty() {
-                let refused: HashMap<u64, ()> =
-                    stats.refused.iter().map(|r| (r.key_fp, ())).collect();
+                let refused: HashSet<u64> = stats.refused.iter().map(|r| r.key_fp).collect();
                 let old = state.as_ref().map(|s| s.snapshot.clone());
                 entries.retain_mut(|e| {
-                    if !refused.contains_key(&e.key) {
+                    if !refused.contains(&e.key) {
                         return true;
                     }
                     match old.as_ref().and_then(|s| s.entry(e.key)) {

@@ -11,15 +11,7 @@ type App = Consumer<S3Store, HttpApi, SqsWork>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .with_target(false)
-        .without_time()
-        .init();
+    casefeed::app::init_tracing();
     let sdk = casefeed::app::aws_config().await;
     let app = match casefeed::app::consumer_from_env(&sdk).await {
         Ok(a) => a,

@@ -13,7 +13,7 @@ type App = Splitter<S3Store, SqsQueue>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    casefeed_tracing();
+    casefeed::app::init_tracing();
     let sdk = casefeed::app::aws_config().await;
     let app = match casefeed::app::splitter_from_env(&sdk).await {
         Ok(a) => a,
@@ -28,18 +28,6 @@ async fn main() -> Result<(), Error> {
         handle(app, ev.payload)
     }))
     .await
-}
-
-fn casefeed_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .with_target(false)
-        .without_time()
-        .init();
 }
 
 async fn handle(app: &App, payload: Value) -> Result<Value, Error> {
