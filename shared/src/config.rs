@@ -42,6 +42,11 @@ struct RawDefaults {
     first_file: Option<FirstFile>,
     max_row_bytes: Option<usize>,
     max_columns: Option<usize>,
+    max_object_bytes: Option<u64>,
+    max_changes: Option<u64>,
+    max_change_share: Option<f64>,
+    max_removed_share: Option<f64>,
+    guard_floor: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +62,11 @@ struct RawFeed {
     first_file: Option<FirstFile>,
     max_row_bytes: Option<usize>,
     max_columns: Option<usize>,
+    max_object_bytes: Option<u64>,
+    max_changes: Option<u64>,
+    max_change_share: Option<f64>,
+    max_removed_share: Option<f64>,
+    guard_floor: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,8 +78,40 @@ struct RawConfig {
     feeds: Vec<RawFeed>,
 }
 
+/// The guards that stop a file before it floods the API or moves the state wrongly.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Guards {
+    /// Objects larger than this are rejected before a byte is read.
+    pub max_object_bytes: u64,
+    /// Flood guard: more new+changed rows than this holds the file.
+    pub max_changes: u64,
+    /// Flood guard: new+changed rows above this share of the previous row count hold the
+    /// file (only when they are also above `guard_floor`).
+    pub max_change_share: f64,
+    /// Shrink guard: removed rows above this share of the previous row count hold the file
+    /// (only when they are also above `guard_floor`).
+    pub max_removed_share: f64,
+    /// Counts at or below this never trip a share-based guard (small feeds change a lot in
+    /// relative terms).
+    pub guard_floor: u64,
+}
+
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
+            max_changes: 20_000,
+            max_change_share: 0.10,
+            max_removed_share: 0.10,
+            guard_floor: 100,
+        }
+    }
+}
+
 /// One feed, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FeedConfig {
     pub name: String,
     /// Files of this feed arrive under `incoming/<prefix>/`.
@@ -81,6 +123,7 @@ pub struct FeedConfig {
     pub first_file: FirstFile,
     pub max_row_bytes: usize,
     pub max_columns: usize,
+    pub guards: Guards,
 }
 
 impl FeedConfig {
@@ -95,6 +138,7 @@ impl FeedConfig {
             first_file: FirstFile::Baseline,
             max_row_bytes: DEFAULT_MAX_ROW_BYTES,
             max_columns: DEFAULT_MAX_COLUMNS,
+            guards: Guards::default(),
         }
     }
 }
@@ -217,6 +261,43 @@ impl Config {
                     format!("{max_columns} is outside 1..=100000"),
                 ));
             }
+            let d = Guards::default();
+            let guards = Guards {
+                max_object_bytes: f
+                    .max_object_bytes
+                    .or(raw.defaults.max_object_bytes)
+                    .unwrap_or(d.max_object_bytes),
+                max_changes: f
+                    .max_changes
+                    .or(raw.defaults.max_changes)
+                    .unwrap_or(d.max_changes),
+                max_change_share: f
+                    .max_change_share
+                    .or(raw.defaults.max_change_share)
+                    .unwrap_or(d.max_change_share),
+                max_removed_share: f
+                    .max_removed_share
+                    .or(raw.defaults.max_removed_share)
+                    .unwrap_or(d.max_removed_share),
+                guard_floor: f
+                    .guard_floor
+                    .or(raw.defaults.guard_floor)
+                    .unwrap_or(d.guard_floor),
+            };
+            if guards.max_object_bytes == 0 {
+                return Err(feed_err("max_object_bytes", "must be at least 1".into()));
+            }
+            for (field, v) in [
+                ("max_change_share", guards.max_change_share),
+                ("max_removed_share", guards.max_removed_share),
+            ] {
+                if !(v > 0.0 && v <= 1.0) {
+                    return Err(feed_err(
+                        field,
+                        format!("{v} is not a share in (0, 1]; 1 turns the guard off"),
+                    ));
+                }
+            }
             feeds.push(FeedConfig {
                 name: f.name.clone(),
                 prefix,
@@ -229,6 +310,7 @@ impl Config {
                     .unwrap_or(FirstFile::Baseline),
                 max_row_bytes,
                 max_columns,
+                guards,
             });
         }
         Ok(Config { feeds })
@@ -395,6 +477,31 @@ first_file = "send"
         let typo = "[[feed]]\nname=\"a\"\nkey_column=[\"id\"]\n";
         assert!(Config::from_toml(typo).is_err());
         assert!(Config::from_toml("").is_err());
+    }
+
+    #[test]
+    fn guards_default_and_override() {
+        let c = Config::from_toml(
+            "[defaults]\nmax_changes = 500\n[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\nmax_change_share = 0.5\nmax_object_bytes = 1000\n[[feed]]\nname=\"b\"\nkey_columns=[\"id\"]\n",
+        )
+        .unwrap();
+        let a = c.feed("a").unwrap().guards;
+        assert_eq!(a.max_changes, 500);
+        assert_eq!(a.max_change_share, 0.5);
+        assert_eq!(a.max_object_bytes, 1000);
+        assert_eq!(a.max_removed_share, Guards::default().max_removed_share);
+        let b = c.feed("b").unwrap().guards;
+        assert_eq!(b.max_change_share, Guards::default().max_change_share);
+        assert_eq!(b.max_changes, 500);
+        for bad in [
+            "max_change_share = 0.0",
+            "max_removed_share = 1.5",
+            "max_object_bytes = 0",
+        ] {
+            let t = format!("[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\n{bad}\n");
+            let e = Config::from_toml(&t).unwrap_err().to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
+        }
     }
 
     #[test]

@@ -156,4 +156,80 @@ impl ObjectStore for S3Store {
             .map_err(|e| classify("PutObject", bucket, key, e))?;
         Ok(out.e_tag().map(str::to_string))
     }
+
+    async fn copy(
+        &self,
+        bucket: &str,
+        from_key: &str,
+        spec: &OpenSpec,
+        to_key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut source = format!("{bucket}/{}", encode_copy_key(from_key));
+        if let Some(v) = &spec.version_id {
+            source.push_str("?versionId=");
+            source.push_str(v);
+        }
+        let mut req = self
+            .client
+            .copy_object()
+            .bucket(bucket)
+            .key(to_key)
+            .copy_source(source);
+        if let Some(m) = &spec.if_match {
+            req = req.copy_source_if_match(m);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| classify("CopyObject", bucket, from_key, e))?;
+        Ok(out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .map(str::to_string))
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify("DeleteObject", bucket, key, e))?;
+        Ok(())
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify("ListObjectsV2", bucket, prefix, e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    keys.push(k.to_string());
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// `CopySource` is `bucket/key` with the key URL-encoded (slashes kept).
+fn encode_copy_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

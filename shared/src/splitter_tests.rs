@@ -181,6 +181,27 @@ impl MessageQueue for RecordingQueue {
 // stores with extra behaviour, wrapping MemoryStore
 // ---------------------------------------------------------------------------------------
 
+/// The store methods the wrappers below do not change.
+macro_rules! forward_rest {
+    () => {
+        async fn copy(
+            &self,
+            bucket: &str,
+            from_key: &str,
+            spec: &OpenSpec,
+            to_key: &str,
+        ) -> Result<Option<String>, StoreError> {
+            self.inner.copy(bucket, from_key, spec, to_key).await
+        }
+        async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(bucket, key).await
+        }
+        async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.inner.list(bucket, prefix).await
+        }
+    };
+}
+
 /// Fails the next `n` puts of keys starting with a prefix (a transient S3 error).
 #[derive(Clone, Default)]
 struct FailingPutStore {
@@ -226,6 +247,7 @@ impl ObjectStore for FailingPutStore {
         }
         self.inner.put(bucket, key, body, content_type, cond).await
     }
+    forward_rest!();
 }
 
 /// Holds the next `armed` reads of a feed state at a barrier until as many readers have
@@ -279,6 +301,7 @@ impl ObjectStore for BarrierStore {
     ) -> Result<Option<String>, StoreError> {
         self.inner.put(bucket, key, body, content_type, cond).await
     }
+    forward_rest!();
 }
 
 /// A body that yields its first `ok` bytes, then fails as a broken network stream does.
@@ -342,6 +365,7 @@ impl ObjectStore for BrokenStreamStore {
     ) -> Result<Option<String>, StoreError> {
         self.inner.put(bucket, key, body, content_type, cond).await
     }
+    forward_rest!();
 }
 
 /// Reports a last-modified time for objects (as S3 does), set by the test.
@@ -375,6 +399,7 @@ impl ObjectStore for DatedStore {
     ) -> Result<Option<String>, StoreError> {
         self.inner.put(bucket, key, body, content_type, cond).await
     }
+    forward_rest!();
 }
 
 // ---------------------------------------------------------------------------------------

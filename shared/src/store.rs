@@ -99,6 +99,30 @@ pub trait ObjectStore: Send + Sync + Clone + 'static {
         content_type: &str,
         cond: PutCondition,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Server-side copy of one version of an object (`spec` as for `open`) to `to_key` in the
+    /// same bucket; returns the copy's ETag.
+    fn copy(
+        &self,
+        bucket: &str,
+        from_key: &str,
+        spec: &OpenSpec,
+        to_key: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// Delete an object (no error if it does not exist).
+    fn delete(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Keys under a prefix, in key order.
+    fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
 type Objects = HashMap<(String, String), (Vec<u8>, String)>;
@@ -212,5 +236,46 @@ impl ObjectStore for MemoryStore {
         let etag = format!("\"etag-{n}\"");
         g.insert(k, (body, etag.clone()));
         Ok(Some(etag))
+    }
+
+    async fn copy(
+        &self,
+        bucket: &str,
+        from_key: &str,
+        spec: &OpenSpec,
+        to_key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let body = {
+            let g = self.lock();
+            let (b, e) = g
+                .get(&(bucket.to_string(), from_key.to_string()))
+                .ok_or_else(|| StoreError::NotFound {
+                    bucket: bucket.into(),
+                    key: from_key.into(),
+                })?;
+            if let Some(m) = &spec.if_match {
+                if m.trim_matches('"') != e.trim_matches('"') {
+                    return Err(StoreError::PreconditionFailed);
+                }
+            }
+            b.clone()
+        };
+        Ok(Some(self.insert(bucket, to_key, body)))
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.lock().remove(&(bucket.to_string(), key.to_string()));
+        Ok(())
+    }
+
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut k: Vec<String> = self
+            .lock()
+            .keys()
+            .filter(|(b, k)| b == bucket && k.starts_with(prefix))
+            .map(|(_, k)| k.clone())
+            .collect();
+        k.sort();
+        Ok(k)
     }
 }
