@@ -96,11 +96,6 @@ impl ColumnPlan {
                 (compare, added, removed)
             }
         };
-        if !removed.is_empty() {
-            // The snapshot holds one fingerprint per row over its column set; without the
-            // removed column(s) the fingerprints cannot be compared.
-            return Err(FileRejection::ComparedColumnsMissing(removed));
-        }
         let compare_names: Vec<&str> = compare.iter().map(|(n, _)| *n).collect();
         let store_names: Vec<&str> = store.iter().map(|(n, _)| *n).collect();
         Ok(ColumnPlan {
@@ -113,6 +108,12 @@ impl ColumnPlan {
             added,
             removed,
         })
+    }
+
+    /// False when a compared column of the snapshot is gone: the snapshot's fingerprints
+    /// cover it, so existing rows cannot be compared (only new keys can be told apart).
+    pub fn comparable(&self) -> bool {
+        self.removed.is_empty()
     }
 
     /// True when the comparison and the new snapshot use the same columns (no drift).
@@ -222,6 +223,10 @@ pub struct DiffCounts {
     pub unchanged: u64,
     pub removed: u64,
     pub duplicate: u64,
+    /// Existing rows taken over without comparison because a compared column is gone
+    /// (also counted as unchanged).
+    #[serde(default)]
+    pub rebaselined: u64,
 }
 
 /// Identity hasher for sets of fingerprints (already uniformly distributed).
@@ -246,6 +251,7 @@ pub type FpSet = HashSet<u64, BuildHasherDefault<FpHasher>>;
 /// the new snapshot.
 pub struct Differ<'a> {
     snapshot: Option<&'a Snapshot>,
+    comparable: bool,
     seen: Vec<u64>,
     new_keys: FpSet,
     /// Snapshot positions of records whose row was rejected (kept unless a valid row of the
@@ -256,10 +262,13 @@ pub struct Differ<'a> {
 }
 
 impl<'a> Differ<'a> {
-    pub fn new(snapshot: Option<&'a Snapshot>, expected_rows: usize) -> Self {
+    /// `comparable`: [`ColumnPlan::comparable`]; when false, rows of known keys are taken
+    /// over as unchanged (re-baselined) rather than compared.
+    pub fn new(snapshot: Option<&'a Snapshot>, expected_rows: usize, comparable: bool) -> Self {
         let n = snapshot.map(|s| s.len()).unwrap_or(0);
         Differ {
             snapshot,
+            comparable,
             seen: vec![0u64; n.div_ceil(64)],
             new_keys: FpSet::default(),
             carried: Vec::new(),
@@ -282,7 +291,10 @@ impl<'a> Differ<'a> {
                         .snapshot
                         .map(|s| (s.content_at(pos), s.chain_at(pos)))
                         .unwrap_or((0, 0));
-                    if prev == p.compare {
+                    if !self.comparable {
+                        self.counts.rebaselined += 1;
+                        Class::Unchanged
+                    } else if prev == p.compare {
                         Class::Unchanged
                     } else {
                         Class::Changed {
@@ -454,10 +466,52 @@ mod tests {
     }
 
     #[test]
-    fn removed_compared_column_is_refused() {
-        let prev = hdr(&["a", "b"]);
-        let e = ColumnPlan::new(&hdr(&["id", "a"]), &feed(), Some(&prev)).unwrap_err();
-        assert_eq!(e, FileRejection::ComparedColumnsMissing(vec!["b".into()]));
+    fn removed_column_rebaselines_known_keys_and_finds_new_ones() {
+        // the snapshot hashed a and b; the file has lost b (removed or renamed to c)
+        let old_cols = ["id", "a", "b"];
+        let s = snap(
+            vec![
+                (
+                    prints(&old_cols, &["1", "x", "y"], None).key,
+                    prints(&old_cols, &["1", "x", "y"], None).compare,
+                ),
+                (
+                    prints(&old_cols, &["2", "x", "y"], None).key,
+                    prints(&old_cols, &["2", "x", "y"], None).compare,
+                ),
+            ],
+            hdr(&["a", "b"]),
+        );
+        let plan = ColumnPlan::new(
+            &hdr(&["id", "a", "c"]),
+            &feed(),
+            Some(&s.header.hashed_columns),
+        )
+        .unwrap();
+        assert_eq!(plan.removed, vec!["b"]);
+        assert_eq!(plan.added, vec!["c"]);
+        assert!(!plan.comparable());
+        let mut d = Differ::new(Some(&s), 0, plan.comparable());
+        let mut fp = Fingerprinter::default();
+        assert_eq!(
+            d.classify(fp.prints(&plan, &rec(&["1", "z", "q"]))),
+            Class::Unchanged
+        );
+        assert_eq!(
+            d.classify(fp.prints(&plan, &rec(&["3", "x", "q"]))),
+            Class::New
+        );
+        let (entries, c) = d.finish();
+        assert_eq!(
+            (c.new, c.changed, c.unchanged, c.rebaselined, c.removed),
+            (1, 0, 1, 1, 1)
+        );
+        // the re-baselined row now carries the fingerprint over the file's columns
+        let e1 = entries
+            .iter()
+            .find(|e| e.key == prints(&old_cols, &["1", "x", "y"], None).key)
+            .unwrap();
+        assert_eq!(e1.content, fp.prints(&plan, &rec(&["1", "z", "q"])).store);
     }
 
     #[test]
@@ -472,7 +526,7 @@ mod tests {
             ],
             hdr(&["a"]),
         );
-        let mut d = Differ::new(Some(&s), 0);
+        let mut d = Differ::new(Some(&s), 0, true);
         assert_eq!(d.classify(p("1", "x")), Class::Unchanged);
         assert_eq!(
             d.classify(p("2", "y")),
@@ -492,7 +546,8 @@ mod tests {
                 changed: 1,
                 unchanged: 1,
                 removed: 1,
-                duplicate: 2
+                duplicate: 2,
+                rebaselined: 0,
             }
         );
         assert_eq!(entries.len(), 3);
@@ -514,7 +569,7 @@ mod tests {
         let cols = ["id", "a"];
         let p = |id: &str, a: &str| prints(&cols, &[id, a], None);
         let s = snap(vec![(p("1", "x").key, p("1", "x").compare)], hdr(&["a"]));
-        let mut d = Differ::new(Some(&s), 0);
+        let mut d = Differ::new(Some(&s), 0, true);
         d.carry(p("1", "x").key);
         d.carry(p("1", "x").key);
         d.carry(p("9", "x").key);
@@ -527,7 +582,7 @@ mod tests {
     #[test]
     fn no_snapshot_everything_new() {
         let cols = ["id", "a"];
-        let mut d = Differ::new(None, 2);
+        let mut d = Differ::new(None, 2, true);
         assert_eq!(d.classify(prints(&cols, &["1", "x"], None)), Class::New);
         assert_eq!(d.classify(prints(&cols, &["2", "x"], None)), Class::New);
         let (_, c) = d.finish();

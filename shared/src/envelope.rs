@@ -90,7 +90,7 @@ impl Envelope {
         }
         let v: V = serde_json::from_str(body).map_err(|e| {
             // serde_json's messages cite positions, not the input: safe to report.
-            EnvelopeError::Undecodable(e.classify_str().to_string())
+            EnvelopeError::Undecodable(serde_category(&e).to_string())
         })?;
         match v.v {
             Some(1) => {}
@@ -100,7 +100,7 @@ impl Envelope {
         serde_json::from_str(body).map_err(|e| {
             EnvelopeError::Undecodable(format!(
                 "{} at line {} column {}",
-                e.classify_str(),
+                serde_category(&e),
                 e.line(),
                 e.column()
             ))
@@ -108,17 +108,13 @@ impl Envelope {
     }
 }
 
-trait ClassifyStr {
-    fn classify_str(&self) -> &'static str;
-}
-impl ClassifyStr for serde_json::Error {
-    fn classify_str(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "I/O error",
-            serde_json::error::Category::Syntax => "invalid JSON",
-            serde_json::error::Category::Data => "JSON of the wrong shape",
-            serde_json::error::Category::Eof => "truncated JSON",
-        }
+/// What kind of JSON error this is, without serde's message (which can quote values).
+pub fn serde_category(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Data => "JSON of the wrong shape",
+        serde_json::error::Category::Eof => "truncated JSON",
     }
 }
 

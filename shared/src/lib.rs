@@ -11,6 +11,8 @@ pub mod consumer;
 pub mod diff;
 pub mod envelope;
 pub mod event;
+pub mod guards;
+pub mod held;
 pub mod ledger;
 pub mod metrics;
 pub mod queue;

@@ -19,12 +19,19 @@ pub fn emit_run(report: &RunReport) {
                     {"Name": "RowsRejected", "Unit": "Count"},
                     {"Name": "RowsDuplicate", "Unit": "Count"},
                     {"Name": "MessagesSent", "Unit": "Count"},
+                    {"Name": "FilesHeld", "Unit": "Count"},
                     {"Name": "RunMillis", "Unit": "Milliseconds"}
                 ]
             }]
         },
         "feed": report.feed,
-        "status": format!("{:?}", report.status).to_lowercase(),
+        "status": report.status.as_str(),
+        "guards_tripped": report
+            .guards
+            .iter()
+            .filter(|g| g.tripped)
+            .map(|g| g.guard.as_str())
+            .collect::<Vec<_>>(),
         "RowsRead": c.read,
         "RowsNew": c.new,
         "RowsChanged": c.changed,
@@ -32,6 +39,7 @@ pub fn emit_run(report: &RunReport) {
         "RowsRejected": c.rejected,
         "RowsDuplicate": c.duplicate,
         "MessagesSent": c.sent,
+        "FilesHeld": u64::from(report.status == crate::report::RunStatus::Held),
         "RunMillis": report.timings.total_ms,
     });
     if std::env::var_os("CASEFEED_NO_METRICS").is_none() {

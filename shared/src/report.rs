@@ -1,6 +1,7 @@
 //! The run report: one JSON document per processed file under `runs/<feed>/`.
 
 use crate::diff::DiffCounts;
+use crate::guards::GuardCheck;
 use crate::snapshot::SourceObject;
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +18,28 @@ pub enum RunStatus {
     Stale,
     /// The whole file was refused; the state did not move.
     Rejected,
+    /// A guard stopped the file: nothing sent, the state did not move; the diff waits under
+    /// `held/<feed>/` for an operator (`casefeed held approve|discard`).
+    Held,
+    /// An operator discarded a held file.
+    Discarded,
     /// The run failed (it will be retried by Lambda or needs an operator).
     Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Applied => "applied",
+            RunStatus::Baseline => "baseline",
+            RunStatus::Noop => "noop",
+            RunStatus::Stale => "stale",
+            RunStatus::Rejected => "rejected",
+            RunStatus::Held => "held",
+            RunStatus::Discarded => "discarded",
+            RunStatus::Failed => "failed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +51,9 @@ pub struct Counts {
     pub removed: u64,
     pub unchanged: u64,
     pub duplicate: u64,
+    /// Existing rows taken over without comparison (a compared column was gone).
+    #[serde(default)]
+    pub rebaselined: u64,
     /// Rows refused (unparseable, invalid, or refused by SQS), listed in the rejects report.
     pub rejected: u64,
     /// Messages accepted by SQS.
@@ -43,6 +67,7 @@ impl Counts {
         self.removed = d.removed;
         self.unchanged = d.unchanged;
         self.duplicate = d.duplicate;
+        self.rebaselined = d.rebaselined;
     }
 }
 
@@ -62,7 +87,15 @@ pub struct Timings {
     pub total_ms: u64,
 }
 
+/// Where a held file waits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldRef {
+    pub id: String,
+    pub manifest_key: String,
+    pub copy_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     pub v: u32,
     pub feed: String,
@@ -77,6 +110,14 @@ pub struct RunReport {
     pub counts: Counts,
     #[serde(default)]
     pub schema: SchemaReport,
+    /// Every guard's verdict on this file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<GuardCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldRef>,
+    /// For a run that applied a held file: the held id an operator approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_held: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejects_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,4 +137,10 @@ pub fn rejects_key(feed: &str, run: &str) -> String {
 }
 pub fn snapshot_key(feed: &str) -> String {
     format!("state/{feed}/snapshot")
+}
+pub fn held_manifest_key(feed: &str, id: &str) -> String {
+    format!("held/{feed}/{id}.json")
+}
+pub fn held_copy_key(feed: &str, id: &str) -> String {
+    format!("held/{feed}/{id}.source")
 }

@@ -1,16 +1,25 @@
 //! The splitter's decisions: for one uploaded object, diff it against the feed's snapshot in
-//! a single streaming pass, fan out new/changed rows, commit the new snapshot by a
-//! conditional write, and leave a run report.
+//! a streaming pass, let the guards decide, fan out new/changed rows, commit the new snapshot
+//! by a conditional write, and leave a run report. A file a guard stops is held for an
+//! operator ([`Splitter::approve`] / [`Splitter::discard`]).
+//!
+//! Sending waits for the guards: the messages of the (normally few) new/changed rows are
+//! kept in memory up to a budget while the file streams; a file with more than that to send
+//! and no guard against it is read a second time to stream them.
 
 use crate::config::{Config, FeedConfig, FirstFile};
 use crate::diff::{key_print, record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter};
 use crate::envelope::{
-    idempotency_key, Change, EnvelopeRef, EnvelopeSource, FieldsRef, Previous, ENVELOPE_VERSION,
+    idempotency_key, serde_category, Change, EnvelopeRef, EnvelopeSource, FieldsRef, Previous,
+    ENVELOPE_VERSION,
 };
 use crate::event::ObjectEvent;
+use crate::guards::{hold_reason, GuardInput};
+use crate::held::{held_id, valid_held_id, HeldManifest, MANIFEST_VERSION};
 use crate::queue::{run_sender, MessageQueue, OutMessage, SendError, SendStats, SenderSettings};
 use crate::report::{
-    rejects_key, run_report_key, snapshot_key, Counts, RunReport, RunStatus, SchemaReport, Timings,
+    held_copy_key, held_manifest_key, rejects_key, run_report_key, snapshot_key, Counts, HeldRef,
+    RunReport, RunStatus, SchemaReport, Timings,
 };
 use crate::rows::{open_stream, FileRejection, ReadError, Rejected, Row, RowReader};
 use crate::snapshot::{
@@ -32,6 +41,9 @@ pub struct SplitterSettings {
     pub channel_capacity: usize,
     /// Conditional-commit attempts before the run fails for retry.
     pub max_commit_attempts: u32,
+    /// Bytes of messages kept while the guards cannot yet decide; past it, a file allowed to
+    /// proceed is read a second time to send.
+    pub hold_buffer_bytes: usize,
 }
 
 impl Default for SplitterSettings {
@@ -41,6 +53,7 @@ impl Default for SplitterSettings {
             read_buffer: 1024 * 1024,
             channel_capacity: 1000,
             max_commit_attempts: 3,
+            hold_buffer_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -65,6 +78,9 @@ pub enum SplitError {
     Send(#[from] SendError),
     #[error("lost the race to commit the state of feed `{feed}` {attempts} times in a row")]
     Contention { feed: String, attempts: u32 },
+    /// A held file cannot be approved or discarded as asked (permanent: the operator decides).
+    #[error("{0}")]
+    Held(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -79,6 +95,7 @@ impl SplitError {
             SplitError::Snapshot { .. } => false,
             SplitError::Send(_) => true,
             SplitError::Contention { .. } => true,
+            SplitError::Held(_) => false,
             SplitError::Internal(_) => true,
         }
     }
@@ -114,6 +131,36 @@ struct ParseOutput {
     counts: DiffCounts,
     rejects: Vec<Rejected>,
     read: u64,
+    /// The messages kept by [`SendMode::Buffer`], `None` when they did not fit.
+    buffered: Option<Vec<OutMessage>>,
+}
+
+fn new_report(feed: &FeedConfig, run: String, source: SourceObject) -> RunReport {
+    RunReport {
+        v: 1,
+        feed: feed.name.clone(),
+        run,
+        status: RunStatus::Failed,
+        reason: None,
+        source,
+        previous: None,
+        counts: Counts::default(),
+        schema: SchemaReport::default(),
+        guards: Vec::new(),
+        held: None,
+        approved_held: None,
+        rejects_key: None,
+        snapshot_etag: None,
+        send_calls: 0,
+        commit_attempts: 0,
+        started_at: now_rfc3339(),
+        finished_at: String::new(),
+        timings: Timings::default(),
+    }
+}
+
+fn same_etag(a: Option<&str>, b: Option<&str>) -> bool {
+    a.map(|e| e.trim_matches('"')) == b.map(|e| e.trim_matches('"'))
 }
 
 fn ms(since: Instant) -> u64 {
@@ -160,6 +207,27 @@ fn sqs_safe(body: String) -> String {
     }
 }
 
+/// How a diff pass treats the messages of new/changed rows.
+#[derive(Debug, Clone, Copy)]
+enum SendMode {
+    /// Nothing is sent (a baseline).
+    Off,
+    /// Sent while the file streams (an approved held file: the guards have had their say).
+    Stream,
+    /// Kept until the guards have decided, up to a count and a byte budget; past either, the
+    /// messages are dropped and, if the file may proceed, a second pass sends them.
+    Buffer { max_count: u64, max_bytes: usize },
+}
+
+/// What a run reads and how it treats the result.
+struct Job<'a> {
+    bucket: String,
+    /// The object read (the upload, or the held copy).
+    read_key: String,
+    spec: OpenSpec,
+    approve: Option<&'a HeldManifest>,
+}
+
 impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
     /// Process one object event.
     pub async fn process(&self, ev: &ObjectEvent) -> Result<Outcome, SplitError> {
@@ -175,10 +243,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             });
         };
         let feed = feed.clone();
-        let started = Instant::now();
-        let started_at = now_rfc3339();
-        let run = run_id(ev);
-        let mut source = SourceObject {
+        let source = SourceObject {
             bucket: ev.bucket.clone(),
             key: ev.key.clone(),
             etag: ev.etag.clone(),
@@ -188,126 +253,382 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             size: ev.size,
             event_time: ev.event_time.clone(),
         };
-        let mut report = RunReport {
-            v: 1,
-            feed: feed.name.clone(),
-            run: run.clone(),
-            status: RunStatus::Failed,
-            reason: None,
-            source: source.clone(),
-            previous: None,
-            counts: Counts::default(),
-            schema: SchemaReport::default(),
-            rejects_key: None,
-            snapshot_etag: None,
-            send_calls: 0,
-            commit_attempts: 0,
-            started_at,
-            finished_at: String::new(),
-            timings: Timings::default(),
-        };
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            report.commit_attempts = attempt;
-            report.rejects_key = None;
-            let t = Instant::now();
-            let state = match self.load_state(&feed, &ev.bucket).await {
-                Ok(s) => s,
-                Err(e @ SplitError::Snapshot { .. }) => {
-                    report.reason = Some(e.to_string());
-                    self.finish(&mut report, started, RunStatus::Failed).await?;
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            };
-            report.timings.read_state_ms += ms(t);
-            report.previous = state.as_ref().map(|s| s.snapshot.header.source.clone());
-
-            if let Some(st) = &state {
-                let prev = &st.snapshot.header.source;
-                if prev.same_object(&source) {
-                    report.reason = Some("the feed's state already comes from this object".into());
-                    return self.finish(&mut report, started, RunStatus::Noop).await;
-                }
-                if prev.key == source.key && source.older_than(prev) {
-                    report.reason = Some(
-                        "an older version of this object (by S3 event sequencer) than the one the feed's state comes from".into(),
-                    );
-                    return self.finish(&mut report, started, RunStatus::Stale).await;
-                }
-            }
-
-            let spec = OpenSpec {
+        let job = Job {
+            bucket: ev.bucket.clone(),
+            read_key: ev.key.clone(),
+            spec: OpenSpec {
                 version_id: ev.version_id.clone(),
                 if_match: if ev.version_id.is_none() {
                     ev.etag.clone()
                 } else {
                     None
                 },
+            },
+            approve: None,
+        };
+        self.reported(&feed, run_id(ev), source, job).await
+    }
+
+    /// Approve a held file: send exactly its new/changed rows (once in effect) and commit the
+    /// state, provided the state is still the one the file was diffed against.
+    pub async fn approve(
+        &self,
+        bucket: &str,
+        feed_name: &str,
+        id: &str,
+    ) -> Result<Outcome, SplitError> {
+        let (feed, manifest) = self.held_manifest(bucket, feed_name, id).await?;
+        let job = Job {
+            bucket: bucket.to_string(),
+            read_key: manifest.copy_key.clone(),
+            spec: OpenSpec {
+                version_id: None,
+                if_match: manifest.copy_etag.clone(),
+            },
+            approve: Some(&manifest),
+        };
+        let run = format!(
+            "{}-approve-{id}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ")
+        );
+        self.reported(&feed, run, manifest.source.clone(), job)
+            .await
+    }
+
+    /// Discard a held file: delete the held copy and manifest, leave a `discarded` report.
+    pub async fn discard(
+        &self,
+        bucket: &str,
+        feed_name: &str,
+        id: &str,
+    ) -> Result<Outcome, SplitError> {
+        let started = Instant::now();
+        let (feed, m) = self.held_manifest(bucket, feed_name, id).await?;
+        let run = format!(
+            "{}-discard-{id}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ")
+        );
+        let mut report = new_report(&feed, run, m.source.clone());
+        report.previous = m.previous.clone();
+        report.counts = m.counts.clone();
+        report.counts.sent = 0;
+        report.schema = m.schema.clone();
+        report.guards = m.guards.clone();
+        report.reason = Some(format!(
+            "held file {id} (run {}) discarded by an operator; it had been held because: {}",
+            m.run, m.reason
+        ));
+        self.store.delete(bucket, &m.copy_key).await?;
+        self.store
+            .delete(bucket, &held_manifest_key(&feed.name, id))
+            .await?;
+        self.finish(&mut report, started, RunStatus::Discarded)
+            .await
+    }
+
+    /// The held files of one feed (or all feeds), oldest first.
+    pub async fn list_held(
+        &self,
+        bucket: &str,
+        feed_name: Option<&str>,
+    ) -> Result<Vec<HeldManifest>, SplitError> {
+        let prefix = match feed_name {
+            Some(f) => format!("held/{f}/"),
+            None => "held/".to_string(),
+        };
+        let mut out = Vec::new();
+        for key in self.store.list(bucket, &prefix).await? {
+            if !key.ends_with(".json") {
+                continue;
+            }
+            let Some(f) = self.store.get_bytes(bucket, &key).await? else {
+                continue;
             };
-            let obj = match self.store.open(&ev.bucket, &ev.key, &spec).await {
+            let m: HeldManifest = serde_json::from_slice(&f.bytes).map_err(|e| {
+                SplitError::Held(format!(
+                    "the held manifest s3://{bucket}/{key} is not readable: {} at line {} column {}",
+                    serde_category(&e),
+                    e.line(),
+                    e.column()
+                ))
+            })?;
+            out.push(m);
+        }
+        out.sort_by(|a, b| a.held_at.cmp(&b.held_at));
+        Ok(out)
+    }
+
+    async fn held_manifest(
+        &self,
+        bucket: &str,
+        feed_name: &str,
+        id: &str,
+    ) -> Result<(FeedConfig, HeldManifest), SplitError> {
+        let feed = self
+            .config
+            .feed(feed_name)
+            .ok_or_else(|| SplitError::Held(format!("no feed `{feed_name}` is configured")))?
+            .clone();
+        if !valid_held_id(id) {
+            return Err(SplitError::Held(format!(
+                "`{id}` is not a held id (16 hex digits, as `casefeed held list` shows)"
+            )));
+        }
+        let key = held_manifest_key(&feed.name, id);
+        let Some(f) = self.store.get_bytes(bucket, &key).await? else {
+            return Err(SplitError::Held(format!(
+                "nothing is held under s3://{bucket}/{key} (already approved or discarded?)"
+            )));
+        };
+        let m: HeldManifest = serde_json::from_slice(&f.bytes).map_err(|e| {
+            SplitError::Held(format!(
+                "the held manifest s3://{bucket}/{key} is not readable: {} at line {} column {}",
+                serde_category(&e),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if m.feed != feed.name || m.id != id {
+            return Err(SplitError::Held(format!(
+                "the held manifest s3://{bucket}/{key} names another feed or id"
+            )));
+        }
+        Ok((feed, m))
+    }
+
+    /// Runs a job and leaves a report whatever happens: a failed run gets a `failed` report
+    /// (best effort) and its error goes back to the caller, so Lambda retries or records it.
+    async fn reported(
+        &self,
+        feed: &FeedConfig,
+        run: String,
+        source: SourceObject,
+        job: Job<'_>,
+    ) -> Result<Outcome, SplitError> {
+        let started = Instant::now();
+        let mut report = new_report(feed, run, source.clone());
+        match self.run(feed, source, &job, &mut report, started).await {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                if report.status == RunStatus::Failed && report.finished_at.is_empty() {
+                    report.reason = Some(e.to_string());
+                    // best effort: the error itself is what makes AWS retry or record it
+                    let _ = self.finish(&mut report, started, RunStatus::Failed).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        feed: &FeedConfig,
+        mut source: SourceObject,
+        job: &Job<'_>,
+        report: &mut RunReport,
+        started: Instant,
+    ) -> Result<Outcome, SplitError> {
+        let bucket = job.bucket.as_str();
+        let limit = feed.guards.max_object_bytes;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            report.commit_attempts = attempt;
+            report.rejects_key = None;
+            let t = Instant::now();
+            let state = self.load_state(feed, bucket).await?;
+            report.timings.read_state_ms += ms(t);
+            report.previous = state.as_ref().map(|s| s.snapshot.header.source.clone());
+            let state_etag = state.as_ref().and_then(|s| s.etag.clone());
+
+            match (job.approve, &state) {
+                (Some(m), st) => {
+                    report.approved_held = Some(m.id.clone());
+                    if let Some(st) = st {
+                        if st.snapshot.header.source.same_object(&m.source) {
+                            // an earlier approval committed but did not clean up
+                            self.remove_held(bucket, &feed.name, m).await?;
+                            report.reason =
+                                Some("the feed's state already comes from this held file".into());
+                            return self.finish(report, started, RunStatus::Noop).await;
+                        }
+                    }
+                    if !same_etag(state_etag.as_deref(), m.state_etag.as_deref()) {
+                        return Err(SplitError::Held(format!(
+                            "held file {} of feed `{}` was diffed against a state that has since changed (another file was applied); it cannot be approved as it is — discard it (a newer upload carries the same rows)",
+                            m.id, feed.name
+                        )));
+                    }
+                }
+                (None, Some(st)) => {
+                    let prev = &st.snapshot.header.source;
+                    if prev.same_object(&source) {
+                        report.reason =
+                            Some("the feed's state already comes from this object".into());
+                        return self.finish(report, started, RunStatus::Noop).await;
+                    }
+                    if prev.key == source.key && source.older_than(prev) {
+                        report.reason = Some(
+                            "an older version of this object (by S3 event sequencer) than the one the feed's state comes from".into(),
+                        );
+                        return self.finish(report, started, RunStatus::Stale).await;
+                    }
+                }
+                (None, None) => {}
+            }
+            if let Some(size) = source.size.filter(|&n| n > limit) {
+                report.reason = Some(
+                    FileRejection::TooLarge { size, limit }.to_string() + " (max_object_bytes)",
+                );
+                return self.finish(report, started, RunStatus::Rejected).await;
+            }
+
+            let obj = match self.store.open(bucket, &job.read_key, &job.spec).await {
                 Ok(o) => o,
-                Err(StoreError::NotFound { .. }) | Err(StoreError::PreconditionFailed) => {
+                Err(StoreError::NotFound { .. }) | Err(StoreError::PreconditionFailed)
+                    if job.approve.is_none() =>
+                {
                     return Ok(Outcome::Skipped {
-                        key: ev.key.clone(),
+                        key: source.key.clone(),
                         reason: "the object was deleted or replaced after this event; a later event covers the replacement".into(),
                     });
                 }
+                Err(e @ StoreError::NotFound { .. }) | Err(e @ StoreError::PreconditionFailed) => {
+                    return Err(SplitError::Held(format!(
+                        "the held copy s3://{bucket}/{} is missing or was replaced ({e}); discard this held file",
+                        job.read_key
+                    )));
+                }
                 Err(e) => return Err(e.into()),
             };
-            source.etag = obj.meta.etag.clone().or(source.etag);
-            source.version_id = obj.meta.version_id.clone().or(source.version_id);
-            source.last_modified = obj.meta.last_modified.clone();
-            source.size = obj.meta.size.or(source.size);
-            report.source = source.clone();
-
-            if let Some(st) = &state {
+            if job.approve.is_none() {
+                source.etag = obj.meta.etag.clone().or(source.etag);
+                source.version_id = obj.meta.version_id.clone().or(source.version_id);
+                source.last_modified = obj.meta.last_modified.clone();
+                source.size = obj.meta.size.or(source.size);
+                report.source = source.clone();
+            }
+            if let Some(size) = obj.meta.size.filter(|&n| n > limit) {
+                report.reason = Some(
+                    FileRejection::TooLarge { size, limit }.to_string() + " (max_object_bytes)",
+                );
+                return self.finish(report, started, RunStatus::Rejected).await;
+            }
+            if let (None, Some(st)) = (job.approve, &state) {
                 if source.older_than(&st.snapshot.header.source) {
                     report.reason =
                         Some("the object is older than the one the feed's state comes from".into());
-                    return self.finish(&mut report, started, RunStatus::Stale).await;
+                    return self.finish(report, started, RunStatus::Stale).await;
                 }
             }
 
             let send = state.is_some() || feed.first_file == FirstFile::Send;
+            let mode = match (send, job.approve) {
+                (false, _) => SendMode::Off,
+                (true, Some(_)) => SendMode::Stream,
+                (true, None) => SendMode::Buffer {
+                    max_count: feed.guards.max_changes,
+                    max_bytes: self.settings.hold_buffer_bytes,
+                },
+            };
+            let snapshot = state.as_ref().map(|s| s.snapshot.clone());
             let t = Instant::now();
             let diffed = self
-                .diff(
-                    &feed,
-                    &run,
-                    &source,
-                    state.as_ref().map(|s| s.snapshot.clone()),
-                    obj.body,
-                    send,
-                )
+                .diff(feed, &report.run, &source, snapshot.clone(), obj.body, mode)
                 .await;
             report.timings.diff_and_send_ms += ms(t);
-            let (parsed, stats) = match diffed {
+            let (mut parsed, mut stats) = match diffed {
                 Ok(x) => x,
                 Err(DiffFailure::File(rej)) => {
                     report.reason = Some(rej.to_string());
-                    return self.finish(&mut report, started, RunStatus::Rejected).await;
+                    return self.finish(report, started, RunStatus::Rejected).await;
                 }
-                Err(DiffFailure::Run(e)) => {
-                    report.reason = Some(e.to_string());
-                    // best effort: the run fails anyway and Lambda retries it
-                    let _ = self.finish(&mut report, started, RunStatus::Failed).await;
-                    return Err(e);
-                }
+                Err(DiffFailure::Run(e)) => return Err(e),
             };
+            report.counts.add_diff(parsed.counts);
+            report.counts.read = parsed.read;
+            report.schema = SchemaReport {
+                columns: parsed.header.clone(),
+                hashed_columns: parsed.plan.hashed_columns.clone(),
+                added: parsed.plan.added.clone(),
+                removed: parsed.plan.removed.clone(),
+            };
+
+            if job.approve.is_none() {
+                report.guards = crate::guards::evaluate(
+                    &feed.guards,
+                    &GuardInput {
+                        previous_rows: snapshot.as_ref().map(|s| s.len() as u64),
+                        counts: parsed.counts,
+                        sends: send,
+                        removed_columns: &parsed.plan.removed,
+                    },
+                );
+                if let Some(reason) = hold_reason(&report.guards) {
+                    report.counts.rejected = parsed.rejects.len() as u64;
+                    self.write_rejects(bucket, feed, report, &parsed.rejects)
+                        .await?;
+                    return self
+                        .hold(feed, &source, state_etag, reason, report, started)
+                        .await;
+                }
+            }
+
+            if let SendMode::Buffer { .. } = mode {
+                match parsed.buffered.take() {
+                    Some(msgs) => {
+                        let t = Instant::now();
+                        stats = self.send_buffered(msgs).await?;
+                        report.timings.diff_and_send_ms += ms(t);
+                    }
+                    None => {
+                        // more to send than the buffer holds: a second pass over the same
+                        // object version streams them
+                        let spec = OpenSpec {
+                            version_id: source.version_id.clone(),
+                            if_match: if source.version_id.is_none() {
+                                source.etag.clone()
+                            } else {
+                                None
+                            },
+                        };
+                        let obj = self.store.open(bucket, &job.read_key, &spec).await?;
+                        let t = Instant::now();
+                        let again = self
+                            .diff(
+                                feed,
+                                &report.run,
+                                &source,
+                                snapshot.clone(),
+                                obj.body,
+                                SendMode::Stream,
+                            )
+                            .await;
+                        report.timings.diff_and_send_ms += ms(t);
+                        (parsed, stats) = match again {
+                            Ok(x) => x,
+                            Err(DiffFailure::File(rej)) => {
+                                return Err(SplitError::Internal(format!(
+                                    "the second pass over the file was refused ({rej}) where the first was not"
+                                )))
+                            }
+                            Err(DiffFailure::Run(e)) => return Err(e),
+                        };
+                        report.counts.add_diff(parsed.counts);
+                    }
+                }
+            }
 
             // rows SQS refused stay at their previous state, so a later file retries them
             let mut entries = parsed.entries;
             let mut rejects = parsed.rejects;
             if !stats.refused.is_empty() {
                 let refused: HashSet<u64> = stats.refused.iter().map(|r| r.key_fp).collect();
-                let old = state.as_ref().map(|s| s.snapshot.clone());
                 entries.retain_mut(|e| {
                     if !refused.contains(&e.key) {
                         return true;
                     }
-                    match old.as_ref().and_then(|s| s.entry(e.key)) {
+                    match snapshot.as_ref().and_then(|s| s.entry(e.key)) {
                         Some(prev) => {
                             *e = prev;
                             true
@@ -323,41 +644,14 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                     });
                 }
             }
-            report.counts.add_diff(parsed.counts);
-            report.counts.read = parsed.read;
             report.counts.rejected = rejects.len() as u64;
             // attempts that lost a commit race sent messages too: count them all
             report.counts.sent += stats.sent;
             report.send_calls += stats.calls;
-            report.schema = SchemaReport {
-                columns: parsed.header.clone(),
-                hashed_columns: parsed.plan.hashed_columns.clone(),
-                added: parsed.plan.added.clone(),
-                removed: parsed.plan.removed.clone(),
-            };
 
             // the rejects report goes first: once the state moves, a retry is a no-op and
             // could never write it again
-            if !rejects.is_empty() {
-                let key = rejects_key(&feed.name, &run);
-                let mut body = Vec::new();
-                for r in &rejects {
-                    if let Ok(line) = serde_json::to_vec(r) {
-                        body.extend_from_slice(&line);
-                        body.push(b'\n');
-                    }
-                }
-                self.store
-                    .put(
-                        &ev.bucket,
-                        &key,
-                        body,
-                        "application/x-ndjson",
-                        PutCondition::None,
-                    )
-                    .await?;
-                report.rejects_key = Some(key);
-            }
+            self.write_rejects(bucket, feed, report, &rejects).await?;
 
             let header = SnapshotHeader {
                 format: FORMAT_VERSION,
@@ -367,23 +661,20 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 source: source.clone(),
                 row_count: 0,
                 created_at: now_rfc3339(),
-                run: run.clone(),
+                run: report.run.clone(),
             };
-            let snapshot = Snapshot::from_entries(header, entries);
-            let bytes = snapshot.encode();
-            drop(snapshot);
+            let snap = Snapshot::from_entries(header, entries);
+            let bytes = snap.encode();
+            drop(snap);
             let cond = match &state {
-                Some(st) => match &st.etag {
-                    Some(e) => PutCondition::IfMatch(e.clone()),
-                    None => PutCondition::IfMatch(String::new()),
-                },
+                Some(st) => PutCondition::IfMatch(st.etag.clone().unwrap_or_default()),
                 None => PutCondition::IfAbsent,
             };
             let t = Instant::now();
             let put = self
                 .store
                 .put(
-                    &ev.bucket,
+                    bucket,
                     &snapshot_key(&feed.name),
                     bytes,
                     "application/octet-stream",
@@ -394,15 +685,28 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             match put {
                 Ok(etag) => {
                     report.snapshot_etag = etag;
+                    if let Some(m) = job.approve {
+                        // the state has moved: a failure here leaves a manifest that a
+                        // later approve recognises as applied and cleans up
+                        if let Err(e) = self.remove_held(bucket, &feed.name, m).await {
+                            warn!(feed = %feed.name, held = %m.id, error = %e, "the held file was applied but could not be removed; approve it again to clean up");
+                        }
+                    }
                     let status = if send {
                         RunStatus::Applied
                     } else {
                         RunStatus::Baseline
                     };
-                    return self.finish(&mut report, started, status).await;
+                    return self.finish(report, started, status).await;
+                }
+                Err(StoreError::PreconditionFailed) if job.approve.is_some() => {
+                    return Err(SplitError::Held(format!(
+                        "the state of feed `{}` changed while the held file was being applied; its rows were sent under their idempotency keys — approve again only if the state is back to the held one, else discard",
+                        feed.name
+                    )));
                 }
                 Err(StoreError::PreconditionFailed) => {
-                    warn!(feed = %feed.name, run = %run, attempt, "the feed's state changed while this file was processed; re-reading it");
+                    warn!(feed = %feed.name, run = %report.run, attempt, "the feed's state changed while this file was processed; re-reading it");
                     if attempt >= self.settings.max_commit_attempts {
                         return Err(SplitError::Contention {
                             feed: feed.name.clone(),
@@ -413,6 +717,144 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    async fn write_rejects(
+        &self,
+        bucket: &str,
+        feed: &FeedConfig,
+        report: &mut RunReport,
+        rejects: &[Rejected],
+    ) -> Result<(), SplitError> {
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        let key = rejects_key(&feed.name, &report.run);
+        let mut body = Vec::new();
+        for r in rejects {
+            if let Ok(line) = serde_json::to_vec(r) {
+                body.extend_from_slice(&line);
+                body.push(b'\n');
+            }
+        }
+        self.store
+            .put(
+                bucket,
+                &key,
+                body,
+                "application/x-ndjson",
+                PutCondition::None,
+            )
+            .await?;
+        report.rejects_key = Some(key);
+        Ok(())
+    }
+
+    /// Stop the file: copy the exact object version aside, write the manifest, report.
+    async fn hold(
+        &self,
+        feed: &FeedConfig,
+        source: &SourceObject,
+        state_etag: Option<String>,
+        reason: String,
+        report: &mut RunReport,
+        started: Instant,
+    ) -> Result<Outcome, SplitError> {
+        let bucket = source.bucket.as_str();
+        let id = held_id(source, state_etag.as_deref());
+        let copy_key = held_copy_key(&feed.name, &id);
+        let manifest_key = held_manifest_key(&feed.name, &id);
+        let spec = OpenSpec {
+            version_id: source.version_id.clone(),
+            if_match: if source.version_id.is_none() {
+                source.etag.clone()
+            } else {
+                None
+            },
+        };
+        let copy_etag = match self.store.copy(bucket, &source.key, &spec, &copy_key).await {
+            Ok(e) => e,
+            Err(StoreError::NotFound { .. }) | Err(StoreError::PreconditionFailed) => {
+                return Ok(Outcome::Skipped {
+                    key: source.key.clone(),
+                    reason: "the object was deleted or replaced while it was diffed; a later event covers the replacement".into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let manifest = HeldManifest {
+            v: MANIFEST_VERSION,
+            feed: feed.name.clone(),
+            id: id.clone(),
+            run: report.run.clone(),
+            held_at: now_rfc3339(),
+            reason: reason.clone(),
+            guards: report.guards.clone(),
+            source: source.clone(),
+            copy_key: copy_key.clone(),
+            copy_etag,
+            state_etag,
+            previous: report.previous.clone(),
+            counts: report.counts.clone(),
+            schema: report.schema.clone(),
+        };
+        let body = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| SplitError::Internal(format!("held manifest: {}", serde_category(&e))))?;
+        self.store
+            .put(
+                bucket,
+                &manifest_key,
+                body,
+                "application/json",
+                PutCondition::None,
+            )
+            .await?;
+        report.reason = Some(format!(
+            "held: {reason}. Nothing was sent and the state did not move; approve with `casefeed held approve --feed {} {id}` or discard with `casefeed held discard --feed {} {id}`",
+            feed.name, feed.name
+        ));
+        report.held = Some(HeldRef {
+            id,
+            manifest_key,
+            copy_key,
+        });
+        self.finish(report, started, RunStatus::Held).await
+    }
+
+    async fn remove_held(
+        &self,
+        bucket: &str,
+        feed: &str,
+        m: &HeldManifest,
+    ) -> Result<(), SplitError> {
+        self.store.delete(bucket, &m.copy_key).await?;
+        self.store
+            .delete(bucket, &held_manifest_key(feed, &m.id))
+            .await?;
+        Ok(())
+    }
+
+    async fn send_buffered(&self, msgs: Vec<OutMessage>) -> Result<SendStats, SplitError> {
+        if msgs.is_empty() {
+            return Ok(SendStats::default());
+        }
+        let (tx, rx) = mpsc::channel::<OutMessage>(self.settings.channel_capacity.max(1));
+        let sender = tokio::spawn(run_sender(
+            self.queue.clone(),
+            rx,
+            self.settings.sender.clone(),
+        ));
+        for m in msgs {
+            if tx.send(m).await.is_err() {
+                break; // the sender stopped; its result says why
+            }
+        }
+        drop(tx);
+        match sender.await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(SplitError::Internal(format!("sender task: {e}"))),
         }
     }
 
@@ -478,14 +920,19 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         source: &SourceObject,
         snapshot: Option<Arc<Snapshot>>,
         body: BoxRead,
-        send: bool,
+        mode: SendMode,
     ) -> Result<(ParseOutput, SendStats), DiffFailure> {
-        let (tx, rx) = mpsc::channel::<OutMessage>(self.settings.channel_capacity.max(1));
-        let sender = tokio::spawn(run_sender(
-            self.queue.clone(),
-            rx,
-            self.settings.sender.clone(),
-        ));
+        let (tx, sender) = if let SendMode::Stream = mode {
+            let (tx, rx) = mpsc::channel::<OutMessage>(self.settings.channel_capacity.max(1));
+            let sender = tokio::spawn(run_sender(
+                self.queue.clone(),
+                rx,
+                self.settings.sender.clone(),
+            ));
+            (Some(tx), Some(sender))
+        } else {
+            (None, None)
+        };
         let handle = tokio::runtime::Handle::current();
         let feed = feed.clone();
         let run = run.to_string();
@@ -519,12 +966,18 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 .as_ref()
                 .map(|s| s.header.hashed_columns.as_slice());
             let plan = ColumnPlan::new(&header, &feed, prev_cols)?;
-            let mut differ = Differ::new(snapshot.as_deref(), expected_rows);
+            let mut differ = Differ::new(snapshot.as_deref(), expected_rows, plan.comparable());
+            let mut buffered: Option<Vec<OutMessage>> = match mode {
+                SendMode::Buffer { .. } => Some(Vec::new()),
+                _ => None,
+            };
+            let mut buffered_bytes = 0usize;
+            let send = !matches!(mode, SendMode::Off);
             let mut fp = Fingerprinter::default();
             let mut rec = csv::ByteRecord::new();
             let mut rejects = Vec::new();
             let mut read = 0u64;
-            let mut tx = Some(tx);
+            let mut tx = tx;
             while let Some(row) = reader.next_row(&mut rec)? {
                 read += 1;
                 let (line, record) = match row {
@@ -553,9 +1006,10 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 if !send {
                     continue;
                 }
-                let Some(sender_tx) = tx.as_ref() else {
+                if tx.is_none() && buffered.is_none() {
+                    // the buffer overflowed (or the sender failed): only counting goes on
                     continue;
-                };
+                }
                 let rk = record_key(&plan, record);
                 let key_values: Vec<&[u8]> = plan.key_idx.iter().map(|&i| &record[i]).collect();
                 let ikey = idempotency_key(&feed.name, &key_values, previous, p.store);
@@ -593,10 +1047,26 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                     line,
                     key_fp: p.key,
                 };
-                if sender_tx.blocking_send(msg).is_err() {
-                    // the sender failed; its error is reported by the caller
-                    tx = None;
-                    break;
+                if let Some(sender_tx) = tx.as_ref() {
+                    if sender_tx.blocking_send(msg).is_err() {
+                        // the sender failed; its error is reported by the caller
+                        tx = None;
+                        break;
+                    }
+                } else if let (
+                    Some(buf),
+                    SendMode::Buffer {
+                        max_count,
+                        max_bytes,
+                    },
+                ) = (buffered.as_mut(), mode)
+                {
+                    buffered_bytes += msg.size();
+                    if buf.len() as u64 >= max_count || buffered_bytes > max_bytes {
+                        buffered = None;
+                    } else {
+                        buf.push(msg);
+                    }
                 }
             }
             drop(tx);
@@ -608,18 +1078,21 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 counts,
                 rejects,
                 read,
+                buffered,
             })
         });
         let parsed = parse.await;
-        let sent = sender.await;
-        let stats = match sent {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(DiffFailure::Run(e.into())),
-            Err(e) => {
-                return Err(DiffFailure::Run(SplitError::Internal(format!(
-                    "sender task: {e}"
-                ))))
-            }
+        let stats = match sender {
+            None => SendStats::default(),
+            Some(sender) => match sender.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(DiffFailure::Run(e.into())),
+                Err(e) => {
+                    return Err(DiffFailure::Run(SplitError::Internal(format!(
+                        "sender task: {e}"
+                    ))))
+                }
+            },
         };
         match parsed {
             Ok(Ok(p)) => Ok((p, stats)),
