@@ -19,7 +19,7 @@ pub enum RunStatus {
     /// The whole file was refused; the state did not move.
     Rejected,
     /// A guard stopped the file: nothing sent, the state did not move; the diff waits under
-    /// `held/<feed>/` for an operator (`casefeed held approve|discard`).
+    /// `held/<feed>/` for an operator (`casefeed approve` / `casefeed discard`).
     Held,
     /// An operator discarded a held file.
     Discarded,

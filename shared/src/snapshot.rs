@@ -171,24 +171,31 @@ pub struct SnapshotHeader {
     pub run: String,
 }
 
-/// A loaded snapshot with a radix index over the top 16 bits of the key fingerprints.
+/// A loaded snapshot with a radix index over the top bits of the key fingerprints (about
+/// four keys per bucket, so a lookup touches one or two cache lines of keys), and each row's
+/// content and chain side by side (one more cache line).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub header: SnapshotHeader,
     keys: Vec<u64>,
-    contents: Vec<u64>,
-    chains: Vec<u64>,
+    /// `[content, chain]` per row.
+    vals: Vec<[u64; 2]>,
     index: Vec<u32>,
+    index_bits: u32,
 }
 
-const INDEX_BITS: u32 = 16;
+fn index_bits(n: usize) -> u32 {
+    // ~4 keys per bucket; 2^8 ..= 2^24 buckets (64 MiB of index at most)
+    let want = (n / 4).max(1).next_power_of_two().trailing_zeros();
+    want.clamp(8, 24)
+}
 
-fn build_index(keys: &[u64]) -> Vec<u32> {
-    let buckets = 1usize << INDEX_BITS;
+fn build_index(keys: &[u64], bits: u32) -> Vec<u32> {
+    let buckets = 1usize << bits;
     let mut index = vec![0u32; buckets + 1];
     // counts, then prefix sums: index[b] = first position whose top bits >= b
     for k in keys {
-        index[(k >> (64 - INDEX_BITS)) as usize + 1] += 1;
+        index[(k >> (64 - bits)) as usize + 1] += 1;
     }
     for b in 0..buckets {
         index[b + 1] += index[b];
@@ -208,16 +215,16 @@ impl Snapshot {
         let mut header = header;
         header.row_count = entries.len() as u64;
         let keys: Vec<u64> = entries.iter().map(|e| e.key).collect();
-        let contents: Vec<u64> = entries.iter().map(|e| e.content).collect();
-        let chains: Vec<u64> = entries.iter().map(|e| e.chain).collect();
+        let vals: Vec<[u64; 2]> = entries.iter().map(|e| [e.content, e.chain]).collect();
         drop(entries);
-        let index = build_index(&keys);
+        let index_bits = index_bits(keys.len());
+        let index = build_index(&keys, index_bits);
         Snapshot {
             header,
             keys,
-            contents,
-            chains,
+            vals,
             index,
+            index_bits,
         }
     }
 
@@ -232,7 +239,7 @@ impl Snapshot {
     /// Position of a key fingerprint, if present.
     #[inline]
     pub fn position(&self, key: u64) -> Option<usize> {
-        let b = (key >> (64 - INDEX_BITS)) as usize;
+        let b = (key >> (64 - self.index_bits)) as usize;
         let lo = self.index[b] as usize;
         let hi = self.index[b + 1] as usize;
         let slice = &self.keys[lo..hi];
@@ -241,7 +248,7 @@ impl Snapshot {
 
     #[inline]
     pub fn content_at(&self, pos: usize) -> u64 {
-        self.contents[pos]
+        self.vals[pos][0]
     }
 
     #[inline]
@@ -251,33 +258,36 @@ impl Snapshot {
 
     #[inline]
     pub fn chain_at(&self, pos: usize) -> u64 {
-        self.chains[pos]
+        self.vals[pos][1]
     }
 
     /// The content fingerprint stored for a key.
     pub fn get(&self, key: u64) -> Option<u64> {
-        self.position(key).map(|p| self.contents[p])
+        self.position(key).map(|p| self.vals[p][0])
     }
 
     pub fn entry(&self, key: u64) -> Option<Entry> {
         self.position(key).map(|p| Entry {
             key,
-            content: self.contents[p],
-            chain: self.chains[p],
+            content: self.vals[p][0],
+            chain: self.vals[p][1],
         })
     }
 
     /// `(key, content)` pairs in key order.
     pub fn entries(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.keys.iter().copied().zip(self.contents.iter().copied())
+        self.keys
+            .iter()
+            .copied()
+            .zip(self.vals.iter().map(|v| v[0]))
     }
 
     /// Full entries in key order.
     pub fn all_entries(&self) -> impl Iterator<Item = Entry> + '_ {
         (0..self.keys.len()).map(|i| Entry {
             key: self.keys[i],
-            content: self.contents[i],
-            chain: self.chains[i],
+            content: self.vals[i][0],
+            chain: self.vals[i][1],
         })
     }
 
@@ -291,8 +301,8 @@ impl Snapshot {
         out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
         for i in 0..self.keys.len() {
             out.extend_from_slice(&self.keys[i].to_le_bytes());
-            out.extend_from_slice(&self.contents[i].to_le_bytes());
-            out.extend_from_slice(&self.chains[i].to_le_bytes());
+            out.extend_from_slice(&self.vals[i][0].to_le_bytes());
+            out.extend_from_slice(&self.vals[i][1].to_le_bytes());
         }
         let sum = xxh3_64(&out);
         out.extend_from_slice(&sum.to_le_bytes());
@@ -364,8 +374,7 @@ impl Snapshot {
             });
         }
         let mut keys = Vec::with_capacity(n as usize);
-        let mut contents = Vec::with_capacity(n as usize);
-        let mut chains = Vec::with_capacity(n as usize);
+        let mut vals = Vec::with_capacity(n as usize);
         let word = |b: &[u8]| {
             let mut w = [0u8; 8];
             w.copy_from_slice(b);
@@ -373,19 +382,19 @@ impl Snapshot {
         };
         for ch in entries_bytes.chunks_exact(ENTRY_BYTES) {
             keys.push(word(&ch[..8]));
-            contents.push(word(&ch[8..16]));
-            chains.push(word(&ch[16..24]));
+            vals.push([word(&ch[8..16]), word(&ch[16..24])]);
         }
         if keys.windows(2).any(|w| w[0] >= w[1]) {
             return Err(SnapshotError::Unsorted);
         }
-        let index = build_index(&keys);
+        let index_bits = index_bits(keys.len());
+        let index = build_index(&keys, index_bits);
         Ok(Snapshot {
             header,
             keys,
-            contents,
-            chains,
+            vals,
             index,
+            index_bits,
         })
     }
 }

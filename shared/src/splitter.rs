@@ -371,7 +371,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             .clone();
         if !valid_held_id(id) {
             return Err(SplitError::Held(format!(
-                "`{id}` is not a held id (16 hex digits, as `casefeed held list` shows)"
+                "`{id}` is not a held id (16 hex digits, as `casefeed held` lists them)"
             )));
         }
         let key = held_manifest_key(&feed.name, id);
@@ -811,7 +811,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             )
             .await?;
         report.reason = Some(format!(
-            "held: {reason}. Nothing was sent and the state did not move; approve with `casefeed held approve --feed {} {id}` or discard with `casefeed held discard --feed {} {id}`",
+            "held: {reason}. Nothing was sent and the state did not move; approve with `casefeed approve --feed {} {id}` or discard with `casefeed discard --feed {} {id}`",
             feed.name, feed.name
         ));
         report.held = Some(HeldRef {

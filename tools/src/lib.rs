@@ -6,4 +6,5 @@ pub mod demo;
 pub mod dlq;
 pub mod esm;
 pub mod gen;
+pub mod held;
 pub mod local;

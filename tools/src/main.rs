@@ -1,6 +1,6 @@
 //! `casefeed`: command-line tools for the casefeed pipeline.
 
-use casefeed_tools::{demo, dlq, gen};
+use casefeed_tools::{demo, dlq, gen, held};
 
 use std::fmt;
 use std::process::ExitCode;
@@ -23,6 +23,14 @@ enum Command {
     /// Inspect, replay or purge the dead-letter queue (AWS credentials and endpoint from the
     /// usual AWS environment).
     Dlq(dlq::DlqArgs),
+    /// List the files a guard is holding (splitter environment: CASEFEED_CONFIG,
+    /// WORK_QUEUE_URL, AWS credentials and endpoint).
+    Held(held::HeldArgs),
+    /// Release a held file: send exactly its new/changed rows (once in effect) and commit
+    /// the feed's state.
+    Approve(held::DecideArgs),
+    /// Drop a held file: nothing is sent, the state stays; a `discarded` run report remains.
+    Discard(held::DecideArgs),
 }
 
 /// An error for `main`: its `Debug` is the plain message, so the process prints
@@ -53,6 +61,9 @@ fn main() -> Result<ExitCode, CliError> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(dlq::run(args))?
         }
+        Command::Held(args) => tokio::runtime::Runtime::new()?.block_on(held::list(args))?,
+        Command::Approve(args) => tokio::runtime::Runtime::new()?.block_on(held::approve(args))?,
+        Command::Discard(args) => tokio::runtime::Runtime::new()?.block_on(held::discard(args))?,
     }
     Ok(ExitCode::SUCCESS)
 }

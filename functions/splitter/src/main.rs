@@ -90,7 +90,8 @@ async fn handle(app: &App, payload: Value) -> Result<Value, Error> {
             }
             Ok(Outcome::Report(r)) => results.push(json!({
                 "key": r.source.key, "feed": r.feed, "run": r.run, "status": r.status,
-                "reason": r.reason, "counts": r.counts,
+                "reason": r.reason, "counts": r.counts, "schema": r.schema,
+                "guards": r.guards, "held": r.held,
             })),
             Err(e) => {
                 error!(key = ev.key, retryable = e.retryable(), error = %e, "processing failed");
