@@ -246,6 +246,40 @@ impl Snapshot {
         slice.binary_search(&key).ok().map(|i| lo + i)
     }
 
+    /// Positions of many keys at once. Each step runs over the whole batch, so the CPU has
+    /// many independent memory loads in flight instead of one cache miss after another
+    /// (a snapshot does not stay in cache while a file streams through it).
+    pub fn positions(
+        &self,
+        keys: &[u64],
+        ranges: &mut Vec<(u32, u32)>,
+        out: &mut Vec<Option<usize>>,
+    ) {
+        ranges.clear();
+        out.clear();
+        let shift = 64 - self.index_bits;
+        for &k in keys {
+            let b = (k >> shift) as usize;
+            ranges.push((self.index[b], self.index[b + 1]));
+        }
+        for (&k, &(lo, hi)) in keys.iter().zip(ranges.iter()) {
+            let (lo, hi) = (lo as usize, hi as usize);
+            out.push(
+                self.keys[lo..hi]
+                    .iter()
+                    .position(|&x| x >= k)
+                    .filter(|&i| self.keys[lo + i] == k)
+                    .map(|i| lo + i),
+            );
+        }
+    }
+
+    /// `[content, chain]` at a position.
+    #[inline]
+    pub fn vals_at(&self, pos: usize) -> [u64; 2] {
+        self.vals[pos]
+    }
+
     #[inline]
     pub fn content_at(&self, pos: usize) -> u64 {
         self.vals[pos][0]

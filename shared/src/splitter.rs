@@ -8,7 +8,9 @@
 //! and no guard against it is read a second time to stream them.
 
 use crate::config::{Config, FeedConfig, FirstFile};
-use crate::diff::{key_print, record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter};
+use crate::diff::{
+    key_print, record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter, RowPrints,
+};
 use crate::envelope::{
     idempotency_key, serde_category, Change, EnvelopeRef, EnvelopeSource, FieldsRef, Previous,
     ENVELOPE_VERSION,
@@ -974,98 +976,122 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             let mut buffered_bytes = 0usize;
             let send = !matches!(mode, SendMode::Off);
             let mut fp = Fingerprinter::default();
-            let mut rec = csv::ByteRecord::new();
+            // Rows go in batches: the snapshot lookups of a batch overlap (see
+            // `Differ::classify_batch`) and the batch's records stay in `pool` for the
+            // messages of its new and changed rows.
+            const BATCH: usize = 256;
+            let mut pool: Vec<csv::ByteRecord> =
+                (0..BATCH).map(|_| csv::ByteRecord::new()).collect();
+            let mut lines: Vec<u64> = Vec::with_capacity(BATCH);
+            let mut prints: Vec<RowPrints> = Vec::with_capacity(BATCH);
+            let mut classes: Vec<Class> = Vec::with_capacity(BATCH);
             let mut rejects = Vec::new();
             let mut read = 0u64;
             let mut tx = tx;
-            while let Some(row) = reader.next_row(&mut rec)? {
-                read += 1;
-                let (line, record) = match row {
-                    Row::Rejected { rejected, record } => {
-                        // a readable key keeps its record's state: not "removed"
-                        if let Some(k) = key_print(&plan, record, &mut fp) {
-                            differ.carry(k);
+            let mut eof = false;
+            'batches: while !eof {
+                lines.clear();
+                prints.clear();
+                while prints.len() < BATCH {
+                    let slot = prints.len();
+                    match reader.next_row(&mut pool[slot])? {
+                        None => {
+                            eof = true;
+                            break;
                         }
-                        rejects.push(rejected);
+                        Some(Row::Rejected { rejected, record }) => {
+                            read += 1;
+                            // a readable key keeps its record's state: not "removed"
+                            if let Some(k) = key_print(&plan, record, &mut fp) {
+                                differ.carry(k);
+                            }
+                            rejects.push(rejected);
+                        }
+                        Some(Row::Ok { line, record }) => {
+                            read += 1;
+                            prints.push(fp.prints(&plan, record));
+                            lines.push(line);
+                        }
+                    }
+                }
+                differ.classify_batch(&prints, &mut classes);
+                for (i, class) in classes.iter().enumerate() {
+                    let (change, previous) = match *class {
+                        Class::New => (Change::New, None),
+                        Class::Changed { previous, chain } => (
+                            Change::Changed,
+                            Some(Previous {
+                                content: previous,
+                                chain,
+                            }),
+                        ),
+                        Class::Unchanged | Class::Duplicate => continue,
+                    };
+                    if !send {
                         continue;
                     }
-                    Row::Ok { line, record } => (line, record),
-                };
-                let p = fp.prints(&plan, record);
-                let (change, previous) = match differ.classify(p) {
-                    Class::New => (Change::New, None),
-                    Class::Changed { previous, chain } => (
-                        Change::Changed,
-                        Some(Previous {
-                            content: previous,
-                            chain,
-                        }),
-                    ),
-                    Class::Unchanged | Class::Duplicate => continue,
-                };
-                if !send {
-                    continue;
-                }
-                if tx.is_none() && buffered.is_none() {
-                    // the buffer overflowed (or the sender failed): only counting goes on
-                    continue;
-                }
-                let rk = record_key(&plan, record);
-                let key_values: Vec<&[u8]> = plan.key_idx.iter().map(|&i| &record[i]).collect();
-                let ikey = idempotency_key(&feed.name, &key_values, previous, p.store);
-                let env = EnvelopeRef {
-                    v: ENVELOPE_VERSION,
-                    feed: &feed.name,
-                    run: &run,
-                    source: &env_source,
-                    change,
-                    record_key: &rk,
-                    idempotency_key: &ikey,
-                    fields: FieldsRef {
-                        header: &header,
-                        record,
-                    },
-                };
-                let body = match serde_json::to_string(&env) {
-                    Ok(b) => sqs_safe(b),
-                    Err(_) => {
-                        rejects.push(Rejected {
-                            line,
-                            reason: "row could not be encoded as JSON".into(),
-                            fields: Vec::new(),
-                        });
+                    if tx.is_none() && buffered.is_none() {
+                        // the buffer overflowed (or the sender failed): only counting goes on
                         continue;
                     }
-                };
-                let msg = OutMessage {
-                    body,
-                    attributes: vec![
-                        ("feed", feed.name.clone()),
-                        ("change", change.as_str().to_string()),
-                        ("idempotency_key", ikey),
-                    ],
-                    line,
-                    key_fp: p.key,
-                };
-                if let Some(sender_tx) = tx.as_ref() {
-                    if sender_tx.blocking_send(msg).is_err() {
-                        // the sender failed; its error is reported by the caller
-                        tx = None;
-                        break;
-                    }
-                } else if let (
-                    Some(buf),
-                    SendMode::Buffer {
-                        max_count,
-                        max_bytes,
-                    },
-                ) = (buffered.as_mut(), mode)
-                {
-                    buffered_bytes += msg.size();
-                    if buf.len() as u64 >= max_count || buffered_bytes > max_bytes {
-                        buffered = None;
-                    } else {
-                        buf.push(msg);
+                    let (record, line, p) = (&pool[i], lines[i], prints[i]);
+                    let rk = record_key(&plan, record);
+                    let key_values: Vec<&[u8]> = plan.key_idx.iter().map(|&i| &record[i]).collect();
+                    let ikey = idempotency_key(&feed.name, &key_values, previous, p.store);
+                    let env = EnvelopeRef {
+                        v: ENVELOPE_VERSION,
+                        feed: &feed.name,
+                        run: &run,
+                        source: &env_source,
+                        change,
+                        record_key: &rk,
+                        idempotency_key: &ikey,
+                        fields: FieldsRef {
+                            header: &header,
+                            record,
+                        },
+                    };
+                    let body = match serde_json::to_string(&env) {
+                        Ok(b) => sqs_safe(b),
+                        Err(_) => {
+                            rejects.push(Rejected {
+                                line,
+                                reason: "row could not be encoded as JSON".into(),
+                                fields: Vec::new(),
+                            });
+                            continue;
+                        }
+                    };
+                    let msg = OutMessage {
+                        body,
+                        attributes: vec![
+                            ("feed", feed.name.clone()),
+                            ("change", change.as_str().to_string()),
+                            ("idempotency_key", ikey),
+                        ],
+                        line,
+                        key_fp: p.key,
+                    };
+                    if let Some(sender_tx) = tx.as_ref() {
+                        if sender_tx.blocking_send(msg).is_err() {
+                            // the sender failed; its error is reported by the caller
+                            tx = None;
+                            break 'batches;
+                        }
+                    } else if let (
+                        Some(buf),
+                        SendMode::Buffer {
+                            max_count,
+                            max_bytes,
+                        },
+                    ) = (buffered.as_mut(), mode)
+                    {
+                        buffered_bytes += msg.size();
+                        if buf.len() as u64 >= max_count || buffered_bytes > max_bytes {
+                            buffered = None;
+                        } else {
+                            buf.push(msg);
+                        }
                     }
                 }
             }
