@@ -11,12 +11,13 @@ CARGO     ?= cargo
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help tools build demo test unit e2e lint fmt clippy template-lint clean
+.PHONY: help tools build demo bench test unit e2e lint fmt clippy template-lint clean
 
 help:
 	@echo "make demo   - run the pipeline locally on sample data"
 	@echo "make test   - run every check and test"
 	@echo "make build  - release build of the Lambda binaries and the casefeed CLI"
+	@echo "make bench  - diff benchmark: casefeed vs csv-diff vs the read floor (500k and 5M rows)"
 
 # Project-local Python tools (moto server, SAM CLI with the Runtime Interface Emulator, cfn-lint).
 tools: $(STAMP)
@@ -30,6 +31,12 @@ build:
 
 demo: tools build
 	./target/release/casefeed demo
+
+# Diff benchmark (see BENCHMARKS.md); data is generated once into bench-data/ (git-ignored).
+# Pass options with BENCH_ARGS, e.g. make bench BENCH_ARGS="--sizes 500k --out bench.md".
+BENCH_ARGS ?=
+bench: tools build
+	./target/release/casefeed bench $(BENCH_ARGS)
 
 fmt:
 	$(CARGO) fmt --all -- --check

@@ -316,10 +316,15 @@ impl<'a> Differ<'a> {
                 .iter()
                 .map(|p| p.map(|p| s.vals_at(p)).unwrap_or([0, 0])),
         );
-        for i in 0..prints.len() {
-            let c = self.classify_at(prints[i], self.scratch_pos[i], self.scratch_vals[i]);
+        let (pos, vals) = (
+            std::mem::take(&mut self.scratch_pos),
+            std::mem::take(&mut self.scratch_vals),
+        );
+        for ((&p, &at), &v) in prints.iter().zip(&pos).zip(&vals) {
+            let c = self.classify_at(p, at, v);
             out.push(c);
         }
+        (self.scratch_pos, self.scratch_vals) = (pos, vals);
     }
 
     #[inline]

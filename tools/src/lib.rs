@@ -2,6 +2,7 @@
 //! and the `casefeed` CLI built on them.
 
 pub mod api;
+pub mod bench;
 pub mod demo;
 pub mod dlq;
 pub mod esm;

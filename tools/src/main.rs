@@ -1,6 +1,6 @@
 //! `casefeed`: command-line tools for the casefeed pipeline.
 
-use casefeed_tools::{demo, dlq, gen, held};
+use casefeed_tools::{bench, demo, dlq, gen, held};
 
 use std::fmt;
 use std::process::ExitCode;
@@ -31,6 +31,11 @@ enum Command {
     Approve(held::DecideArgs),
     /// Drop a held file: nothing is sent, the state stays; a `discarded` run report remains.
     Discard(held::DecideArgs),
+    /// Benchmark the diff: casefeed vs csv-diff vs the read-and-hash floor (and via moto S3).
+    Bench(bench::BenchArgs),
+    /// One benchmark measurement in a child process (started by `casefeed bench`).
+    #[command(name = "bench-child", hide = true)]
+    BenchChild(bench::ChildArgs),
 }
 
 /// An error for `main`: its `Debug` is the plain message, so the process prints
@@ -64,6 +69,8 @@ fn main() -> Result<ExitCode, CliError> {
         Command::Held(args) => tokio::runtime::Runtime::new()?.block_on(held::list(args))?,
         Command::Approve(args) => tokio::runtime::Runtime::new()?.block_on(held::approve(args))?,
         Command::Discard(args) => tokio::runtime::Runtime::new()?.block_on(held::discard(args))?,
+        Command::Bench(args) => return Ok(bench::run(args)?),
+        Command::BenchChild(args) => return Ok(bench::child(args)?),
     }
     Ok(ExitCode::SUCCESS)
 }
