@@ -11,7 +11,7 @@ CARGO     ?= cargo
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help tools build demo bench test unit e2e lint fmt clippy template-lint clean
+.PHONY: help tools build demo bench bench-smoke test unit e2e lint fmt clippy template-lint clean
 
 help:
 	@echo "make demo   - run the pipeline locally on sample data"
@@ -57,7 +57,12 @@ unit:
 e2e: tools build
 	$(CARGO) test --release -p casefeed-e2e -- --test-threads=2
 
-test: tools build lint unit e2e
+# The benchmark harness itself, on a small file (every tool's answer is checked): proves
+# `make bench` works; the figures mean nothing at this size.
+bench-smoke: tools build
+	./target/release/casefeed bench --sizes 20k --runs 1 --dir .local/bench-smoke
+
+test: tools build lint unit e2e bench-smoke
 	@echo "make test: all green"
 
 clean:

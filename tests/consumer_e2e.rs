@@ -514,7 +514,7 @@ async fn in_flight_calls_never_exceed_the_ceiling() {
         ..Faults::default()
     };
     let p = pipeline("inflight", 5, 3, &[("RECORD_CONCURRENCY", "2")], faults).await;
-    let (_, exp, _) = p.split("4000", "2000", "0").await;
+    let (_, exp, _) = p.split("25000", "2000", "0").await;
     assert_eq!(exp.new.len(), 2000);
     let st = p.drain(Duration::from_secs(900)).await;
     assert!(st.drained, "{st:?}");

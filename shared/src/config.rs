@@ -505,6 +505,13 @@ first_file = "send"
     }
 
     #[test]
+    fn the_sample_configuration_is_valid() {
+        let c = Config::from_toml(include_str!("../../events/feeds.toml")).unwrap();
+        assert_eq!(c.feeds.len(), 2);
+        assert_eq!(c.feeds[0].guards, Guards::default());
+    }
+
+    #[test]
     fn config_source() {
         assert_eq!(
             ConfigSource::parse("s3://bkt/config/feeds.toml").unwrap(),
