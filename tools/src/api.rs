@@ -212,8 +212,13 @@ impl FaultsPatch {
 /// Configuration of one server.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Must be a loopback address; port 0 picks a free port.
+    /// Must be a loopback address (or, with `allow_docker_bridge`, the docker bridge's
+    /// gateway address); port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Also accept the IPv4 address of this machine's `docker0` interface as `listen`: the
+    /// gateway through which a container of your own dockerd reaches the host (for
+    /// `sam local invoke`). No other non-loopback address is ever accepted.
+    pub allow_docker_bridge: bool,
     /// The Bearer token every `POST /cases`, `/control` and `/reset` must carry.
     pub token: String,
     /// Append-only JSON-lines ledger of applied effects; keys already in it count as applied
@@ -228,6 +233,7 @@ impl ApiConfig {
     pub fn new(token: impl Into<String>) -> Self {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            allow_docker_bridge: false,
             token: token.into(),
             ledger: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -502,10 +508,16 @@ impl ApiServer {
     /// Binds, loads the ledger, and spawns the server on the current tokio runtime; returns
     /// once the socket is bound and listening.
     pub async fn start(cfg: ApiConfig) -> Result<ApiServer, ApiError> {
-        if !cfg.listen.ip().is_loopback() {
+        let ip = cfg.listen.ip();
+        if !ip.is_loopback() && !(cfg.allow_docker_bridge && is_docker_bridge_address(ip)) {
             return Err(ApiError::Config(format!(
-                "listen address {} is not a loopback address",
-                cfg.listen
+                "listen address {} is not a loopback address{}",
+                cfg.listen,
+                if cfg.allow_docker_bridge {
+                    " nor the address of the docker0 bridge"
+                } else {
+                    ""
+                }
             )));
         }
         if cfg.token.is_empty() {
@@ -622,6 +634,48 @@ fn patch_faults(shared: &Shared, patch: &FaultsPatch) -> Result<Faults, String> 
     patch.apply_to(&mut f)?;
     shared.set_faults(f.clone(), patch.seed.is_some());
     Ok(f)
+}
+
+/// The interface whose address `allow_docker_bridge` accepts: dockerd's default bridge.
+pub const DOCKER_BRIDGE_INTERFACE: &str = "docker0";
+
+/// Whether `ip` is an IPv4 address assigned to the [`DOCKER_BRIDGE_INTERFACE`] interface of
+/// this machine (read with `getifaddrs`). False on any error.
+pub fn is_docker_bridge_address(ip: std::net::IpAddr) -> bool {
+    let std::net::IpAddr::V4(want) = ip else {
+        return false;
+    };
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list that we free below with freeifaddrs; the
+    // list is only read while it is alive, and each pointer is checked for null first.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return false;
+        }
+        let mut found = false;
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null()
+                || ifa.ifa_name.is_null()
+                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET
+            {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name);
+            if name.to_bytes() != DOCKER_BRIDGE_INTERFACE.as_bytes() {
+                continue;
+            }
+            let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+            if std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == want {
+                found = true;
+                break;
+            }
+        }
+        libc::freeifaddrs(head);
+        found
+    }
 }
 
 async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
@@ -1516,8 +1570,17 @@ mod tests {
         let mut cfg = ApiConfig::new(TOKEN);
         cfg.listen = "0.0.0.0:0".parse().unwrap();
         assert!(matches!(
+            ApiServer::start(cfg.clone()).await,
+            Err(ApiError::Config(_))
+        ));
+        // allowing the docker bridge does not open any other address
+        cfg.allow_docker_bridge = true;
+        assert!(matches!(
             ApiServer::start(cfg).await,
             Err(ApiError::Config(_))
         ));
+        assert!(!is_docker_bridge_address("127.0.0.1".parse().unwrap()));
+        assert!(!is_docker_bridge_address("0.0.0.0".parse().unwrap()));
+        assert!(!is_docker_bridge_address("::1".parse().unwrap()));
     }
 }

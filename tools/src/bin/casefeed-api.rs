@@ -18,12 +18,17 @@ use clap::Parser;
 #[command(
     name = "casefeed-api",
     version,
-    about = "Stand-in contact-tracing API with fault injection (loopback only)"
+    about = "Stand-in contact-tracing API with fault injection (loopback only, or the docker0 bridge)"
 )]
 struct Args {
-    /// Address to listen on; must be loopback. Port 0 picks a free port.
+    /// Address to listen on; must be loopback (see --allow-docker-bridge). Port 0 picks a
+    /// free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Also accept the address of this machine's docker0 bridge as --listen (the gateway a
+    /// container of your own dockerd reaches the host through: `sam local invoke`).
+    #[arg(long)]
+    allow_docker_bridge: bool,
     /// Bearer token required on POST /cases, /control and /reset.
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     token: String,
@@ -117,6 +122,7 @@ async fn main() -> ExitCode {
     };
     let cfg = ApiConfig {
         listen: args.listen,
+        allow_docker_bridge: args.allow_docker_bridge,
         token: args.token.clone(),
         ledger: args.ledger.clone(),
         max_body_bytes: args.max_body_bytes,
