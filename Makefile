@@ -11,7 +11,7 @@ CARGO     ?= cargo
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help tools build demo bench bench-smoke test unit e2e lint fmt clippy template-lint clean
+.PHONY: help tools build demo bench bench-smoke sam-test test unit e2e lint fmt clippy template-lint clean
 
 help:
 	@echo "make demo   - run the pipeline locally on sample data"
@@ -62,7 +62,14 @@ e2e: tools build
 bench-smoke: tools build
 	./target/release/casefeed bench --sizes 20k --runs 1 --dir .local/bench-smoke
 
-test: tools build lint unit e2e bench-smoke
+# The SAM path (tools/sam-test.sh): template security tests, sam validate --lint, sam build,
+# and - where dockerd can run (root) - sam local invoke of both functions with events/,
+# checked against moto and the stand-in API. Installs docker.io/busybox-static if missing.
+sam-test: tools build
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/template
+	VENV=$(VENV) tools/sam-test.sh
+
+test: tools build lint unit e2e bench-smoke sam-test
 	@echo "make test: all green"
 
 clean:
