@@ -11,7 +11,7 @@
 //! column therefore never makes a row "changed"; it only enters the fingerprint from then on.
 
 use crate::config::FeedConfig;
-use crate::rows::FileRejection;
+use crate::rows::{FileRejection, Record};
 use crate::snapshot::{next_chain, Entry, Snapshot};
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -129,7 +129,7 @@ pub struct Fingerprinter {
 }
 
 #[inline]
-fn hash_fields(buf: &mut Vec<u8>, rec: &csv::ByteRecord, idx: &[usize], seed: u64) -> u64 {
+fn hash_fields(buf: &mut Vec<u8>, rec: &Record, idx: &[usize], seed: u64) -> u64 {
     buf.clear();
     for &i in idx {
         let f = &rec[i];
@@ -151,7 +151,7 @@ pub struct RowPrints {
 
 impl Fingerprinter {
     #[inline]
-    pub fn prints(&mut self, plan: &ColumnPlan, rec: &csv::ByteRecord) -> RowPrints {
+    pub fn prints(&mut self, plan: &ColumnPlan, rec: &Record) -> RowPrints {
         let key = hash_fields(&mut self.buf, rec, &plan.key_idx, KEY_SEED);
         let compare = hash_fields(&mut self.buf, rec, &plan.compare_idx, plan.compare_seed);
         let store = if plan.same_sets() {
@@ -170,7 +170,7 @@ impl Fingerprinter {
 /// The record key as the API sees it: the key value, or for a composite key the values
 /// joined with `|` (a `|` or `\\` inside a value is escaped with `\\`, so distinct keys
 /// never share a record key).
-pub fn record_key(plan: &ColumnPlan, rec: &csv::ByteRecord) -> String {
+pub fn record_key(plan: &ColumnPlan, rec: &Record) -> String {
     if let [i] = plan.key_idx[..] {
         return String::from_utf8_lossy(&rec[i]).into_owned();
     }
@@ -191,7 +191,7 @@ pub fn record_key(plan: &ColumnPlan, rec: &csv::ByteRecord) -> String {
 
 /// The key fingerprint of a record whose key columns are readable (for rows rejected for
 /// other reasons), `None` when a key column is missing or empty.
-pub fn key_print(plan: &ColumnPlan, rec: &csv::ByteRecord, fp: &mut Fingerprinter) -> Option<u64> {
+pub fn key_print(plan: &ColumnPlan, rec: &Record, fp: &mut Fingerprinter) -> Option<u64> {
     if plan
         .key_idx
         .iter()
@@ -257,7 +257,13 @@ pub struct Differ<'a> {
     /// Snapshot positions of records whose row was rejected (kept unless a valid row of the
     /// same record turns up later in the file).
     carried: Vec<usize>,
-    entries: Vec<Entry>,
+    /// Rows of keys the snapshot does not have.
+    added: Vec<Entry>,
+    /// Snapshot positions whose `[content, chain]` moves (changed rows; after schema drift,
+    /// every row whose stored fingerprint moves to the new column set). Unchanged rows cost
+    /// nothing: the new state is the snapshot merged with these and `added`, no sort of the
+    /// whole file.
+    updates: Vec<(u32, [u64; 2])>,
     counts: DiffCounts,
     scratch_keys: Vec<u64>,
     scratch_ranges: Vec<(u32, u32)>,
@@ -276,7 +282,8 @@ impl<'a> Differ<'a> {
             seen: vec![0u64; n.div_ceil(64)],
             new_keys: FpSet::default(),
             carried: Vec::new(),
-            entries: Vec::with_capacity(expected_rows.max(n)),
+            added: Vec::with_capacity(if n == 0 { expected_rows } else { 1024 }),
+            updates: Vec::new(),
             counts: DiffCounts::default(),
             scratch_keys: Vec::new(),
             scratch_ranges: Vec::new(),
@@ -364,25 +371,24 @@ impl<'a> Differ<'a> {
             Class::Unchanged => self.counts.unchanged += 1,
             Class::Duplicate => self.counts.duplicate += 1,
         }
-        let chain = match class {
-            Class::Duplicate => return class,
-            Class::New => next_chain(None, p.store),
-            Class::Changed { chain, .. } => next_chain(Some(chain), p.store),
+        match (class, pos) {
+            (Class::Duplicate, _) => {}
+            (Class::New, _) | (_, None) => self.added.push(Entry {
+                key: p.key,
+                content: p.store,
+                chain: next_chain(None, p.store),
+            }),
+            (Class::Changed { chain, .. }, Some(pos)) => self
+                .updates
+                .push((pos as u32, [p.store, next_chain(Some(chain), p.store)])),
             // unchanged: the history goes on as it was (the stored fingerprint may move to
             // a new column set after schema drift, the history does not)
-            Class::Unchanged => {
-                if pos.is_some() {
-                    vals[1]
-                } else {
-                    next_chain(None, p.store)
+            (Class::Unchanged, Some(pos)) => {
+                if p.store != vals[0] {
+                    self.updates.push((pos as u32, [p.store, vals[1]]));
                 }
             }
-        };
-        self.entries.push(Entry {
-            key: p.key,
-            content: p.store,
-            chain,
-        });
+        }
         class
     }
 
@@ -399,25 +405,101 @@ impl<'a> Differ<'a> {
         self.counts
     }
 
-    /// The new snapshot's entries (unsorted, unique) and the final counts.
-    pub fn finish(mut self) -> (Vec<Entry>, DiffCounts) {
-        if let Some(s) = self.snapshot {
-            for pos in std::mem::take(&mut self.carried) {
-                let (w, bit) = (pos / 64, 1u64 << (pos % 64));
-                if self.seen[w] & bit == 0 {
-                    self.seen[w] |= bit;
-                    self.entries.push(Entry {
-                        key: s.keys_at(pos),
-                        content: s.content_at(pos),
-                        chain: s.chain_at(pos),
-                    });
+    /// The new state (sorted by key) and the final counts.
+    pub fn finish(mut self) -> (NextState, DiffCounts) {
+        let Some(s) = self.snapshot else {
+            // no snapshot: every row is new (and unique: duplicates were not added)
+            self.added.sort_unstable_by_key(|e| e.key);
+            let keys = self.added.iter().map(|e| e.key).collect();
+            let vals = self.added.iter().map(|e| [e.content, e.chain]).collect();
+            return (NextState { keys, vals }, self.counts);
+        };
+        for pos in std::mem::take(&mut self.carried) {
+            self.seen[pos / 64] |= 1u64 << (pos % 64);
+        }
+        let kept: u64 = self.seen.iter().map(|w| u64::from(w.count_ones())).sum();
+        self.counts.removed = s.len() as u64 - kept;
+        self.added.sort_unstable_by_key(|e| e.key);
+        self.updates.sort_unstable_by_key(|u| u.0);
+        let n = kept as usize + self.added.len();
+        let (mut keys, mut vals) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut added = self.added.iter().peekable();
+        let mut updates = self.updates.iter().peekable();
+        for (w, &word) in self.seen.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let pos = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let key = s.keys_at(pos);
+                while let Some(a) = added.next_if(|a| a.key < key) {
+                    keys.push(a.key);
+                    vals.push([a.content, a.chain]);
                 }
+                let v = match updates.next_if(|u| u.0 as usize == pos) {
+                    Some(&(_, v)) => v,
+                    None => s.vals_at(pos),
+                };
+                keys.push(key);
+                vals.push(v);
             }
         }
-        let seen: u64 = self.seen.iter().map(|w| u64::from(w.count_ones())).sum();
-        let total = self.snapshot.map(|s| s.len() as u64).unwrap_or(0);
-        self.counts.removed = total - seen;
-        (self.entries, self.counts)
+        for a in added {
+            keys.push(a.key);
+            vals.push([a.content, a.chain]);
+        }
+        (NextState { keys, vals }, self.counts)
+    }
+}
+
+/// The state a diff leaves: key fingerprints in ascending order (unique) and each row's
+/// `[content, chain]`; becomes the next [`Snapshot`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NextState {
+    pub(crate) keys: Vec<u64>,
+    pub(crate) vals: Vec<[u64; 2]>,
+}
+
+impl NextState {
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn to_entries(&self) -> Vec<Entry> {
+        self.keys
+            .iter()
+            .zip(&self.vals)
+            .map(|(&key, v)| Entry {
+                key,
+                content: v[0],
+                chain: v[1],
+            })
+            .collect()
+    }
+
+    /// Rows whose message was refused go back to their previous state (`previous` gives
+    /// it), or leave the state when the record had none, so a later file retries them.
+    pub fn revert(&mut self, refused: &HashSet<u64>, previous: impl Fn(u64) -> Option<[u64; 2]>) {
+        let mut out = 0;
+        for i in 0..self.keys.len() {
+            let key = self.keys[i];
+            let v = if refused.contains(&key) {
+                match previous(key) {
+                    Some(v) => v,
+                    None => continue,
+                }
+            } else {
+                self.vals[i]
+            };
+            self.keys[out] = key;
+            self.vals[out] = v;
+            out += 1;
+        }
+        self.keys.truncate(out);
+        self.vals.truncate(out);
     }
 }
 
@@ -434,8 +516,8 @@ mod tests {
     fn hdr(cols: &[&str]) -> Vec<String> {
         cols.iter().map(|s| s.to_string()).collect()
     }
-    fn rec(vals: &[&str]) -> csv::ByteRecord {
-        csv::ByteRecord::from(vals.to_vec())
+    fn rec(vals: &[&str]) -> Record {
+        Record::from_fields(vals)
     }
     fn prints(cols: &[&str], vals: &[&str], prev: Option<&[String]>) -> RowPrints {
         let plan = ColumnPlan::new(&hdr(cols), &feed(), prev).unwrap();
@@ -552,6 +634,7 @@ mod tests {
             Class::New
         );
         let (entries, c) = d.finish();
+        let entries = entries.to_entries();
         assert_eq!(
             (c.new, c.changed, c.unchanged, c.rebaselined, c.removed),
             (1, 0, 1, 1, 1)
@@ -589,6 +672,7 @@ mod tests {
         assert_eq!(d.classify(p("4", "z")), Class::Duplicate);
         assert_eq!(d.classify(p("1", "q")), Class::Duplicate);
         let (entries, c) = d.finish();
+        let entries = entries.to_entries();
         assert_eq!(
             c,
             DiffCounts {
@@ -624,6 +708,7 @@ mod tests {
         d.carry(p("1", "x").key);
         d.carry(p("9", "x").key);
         let (entries, c) = d.finish();
+        let entries = entries.to_entries();
         assert_eq!(c.removed, 0);
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0], s.entry(p("1", "x").key).unwrap());
@@ -671,6 +756,7 @@ mod tests {
         assert_eq!(a, b);
         let (ea, ca) = one.finish();
         let (eb, cb) = batched.finish();
+        assert!(ea.keys.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
         assert_eq!(ca, cb);
         assert_eq!(ea, eb);
         assert!(ca.new > 0 && ca.changed > 0 && ca.duplicate > 0 && ca.removed > 0);

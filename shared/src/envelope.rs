@@ -1,5 +1,6 @@
 //! The SQS message envelope (one row per message) and the idempotency key.
 
+use crate::rows::Record;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -59,7 +60,7 @@ pub struct EnvelopeRef<'a> {
 /// the row was read).
 pub struct FieldsRef<'a> {
     pub header: &'a [String],
-    pub record: &'a csv::ByteRecord,
+    pub record: &'a Record,
 }
 
 impl Serialize for FieldsRef<'_> {
@@ -199,7 +200,7 @@ mod tests {
     #[test]
     fn envelope_round_trip() {
         let header = vec!["id".to_string(), "name".to_string()];
-        let record = csv::ByteRecord::from(vec!["1", "Zoë \"Z\", Jr"]);
+        let record = crate::rows::Record::from_fields(["1", "Zoë \"Z\", Jr"]);
         let source = EnvelopeSource {
             bucket: "b".into(),
             key: "incoming/f/x.csv".into(),

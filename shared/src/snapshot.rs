@@ -228,6 +228,22 @@ impl Snapshot {
         }
     }
 
+    /// Build from a diff's sorted state (no sort needed).
+    pub fn from_state(header: SnapshotHeader, state: crate::diff::NextState) -> Snapshot {
+        let crate::diff::NextState { keys, vals } = state;
+        let mut header = header;
+        header.row_count = keys.len() as u64;
+        let index_bits = index_bits(keys.len());
+        let index = build_index(&keys, index_bits);
+        Snapshot {
+            header,
+            keys,
+            vals,
+            index,
+            index_bits,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }

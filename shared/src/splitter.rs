@@ -9,7 +9,8 @@
 
 use crate::config::{Config, FeedConfig, FirstFile};
 use crate::diff::{
-    key_print, record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter, RowPrints,
+    key_print, record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter, NextState,
+    RowPrints,
 };
 use crate::envelope::{
     idempotency_key, serde_category, Change, EnvelopeRef, EnvelopeSource, FieldsRef, Previous,
@@ -23,10 +24,8 @@ use crate::report::{
     held_copy_key, held_manifest_key, rejects_key, run_report_key, snapshot_key, Counts, HeldRef,
     RunReport, RunStatus, SchemaReport, Timings,
 };
-use crate::rows::{open_stream, FileRejection, ReadError, Rejected, Row, RowReader};
-use crate::snapshot::{
-    Entry, Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION,
-};
+use crate::rows::{open_stream, FileRejection, ReadError, Record, Rejected, Row, RowReader};
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION};
 use crate::store::{BoxRead, ObjectStore, OpenSpec, PutCondition, StoreError};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -129,7 +128,7 @@ struct State {
 struct ParseOutput {
     header: Vec<String>,
     plan: ColumnPlan,
-    entries: Vec<Entry>,
+    entries: NextState,
     counts: DiffCounts,
     rejects: Vec<Rejected>,
     read: u64,
@@ -626,17 +625,11 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             let mut rejects = parsed.rejects;
             if !stats.refused.is_empty() {
                 let refused: HashSet<u64> = stats.refused.iter().map(|r| r.key_fp).collect();
-                entries.retain_mut(|e| {
-                    if !refused.contains(&e.key) {
-                        return true;
-                    }
-                    match snapshot.as_ref().and_then(|s| s.entry(e.key)) {
-                        Some(prev) => {
-                            *e = prev;
-                            true
-                        }
-                        None => false,
-                    }
+                entries.revert(&refused, |key| {
+                    snapshot
+                        .as_ref()
+                        .and_then(|s| s.entry(key))
+                        .map(|e| [e.content, e.chain])
                 });
                 for r in &stats.refused {
                     rejects.push(Rejected {
@@ -665,7 +658,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 created_at: now_rfc3339(),
                 run: report.run.clone(),
             };
-            let snap = Snapshot::from_entries(header, entries);
+            let snap = Snapshot::from_state(header, entries);
             let bytes = snap.encode();
             drop(snap);
             let cond = match &state {
@@ -980,8 +973,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             // `Differ::classify_batch`) and the batch's records stay in `pool` for the
             // messages of its new and changed rows.
             const BATCH: usize = 256;
-            let mut pool: Vec<csv::ByteRecord> =
-                (0..BATCH).map(|_| csv::ByteRecord::new()).collect();
+            let mut pool: Vec<Record> = (0..BATCH).map(|_| Record::new()).collect();
             let mut lines: Vec<u64> = Vec::with_capacity(BATCH);
             let mut prints: Vec<RowPrints> = Vec::with_capacity(BATCH);
             let mut classes: Vec<Class> = Vec::with_capacity(BATCH);

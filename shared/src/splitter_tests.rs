@@ -530,7 +530,7 @@ impl Table {
     }
     fn prints(&self, feed: &FeedConfig, key: &str) -> RowPrints {
         let plan = ColumnPlan::new(&self.cols, feed, None).unwrap();
-        Fingerprinter::default().prints(&plan, &csv::ByteRecord::from(self.row(key).clone()))
+        Fingerprinter::default().prints(&plan, &crate::rows::Record::from_fields(self.row(key)))
     }
     /// The content fingerprint the snapshot stores for a row of this file.
     fn fp(&self, feed: &FeedConfig, key: &str) -> u64 {
@@ -550,7 +550,7 @@ impl Table {
         let mut fp = Fingerprinter::default();
         let mut out: Vec<(u64, u64)> = Vec::new();
         for r in &self.rows {
-            let p = fp.prints(&plan, &csv::ByteRecord::from(r.clone()));
+            let p = fp.prints(&plan, &crate::rows::Record::from_fields(r));
             if !out.iter().any(|e| e.0 == p.key) {
                 out.push((p.key, p.store));
             }
