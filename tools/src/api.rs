@@ -509,7 +509,8 @@ impl ApiServer {
     /// once the socket is bound and listening.
     pub async fn start(cfg: ApiConfig) -> Result<ApiServer, ApiError> {
         let ip = cfg.listen.ip();
-        if !ip.is_loopback() && !(cfg.allow_docker_bridge && is_docker_bridge_address(ip)) {
+        let allowed = ip.is_loopback() || (cfg.allow_docker_bridge && is_docker_bridge_address(ip));
+        if !allowed {
             return Err(ApiError::Config(format!(
                 "listen address {} is not a loopback address{}",
                 cfg.listen,
