@@ -133,6 +133,11 @@ def check_samconfig(f: dict) -> list[str]:
         problems.append("samconfig local_invoke does not set LocalInvoke=true")
     if any("LocalInvoke=true" in p for p in sc.get("deploy", {}).get("parameters", {}).get("parameter_overrides", [])):
         problems.append("samconfig deploy sets LocalInvoke=true")
+    pattern = f["template"]["Parameters"]["ApiBaseUrl"]["AllowedPattern"]
+    for section in ("deploy", "local_invoke"):
+        for p in sc.get(section, {}).get("parameters", {}).get("parameter_overrides", []):
+            if p.startswith("ApiBaseUrl=") and not re.fullmatch(pattern, p.split("=", 1)[1]):
+                problems.append(f"samconfig {section}: {p} does not match the template's ApiBaseUrl pattern")
     b = sc.get("build", {}).get("parameters", {})
     if b.get("parallel") is not True:
         problems.append("samconfig build is not parallel")
@@ -184,3 +189,5 @@ def test_event_checks_catch(files):
         "stringValue", "changed")))
     assert check_samconfig(mutated(files, lambda f: f["samconfig"]["default"]["local_invoke"]["parameters"].__setitem__(
         "parameter_overrides", [])))
+    assert check_samconfig(mutated(files, lambda f: f["samconfig"]["default"]["deploy"]["parameters"].__setitem__(
+        "parameter_overrides", ["ApiBaseUrl=http://contact-tracing.example.org"])))
