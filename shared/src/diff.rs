@@ -130,13 +130,21 @@ pub struct Fingerprinter {
 
 #[inline]
 fn hash_fields(buf: &mut Vec<u8>, rec: &Record, idx: &[usize], seed: u64) -> u64 {
-    buf.clear();
+    // the bytes hashed: each value, length-prefixed, in `idx` order; written into a buffer
+    // sized once (no growth checks per field)
+    let need = rec.data_len() + 4 * idx.len();
+    if buf.len() < need {
+        buf.resize(need, 0);
+    }
+    let mut w = 0;
     for &i in idx {
         let f = &rec[i];
-        buf.extend_from_slice(&(f.len() as u32).to_le_bytes());
-        buf.extend_from_slice(f);
+        buf[w..w + 4].copy_from_slice(&(f.len() as u32).to_le_bytes());
+        w += 4;
+        buf[w..w + f.len()].copy_from_slice(f);
+        w += f.len();
     }
-    xxh3_64_with_seed(buf, seed)
+    xxh3_64_with_seed(&buf[..w], seed)
 }
 
 /// Fingerprints of one row.

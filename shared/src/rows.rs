@@ -203,6 +203,12 @@ impl Record {
         self.bounds.iter().map(move |&(a, b)| &self.data[a..b])
     }
 
+    /// Bytes of the record's buffer: at least the sum of its values' lengths.
+    #[inline]
+    pub fn data_len(&self) -> usize {
+        self.data.len()
+    }
+
     /// The record's size as the limit counts it: its values' bytes plus one per field.
     pub fn size(&self) -> usize {
         self.bounds.iter().map(|(a, b)| b - a + 1).sum()
@@ -224,14 +230,49 @@ impl std::ops::Index<usize> for Record {
     }
 }
 
+/// Positions of every comma of `d`, in order, into `out` (cleared first).
+#[inline]
+fn comma_positions(d: &[u8], out: &mut Vec<u32>) {
+    out.clear();
+    let mut base = 0usize;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+        };
+        // SAFETY: SSE2 is part of the x86_64 baseline; every load reads 16 bytes inside `d`
+        // (`base + 16 <= d.len()`), unaligned loads allowed.
+        unsafe {
+            let comma = _mm_set1_epi8(b',' as i8);
+            while base + 16 <= d.len() {
+                let v = _mm_loadu_si128(d.as_ptr().add(base).cast());
+                let mut m = _mm_movemask_epi8(_mm_cmpeq_epi8(v, comma)) as u32;
+                while m != 0 {
+                    out.push(base as u32 + m.trailing_zeros());
+                    m &= m - 1;
+                }
+                base += 16;
+            }
+        }
+    }
+    for (j, &b) in d[base..].iter().enumerate() {
+        if b == b',' {
+            out.push((base + j) as u32);
+        }
+    }
+}
+
 /// Split a copied line in place: plain fields, and quoted fields that close on this line
 /// and are followed by a comma or the end. Anything else (a quote left open — a line break
 /// inside quotes —, text after a closing quote) returns false and the caller hands the
-/// record to `csv-core`. `\r` never reaches here.
+/// record to `csv-core`. `\r` never reaches here. `commas` is scratch space.
 #[inline]
-fn split_line(rec: &mut Record) -> bool {
+fn split_line(rec: &mut Record, commas: &mut Vec<u32>) -> bool {
     let d = &mut rec.data;
     let n = d.len();
+    comma_positions(d, commas);
+    // the next comma not yet used or skipped
+    let mut c = 0usize;
     let mut i = 0;
     loop {
         if i < n && d[i] == b'"' {
@@ -262,12 +303,18 @@ fn split_line(rec: &mut Record) -> bool {
             if d[i] != b',' {
                 return false;
             }
+            // commas inside the quotes are not separators
+            while c < commas.len() && (commas[c] as usize) <= i {
+                c += 1;
+            }
             i += 1;
         } else {
-            match memchr::memchr(b',', &d[i..n]) {
-                Some(k) => {
-                    rec.bounds.push((i, i + k));
-                    i += k + 1;
+            match commas.get(c) {
+                Some(&k) => {
+                    let k = k as usize;
+                    rec.bounds.push((i, k));
+                    c += 1;
+                    i = k + 1;
                 }
                 None => {
                     rec.bounds.push((i, n));
@@ -311,6 +358,8 @@ pub struct RowReader<R: Read> {
     scratch_ends: Vec<usize>,
     /// Field ends as `csv-core` writes them.
     core_ends: Vec<usize>,
+    /// Comma positions of the current line.
+    commas: Vec<u32>,
 }
 
 /// Bytes asked of the source per read.
@@ -366,6 +415,7 @@ impl<R: Read> RowReader<R> {
             scratch: Vec::new(),
             scratch_ends: Vec::new(),
             core_ends: Vec::new(),
+            commas: Vec::new(),
         };
         r.keep_bytes = r.max_row_bytes.saturating_add(1);
         let mut rec = Record::new();
@@ -527,7 +577,7 @@ impl<R: Read> RowReader<R> {
         rec.clear();
         rec.data.extend_from_slice(line);
         rec.utf8 = simdutf8::basic::from_utf8(line).is_ok();
-        if !split_line(rec) {
+        if !split_line(rec, &mut self.commas) {
             return self.quoted(rec);
         }
         self.pos += consumed;
@@ -950,6 +1000,19 @@ mod tests {
             assert!(reason.contains("over the feed's limit of 100"), "{reason}");
             assert_eq!(seen[2].1, b"3");
             assert_eq!(seen[2].0, if quoted { 5 } else { 4 });
+        }
+    }
+
+    #[test]
+    fn comma_positions_match_a_plain_scan() {
+        let mut out = Vec::new();
+        for len in 0..100usize {
+            let d: Vec<u8> = (0..len)
+                .map(|i| if (i * 7 + len) % 5 == 0 { b',' } else { b'a' })
+                .collect();
+            comma_positions(&d, &mut out);
+            let want: Vec<u32> = (0..len as u32).filter(|&i| d[i as usize] == b',').collect();
+            assert_eq!(out, want, "length {len}");
         }
     }
 }
