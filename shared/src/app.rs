@@ -60,7 +60,10 @@ pub async fn load_config<S: ObjectStore>(location: &str, store: &S) -> Result<Co
 
 /// The splitter, configured from the environment:
 /// `CASEFEED_CONFIG` (path or s3:// URI, required), `WORK_QUEUE_URL` (required),
-/// `SEND_CONCURRENCY` (1-64, default 8), `SQS_MAX_MESSAGE_BYTES` (1024-1048576, default 1 MiB).
+/// `SEND_CONCURRENCY` (1-64, default 8), `SQS_MAX_MESSAGE_BYTES` (1024-1048576, default 1 MiB),
+/// `S3_READ_CONCURRENCY` (1-16, default 4; 1 reads every object as one stream) and
+/// `S3_READ_PART_MIB` (1-64, default 4): objects of 16 MiB or more are read by that many
+/// ranged GETs of that size in parallel.
 pub async fn splitter_from_env(
     sdk: &aws_config::SdkConfig,
 ) -> Result<Splitter<S3Store, SqsQueue>, ConfigError> {
@@ -76,7 +79,12 @@ pub async fn splitter_from_env(
     let concurrency = env_number("SEND_CONCURRENCY", 8, 1, 64)? as usize;
     let max_message_bytes =
         env_number("SQS_MAX_MESSAGE_BYTES", 1024 * 1024, 1024, 1024 * 1024)? as usize;
-    let store = S3Store::from_conf(sdk);
+    let ranged = crate::s3::RangedReads {
+        concurrency: env_number("S3_READ_CONCURRENCY", 4, 1, 16)? as usize,
+        part_size: env_number("S3_READ_PART_MIB", 4, 1, 64)? << 20,
+        ..crate::s3::RangedReads::default()
+    };
+    let store = S3Store::from_conf(sdk).with_ranged_reads(ranged);
     let config = load_config(&location, &store).await?;
     let queue = SqsQueue::new(aws_sdk_sqs::Client::new(sdk), queue_url);
     Ok(Splitter {

@@ -9,11 +9,158 @@ use aws_sdk_s3::primitives::ByteStream;
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
+    ranged: RangedReads,
+}
+
+/// How large objects are read: one GET stream tops out at a few tens of MB/s on a Lambda,
+/// so an object of at least `min_size` bytes (by the caller's size hint) is read as ranged
+/// GETs of `part_size` bytes, `concurrency` of them in flight, handed to the parser in
+/// order. Memory: about `(concurrency + 2) × part_size`. Every part is pinned to the first
+/// response's version (version id, else `If-Match` its ETag), so a replaced object fails
+/// the read (retryable) instead of mixing two versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangedReads {
+    pub min_size: u64,
+    pub part_size: u64,
+    pub concurrency: usize,
+}
+
+impl Default for RangedReads {
+    fn default() -> Self {
+        RangedReads {
+            min_size: 16 << 20,
+            part_size: 4 << 20,
+            concurrency: 4,
+        }
+    }
+}
+
+/// `bytes a-b/total` → total.
+fn content_range_total(v: &str) -> Option<u64> {
+    v.rsplit('/').next()?.trim().parse().ok()
 }
 
 impl S3Store {
     pub fn new(client: aws_sdk_s3::Client) -> Self {
-        S3Store { client }
+        S3Store {
+            client,
+            ranged: RangedReads::default(),
+        }
+    }
+
+    /// Read large objects this way (`concurrency` 1 turns ranged reads off).
+    pub fn with_ranged_reads(mut self, ranged: RangedReads) -> Self {
+        self.ranged = ranged;
+        self
+    }
+
+    /// The first part of a ranged read, then the rest fetched in parallel, in order.
+    async fn open_ranged(
+        &self,
+        bucket: &str,
+        key: &str,
+        spec: &OpenSpec,
+    ) -> Result<OpenObject, StoreError> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncReadExt;
+        let part = self.ranged.part_size.max(1);
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes=0-{}", part - 1));
+        if let Some(v) = &spec.version_id {
+            req = req.version_id(v);
+        }
+        if let Some(m) = &spec.if_match {
+            req = req.if_match(m);
+        }
+        let first = req
+            .send()
+            .await
+            .map_err(|e| classify("GetObject", bucket, key, e))?;
+        let total = first.content_range().and_then(content_range_total);
+        let meta = ObjectMeta {
+            etag: first.e_tag().map(str::to_string),
+            version_id: first.version_id().map(str::to_string),
+            last_modified: fmt_time(first.last_modified()),
+            size: total.or_else(|| first.content_length().and_then(|n| u64::try_from(n).ok())),
+        };
+        let head = first.body.into_async_read();
+        let total = match total {
+            Some(t) if t > part => t,
+            // the whole object came in this answer
+            _ => {
+                return Ok(OpenObject {
+                    meta,
+                    body: Box::pin(head),
+                })
+            }
+        };
+        let ranges: Vec<(u64, u64)> = (1..total.div_ceil(part))
+            .map(|i| (i * part, ((i + 1) * part).min(total) - 1))
+            .collect();
+        let version = meta.version_id.clone().or_else(|| spec.version_id.clone());
+        let etag = meta.etag.clone();
+        let (client, bucket_s, key_s) = (self.client.clone(), bucket.to_string(), key.to_string());
+        let fetch = move |(a, b): (u64, u64)| {
+            let (client, bucket, key) = (client.clone(), bucket_s.clone(), key_s.clone());
+            let (version, etag) = (version.clone(), etag.clone());
+            async move {
+                let mut req = client
+                    .get_object()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .range(format!("bytes={a}-{b}"));
+                req = match (version, etag) {
+                    (Some(v), _) => req.version_id(v),
+                    (None, Some(e)) => req.if_match(e),
+                    (None, None) => req,
+                };
+                let out = req.send().await.map_err(|e| {
+                    std::io::Error::other(classify("GetObject (range)", &bucket, &key, e))
+                })?;
+                let bytes = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::other(format!("reading a part of s3://{bucket}/{key}: {e}"))
+                    })?
+                    .into_bytes();
+                if bytes.len() as u64 != b - a + 1 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "a part of s3://{bucket}/{key} (bytes {a}-{b}) came back with {} bytes",
+                            bytes.len()
+                        ),
+                    ));
+                }
+                Ok::<bytes::Bytes, std::io::Error>(bytes)
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(1);
+        let concurrency = self.ranged.concurrency.max(1);
+        tokio::spawn(async move {
+            let mut parts = futures_util::stream::iter(ranges)
+                .map(fetch)
+                .buffered(concurrency);
+            while let Some(part) = parts.next().await {
+                let failed = part.is_err();
+                // the reader stopped (the file was rejected, say): stop fetching
+                if tx.send(part).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let rest = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let body = head.chain(tokio_util::io::StreamReader::new(rest));
+        Ok(OpenObject {
+            meta,
+            body: Box::pin(body),
+        })
     }
 
     /// Build the client once per container. `AWS_ENDPOINT_URL` (local stacks) is honoured by
@@ -23,9 +170,7 @@ impl S3Store {
         if conf.endpoint_url().is_some() {
             b = b.force_path_style(true);
         }
-        S3Store {
-            client: aws_sdk_s3::Client::from_conf(b.build()),
-        }
+        S3Store::new(aws_sdk_s3::Client::from_conf(b.build()))
     }
 
     pub fn client(&self) -> &aws_sdk_s3::Client {
@@ -107,6 +252,10 @@ impl ObjectStore for S3Store {
         key: &str,
         spec: &OpenSpec,
     ) -> Result<OpenObject, StoreError> {
+        if self.ranged.concurrency > 1 && spec.size_hint.is_some_and(|n| n >= self.ranged.min_size)
+        {
+            return self.open_ranged(bucket, key, spec).await;
+        }
         let mut req = self.client.get_object().bucket(bucket).key(key);
         if let Some(v) = &spec.version_id {
             req = req.version_id(v);

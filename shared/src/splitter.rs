@@ -264,6 +264,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 } else {
                     None
                 },
+                size_hint: ev.size,
             },
             approve: None,
         };
@@ -285,6 +286,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             spec: OpenSpec {
                 version_id: None,
                 if_match: manifest.copy_etag.clone(),
+                size_hint: manifest.source.size,
             },
             approve: Some(&manifest),
         };
@@ -592,6 +594,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                             } else {
                                 None
                             },
+                            size_hint: source.size,
                         };
                         let obj = self.store.open(bucket, &job.read_key, &spec).await?;
                         let t = Instant::now();
@@ -767,6 +770,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             } else {
                 None
             },
+            size_hint: None,
         };
         let copy_etag = match self.store.copy(bucket, &source.key, &spec, &copy_key).await {
             Ok(e) => e,

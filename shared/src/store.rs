@@ -72,6 +72,9 @@ pub enum PutCondition {
 pub struct OpenSpec {
     pub version_id: Option<String>,
     pub if_match: Option<String>,
+    /// The object's size as the caller knows it (the S3 event's): large objects may be read
+    /// by parallel ranged requests. Only a hint; the store reads what is there.
+    pub size_hint: Option<u64>,
 }
 
 pub trait ObjectStore: Send + Sync + Clone + 'static {

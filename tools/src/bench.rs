@@ -149,6 +149,9 @@ pub struct ChildArgs {
     /// ETag of the next object in moto (casefeed-s3).
     #[arg(long)]
     pub etag: Option<String>,
+    /// Ranged GETs in flight for the S3 read (casefeed-s3; 1 = one stream).
+    #[arg(long, default_value_t = 1)]
+    pub s3_read_concurrency: usize,
     /// Untimed set-up instead of a measurement: the baseline run that builds the snapshot
     /// every timed run starts from (casefeed: into `--work`; casefeed-s3: upload both files
     /// to moto first).
@@ -1052,7 +1055,10 @@ async fn child_casefeed(args: &ChildArgs) -> Result<ChildResult, BenchError> {
             .as_deref()
             .ok_or_else(|| failed("casefeed-s3 needs --endpoint"))?;
         let conf = local::sdk_config(endpoint).await;
-        let store = S3Store::from_conf(&conf);
+        let store = S3Store::from_conf(&conf).with_ranged_reads(casefeed::s3::RangedReads {
+            concurrency: args.s3_read_concurrency,
+            ..casefeed::s3::RangedReads::default()
+        });
         // every timed run starts from the same previous snapshot
         store
             .copy(
@@ -1480,7 +1486,18 @@ fn run_size(run: &Run<'_>, root: &Path, rows: u64) -> Result<SizeResult, BenchEr
                     "--etag".into(),
                     etag,
                 ]);
-                measured.push(run.measure(tool, true, runs, &b, &size)?);
+                // one GET stream, then the production default: 4 ranged GETs of 4 MiB
+                for conc in [1usize, 4] {
+                    let mut b = b.clone();
+                    b.extend(["--s3-read-concurrency".to_string(), conc.to_string()]);
+                    let mut m = run.measure(tool, true, runs, &b, &size)?;
+                    m.cores = if conc == 1 {
+                        format!("{}, one GET stream", m.cores)
+                    } else {
+                        format!("{}, {conc} ranged GETs of 4 MiB", m.cores)
+                    };
+                    measured.push(m);
+                }
                 drop(moto);
             }
         }
