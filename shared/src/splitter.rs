@@ -45,6 +45,9 @@ pub struct SplitterSettings {
     /// Bytes of messages kept while the guards cannot yet decide; past it, a file allowed to
     /// proceed is read a second time to send.
     pub hold_buffer_bytes: usize,
+    /// Read the file on a thread of its own, ahead of fingerprinting: `None` decides by the
+    /// cores available (yes from two).
+    pub read_thread: Option<bool>,
 }
 
 impl Default for SplitterSettings {
@@ -55,6 +58,7 @@ impl Default for SplitterSettings {
             channel_capacity: 1000,
             max_commit_attempts: 3,
             hold_buffer_bytes: 16 * 1024 * 1024,
+            read_thread: None,
         }
     }
 }
@@ -946,6 +950,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 .to_string(),
         };
         let buf = self.settings.read_buffer;
+        let read_thread = self.settings.read_thread;
         let expected_rows = snapshot
             .as_ref()
             .map(|s| s.len() + s.len() / 8)
@@ -953,7 +958,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         let parse = tokio::task::spawn_blocking(move || -> Result<ParseOutput, ReadError> {
             let bridge = tokio_util::io::SyncIoBridge::new_with_handle(body, handle);
             let stream = open_stream(bridge, buf)?;
-            let mut reader = RowReader::new(
+            let reader = RowReader::new(
                 stream,
                 &feed.required_columns,
                 &feed.key_columns,
@@ -974,123 +979,161 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             let send = !matches!(mode, SendMode::Off);
             let mut fp = Fingerprinter::default();
             // Rows go in batches: the snapshot lookups of a batch overlap (see
-            // `Differ::classify_batch`) and the batch's records stay in `pool` for the
-            // messages of its new and changed rows.
-            const BATCH: usize = 256;
-            let mut pool: Vec<Record> = (0..BATCH).map(|_| Record::new()).collect();
+            // `Differ::classify_batch`) and the batch's records stay in it for the messages
+            // of its new and changed rows. With two or more cores the reader fills batches
+            // on a thread of its own, a few batches ahead, so parsing and fingerprinting
+            // overlap; on one core (a small Lambda function) it runs inline.
+            let threaded = read_thread
+                .unwrap_or_else(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
             let mut lines: Vec<u64> = Vec::with_capacity(BATCH);
             let mut prints: Vec<RowPrints> = Vec::with_capacity(BATCH);
+            let mut slots: Vec<usize> = Vec::with_capacity(BATCH);
             let mut classes: Vec<Class> = Vec::with_capacity(BATCH);
             let mut rejects = Vec::new();
             let mut read = 0u64;
             let mut tx = tx;
-            let mut eof = false;
-            'batches: while !eof {
-                lines.clear();
-                prints.clear();
-                while prints.len() < BATCH {
-                    let slot = prints.len();
-                    match reader.next_row(&mut pool[slot])? {
-                        None => {
-                            eof = true;
-                            break;
-                        }
-                        Some(Row::Rejected { rejected, record }) => {
-                            read += 1;
-                            // a readable key keeps its record's state: not "removed"
-                            if let Some(k) = key_print(&plan, record, &mut fp) {
-                                differ.carry(k);
-                            }
-                            rejects.push(rejected);
-                        }
-                        Some(Row::Ok { line, record }) => {
-                            read += 1;
-                            prints.push(fp.prints(&plan, record));
-                            lines.push(line);
-                        }
-                    }
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Result<Batch, ReadError>>(2);
+            let (free_tx, free_rx) = std::sync::mpsc::channel::<Batch>();
+            for _ in 0..4 {
+                let _ = free_tx.send(Batch::new());
+            }
+            std::thread::scope(|scope| -> Result<(), ReadError> {
+                // owned here: when this ends (done, failed or stopped early) the reader's
+                // thread sees both channels closed and stops
+                let (full_rx, free_tx) = (full_rx, free_tx);
+                let mut inline = None;
+                if threaded {
+                    let mut reader = reader;
+                    scope.spawn(move || read_batches(&mut reader, full_tx, free_rx));
+                } else {
+                    inline = Some((reader, Some(Batch::new()), false));
+                    drop((full_tx, free_rx));
                 }
-                differ.classify_batch(&prints, &mut classes);
-                for (i, class) in classes.iter().enumerate() {
-                    let (change, previous) = match *class {
-                        Class::New => (Change::New, None),
-                        Class::Changed { previous, chain } => (
-                            Change::Changed,
-                            Some(Previous {
-                                content: previous,
-                                chain,
-                            }),
-                        ),
-                        Class::Unchanged | Class::Duplicate => continue,
-                    };
-                    if !send {
-                        continue;
-                    }
-                    if tx.is_none() && buffered.is_none() {
-                        // the buffer overflowed (or the sender failed): only counting goes on
-                        continue;
-                    }
-                    let (record, line, p) = (&pool[i], lines[i], prints[i]);
-                    let rk = record_key(&plan, record);
-                    let key_values: Vec<&[u8]> = plan.key_idx.iter().map(|&i| &record[i]).collect();
-                    let ikey = idempotency_key(&feed.name, &key_values, previous, p.store);
-                    let env = EnvelopeRef {
-                        v: ENVELOPE_VERSION,
-                        feed: &feed.name,
-                        run: &run,
-                        source: &env_source,
-                        change,
-                        record_key: &rk,
-                        idempotency_key: &ikey,
-                        fields: FieldsRef {
-                            header: &header,
-                            record,
+                'batches: loop {
+                    let mut batch = match inline.as_mut() {
+                        Some((reader, spare, eof)) => {
+                            if *eof {
+                                break;
+                            }
+                            let mut b = spare.take().unwrap_or_else(Batch::new);
+                            *eof = fill_batch(reader, &mut b)?;
+                            b
+                        }
+                        None => match full_rx.recv() {
+                            Ok(b) => b?,
+                            Err(_) => break,
                         },
                     };
-                    let body = match serde_json::to_string(&env) {
-                        Ok(b) => sqs_safe(b),
-                        Err(_) => {
-                            rejects.push(Rejected {
-                                line,
-                                reason: "row could not be encoded as JSON".into(),
-                                fields: Vec::new(),
-                            });
+                    lines.clear();
+                    prints.clear();
+                    slots.clear();
+                    for (i, slot) in batch.rows.drain(..).enumerate() {
+                        read += 1;
+                        match slot {
+                            Slot::Rejected(rejected) => {
+                                // a readable key keeps its record's state: not "removed"
+                                if let Some(k) = key_print(&plan, &batch.recs[i], &mut fp) {
+                                    differ.carry(k);
+                                }
+                                rejects.push(rejected);
+                            }
+                            Slot::Ok(line) => {
+                                prints.push(fp.prints(&plan, &batch.recs[i]));
+                                lines.push(line);
+                                slots.push(i);
+                            }
+                        }
+                    }
+                    differ.classify_batch(&prints, &mut classes);
+                    for (i, class) in classes.iter().enumerate() {
+                        let (change, previous) = match *class {
+                            Class::New => (Change::New, None),
+                            Class::Changed { previous, chain } => (
+                                Change::Changed,
+                                Some(Previous {
+                                    content: previous,
+                                    chain,
+                                }),
+                            ),
+                            Class::Unchanged | Class::Duplicate => continue,
+                        };
+                        if !send {
                             continue;
                         }
-                    };
-                    let msg = OutMessage {
-                        body,
-                        attributes: vec![
-                            ("feed", feed.name.clone()),
-                            ("change", change.as_str().to_string()),
-                            ("idempotency_key", ikey),
-                        ],
-                        line,
-                        key_fp: p.key,
-                    };
-                    if let Some(sender_tx) = tx.as_ref() {
-                        if sender_tx.blocking_send(msg).is_err() {
-                            // the sender failed; its error is reported by the caller
-                            tx = None;
-                            break 'batches;
+                        if tx.is_none() && buffered.is_none() {
+                            // the buffer overflowed (or the sender failed): only counting goes on
+                            continue;
                         }
-                    } else if let (
-                        Some(buf),
-                        SendMode::Buffer {
-                            max_count,
-                            max_bytes,
-                        },
-                    ) = (buffered.as_mut(), mode)
-                    {
-                        buffered_bytes += msg.size();
-                        if buf.len() as u64 >= max_count || buffered_bytes > max_bytes {
-                            buffered = None;
-                        } else {
-                            buf.push(msg);
+                        let (record, line, p) = (&batch.recs[slots[i]], lines[i], prints[i]);
+                        let rk = record_key(&plan, record);
+                        let key_values: Vec<&[u8]> =
+                            plan.key_idx.iter().map(|&i| &record[i]).collect();
+                        let ikey = idempotency_key(&feed.name, &key_values, previous, p.store);
+                        let env = EnvelopeRef {
+                            v: ENVELOPE_VERSION,
+                            feed: &feed.name,
+                            run: &run,
+                            source: &env_source,
+                            change,
+                            record_key: &rk,
+                            idempotency_key: &ikey,
+                            fields: FieldsRef {
+                                header: &header,
+                                record,
+                            },
+                        };
+                        let body = match serde_json::to_string(&env) {
+                            Ok(b) => sqs_safe(b),
+                            Err(_) => {
+                                rejects.push(Rejected {
+                                    line,
+                                    reason: "row could not be encoded as JSON".into(),
+                                    fields: Vec::new(),
+                                });
+                                continue;
+                            }
+                        };
+                        let msg = OutMessage {
+                            body,
+                            attributes: vec![
+                                ("feed", feed.name.clone()),
+                                ("change", change.as_str().to_string()),
+                                ("idempotency_key", ikey),
+                            ],
+                            line,
+                            key_fp: p.key,
+                        };
+                        if let Some(sender_tx) = tx.as_ref() {
+                            if sender_tx.blocking_send(msg).is_err() {
+                                // the sender failed; its error is reported by the caller
+                                tx = None;
+                                break 'batches;
+                            }
+                        } else if let (
+                            Some(buf),
+                            SendMode::Buffer {
+                                max_count,
+                                max_bytes,
+                            },
+                        ) = (buffered.as_mut(), mode)
+                        {
+                            buffered_bytes += msg.size();
+                            if buf.len() as u64 >= max_count || buffered_bytes > max_bytes {
+                                buffered = None;
+                            } else {
+                                buf.push(msg);
+                            }
+                        }
+                    }
+                    match inline.as_mut() {
+                        Some((_, spare, _)) => *spare = Some(batch),
+                        None => {
+                            let _ = free_tx.send(batch);
                         }
                     }
                 }
-            }
+                Ok(())
+            })?;
             drop(tx);
             let (entries, counts) = differ.finish();
             Ok(ParseOutput {
@@ -1129,6 +1172,67 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             )))),
         }
     }
+}
+
+/// Rows per batch between the reader's thread and the classifier.
+const BATCH: usize = 256;
+
+/// A batch of rows read ahead: the records and, per record, its line or why it was rejected.
+struct Batch {
+    recs: Vec<Record>,
+    rows: Vec<Slot>,
+}
+
+enum Slot {
+    Ok(u64),
+    Rejected(Rejected),
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            recs: (0..BATCH).map(|_| Record::new()).collect(),
+            rows: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+/// The reader's thread: fills free batches and hands them on, in order, until the end of
+/// the file, a read error (handed on too), or the classifier stops listening.
+fn read_batches<R: std::io::Read>(
+    reader: &mut RowReader<R>,
+    full: std::sync::mpsc::SyncSender<Result<Batch, ReadError>>,
+    free: std::sync::mpsc::Receiver<Batch>,
+) {
+    while let Ok(mut b) = free.recv() {
+        let eof = match fill_batch(reader, &mut b) {
+            Ok(eof) => eof,
+            Err(e) => {
+                let _ = full.send(Err(e));
+                return;
+            }
+        };
+        if full.send(Ok(b)).is_err() || eof {
+            return;
+        }
+    }
+}
+
+/// Fill a batch with the next rows; true when the file has ended.
+fn fill_batch<R: std::io::Read>(
+    reader: &mut RowReader<R>,
+    b: &mut Batch,
+) -> Result<bool, ReadError> {
+    b.rows.clear();
+    while b.rows.len() < BATCH {
+        let slot = b.rows.len();
+        match reader.next_row(&mut b.recs[slot])? {
+            None => return Ok(true),
+            Some(Row::Ok { line, .. }) => b.rows.push(Slot::Ok(line)),
+            Some(Row::Rejected { rejected, .. }) => b.rows.push(Slot::Rejected(rejected)),
+        }
+    }
+    Ok(false)
 }
 
 enum DiffFailure {

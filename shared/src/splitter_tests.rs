@@ -1143,8 +1143,9 @@ fn malformed_file(nl: &str) -> Vec<u8> {
     b
 }
 
-async fn check_malformed(nl: &str) {
-    let h = Harness::new();
+async fn check_malformed(nl: &str, read_thread: bool) {
+    let mut h = Harness::new();
+    h.splitter.settings.read_thread = Some(read_thread);
     h.run_table("labs", "e1.csv", &Table::labs(1..=10, TS1))
         .await;
     let ev = h.upload("labs", "e2.csv", malformed_file(nl));
@@ -1220,12 +1221,47 @@ async fn check_malformed(nl: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_rows_are_rejected_with_lines_and_reasons() {
-    check_malformed("\n").await;
+    check_malformed("\n", true).await;
+    check_malformed("\n", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_rows_crlf_line_numbers() {
-    check_malformed("\r\n").await;
+    check_malformed("\r\n", true).await;
+    check_malformed("\r\n", false).await;
+}
+
+/// The reader on its own thread and inline give the same run, message for message, over
+/// more rows than several batches hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_ahead_on_a_thread_or_inline_gives_the_same_run() {
+    let mut runs = Vec::new();
+    for read_thread in [true, false] {
+        let mut h = Harness::new();
+        h.splitter.settings.read_thread = Some(read_thread);
+        h.run_table("labs", "e1.csv", &Table::labs(1..=3000, TS1))
+            .await;
+        let mut t = Table::labs(10..=3080, TS1);
+        for id in (600..900).step_by(7) {
+            t.set(&id.to_string(), "result", "positive");
+        }
+        let ev = h.upload("labs", "e2.csv", t.csv());
+        let r = h.run(&ev).await;
+        assert_eq!(r.status, RunStatus::Applied);
+        let sent: Vec<(String, Change)> = by_key(&h.take_sent())
+            .into_iter()
+            .map(|(k, m)| (k, m.env.change))
+            .collect();
+        runs.push((
+            r.counts,
+            sent,
+            h.snapshot("labs").entries().collect::<Vec<_>>(),
+        ));
+    }
+    assert_eq!(runs[0], runs[1]);
+    let (counts, sent, _) = &runs[0];
+    assert_eq!((counts.new, counts.changed, counts.removed), (80, 43, 9));
+    assert_eq!(sent.len(), 123);
 }
 
 // ---------------------------------------------------------------------------------------
