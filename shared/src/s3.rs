@@ -54,6 +54,23 @@ impl S3Store {
         self
     }
 
+    /// A GetObject of the version `spec` names.
+    fn get_request(
+        &self,
+        bucket: &str,
+        key: &str,
+        spec: &OpenSpec,
+    ) -> aws_sdk_s3::operation::get_object::builders::GetObjectFluentBuilder {
+        let mut req = self.client.get_object().bucket(bucket).key(key);
+        if let Some(v) = &spec.version_id {
+            req = req.version_id(v);
+        }
+        if let Some(m) = &spec.if_match {
+            req = req.if_match(m);
+        }
+        req
+    }
+
     /// The first part of a ranged read, then the rest fetched in parallel, in order.
     async fn open_ranged(
         &self,
@@ -64,19 +81,9 @@ impl S3Store {
         use futures_util::StreamExt;
         use tokio::io::AsyncReadExt;
         let part = self.ranged.part_size.max(1);
-        let mut req = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .range(format!("bytes=0-{}", part - 1));
-        if let Some(v) = &spec.version_id {
-            req = req.version_id(v);
-        }
-        if let Some(m) = &spec.if_match {
-            req = req.if_match(m);
-        }
-        let first = req
+        let first = self
+            .get_request(bucket, key, spec)
+            .range(format!("bytes=0-{}", part - 1))
             .send()
             .await
             .map_err(|e| classify("GetObject", bucket, key, e))?;
@@ -256,14 +263,8 @@ impl ObjectStore for S3Store {
         {
             return self.open_ranged(bucket, key, spec).await;
         }
-        let mut req = self.client.get_object().bucket(bucket).key(key);
-        if let Some(v) = &spec.version_id {
-            req = req.version_id(v);
-        }
-        if let Some(m) = &spec.if_match {
-            req = req.if_match(m);
-        }
-        let out = req
+        let out = self
+            .get_request(bucket, key, spec)
             .send()
             .await
             .map_err(|e| classify("GetObject", bucket, key, e))?;

@@ -212,20 +212,12 @@ impl Snapshot {
         let mut entries: Vec<Entry> = entries.into_iter().map(Into::into).collect();
         entries.sort_by_key(|e| e.key); // stable: the first occurrence of a key stays first
         entries.dedup_by_key(|e| e.key);
-        let mut header = header;
-        header.row_count = entries.len() as u64;
-        let keys: Vec<u64> = entries.iter().map(|e| e.key).collect();
-        let vals: Vec<[u64; 2]> = entries.iter().map(|e| [e.content, e.chain]).collect();
+        let state = crate::diff::NextState {
+            keys: entries.iter().map(|e| e.key).collect(),
+            vals: entries.iter().map(|e| [e.content, e.chain]).collect(),
+        };
         drop(entries);
-        let index_bits = index_bits(keys.len());
-        let index = build_index(&keys, index_bits);
-        Snapshot {
-            header,
-            keys,
-            vals,
-            index,
-            index_bits,
-        }
+        Snapshot::from_state(header, state)
     }
 
     /// Build from a diff's sorted state (no sort needed).
