@@ -155,6 +155,31 @@ pub struct RowPrints {
     pub compare: u64,
     /// Stored in the new snapshot.
     pub store: u64,
+    /// The row's [`crate::snapshot::line_hash`] (0: none), stored in the new snapshot.
+    pub line: u64,
+}
+
+/// What the line hashes of a snapshot are valid for: the file's columns in order and the
+/// feed settings that decide, from a row's bytes alone, whether it is accepted and what its
+/// fingerprints are. A row whose raw line hashes to a snapshot row's line hash under the same
+/// context is that row, unchanged: same bytes, same columns, same rules. Anything else (a
+/// reordered, added or renamed column, a changed key, ignore list or row limit) makes a
+/// different context, and every row takes the full path once.
+pub fn line_context(header: &[String], feed: &FeedConfig) -> String {
+    let mut buf = Vec::new();
+    let mut put = |b: &[u8]| {
+        buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        buf.extend_from_slice(b);
+    };
+    put(b"casefeed line context 1");
+    for list in [header, &feed.key_columns[..], &feed.ignore_columns[..]] {
+        put(&(list.len() as u32).to_le_bytes());
+        for c in list {
+            put(c.as_bytes());
+        }
+    }
+    put(&(feed.max_row_bytes as u64).to_le_bytes());
+    format!("{:016x}", xxh3_64(&buf))
 }
 
 impl Fingerprinter {
@@ -171,6 +196,7 @@ impl Fingerprinter {
             key,
             compare,
             store,
+            line: rec.line_hash(),
         }
     }
 }
@@ -235,6 +261,10 @@ pub struct DiffCounts {
     /// (also counted as unchanged).
     #[serde(default)]
     pub rebaselined: u64,
+    /// Unchanged rows recognised by their raw line alone (also counted as unchanged): the
+    /// previous file had the same bytes, so they were neither split nor fingerprinted.
+    #[serde(default)]
+    pub known: u64,
 }
 
 /// Identity hasher for sets of fingerprints (already uniformly distributed).
@@ -272,6 +302,10 @@ pub struct Differ<'a> {
     /// nothing: the new state is the snapshot merged with these and `added`, no sort of the
     /// whole file.
     updates: Vec<(u32, [u64; 2])>,
+    /// The new line hash of every snapshot position, once one moves (until then the
+    /// snapshot's own); all zero from the start when the snapshot's line hashes are not
+    /// valid for this file.
+    lines: Option<Vec<u64>>,
     counts: DiffCounts,
     scratch_keys: Vec<u64>,
     scratch_ranges: Vec<(u32, u32)>,
@@ -281,10 +315,18 @@ pub struct Differ<'a> {
 
 impl<'a> Differ<'a> {
     /// `comparable`: [`ColumnPlan::comparable`]; when false, rows of known keys are taken
-    /// over as unchanged (re-baselined) rather than compared.
-    pub fn new(snapshot: Option<&'a Snapshot>, expected_rows: usize, comparable: bool) -> Self {
+    /// over as unchanged (re-baselined) rather than compared. `same_lines`: the snapshot's
+    /// line hashes are valid for this file (same [`line_context`]); when false, rows the file
+    /// does not have a plain line for get none in the new state.
+    pub fn new(
+        snapshot: Option<&'a Snapshot>,
+        expected_rows: usize,
+        comparable: bool,
+        same_lines: bool,
+    ) -> Self {
         let n = snapshot.map(|s| s.len()).unwrap_or(0);
         Differ {
+            lines: (!same_lines && n > 0).then(|| vec![0u64; n]),
             snapshot,
             comparable,
             seen: vec![0u64; n.div_ceil(64)],
@@ -342,6 +384,38 @@ impl<'a> Differ<'a> {
         (self.scratch_pos, self.scratch_vals) = (pos, vals);
     }
 
+    /// A row whose raw line is the line of snapshot position `pos` (found by
+    /// [`crate::snapshot::KnownLines`]): unchanged, or a duplicate when the record was
+    /// already seen in this file.
+    #[inline]
+    pub fn known(&mut self, pos: usize) -> Class {
+        let (w, bit) = (pos / 64, 1u64 << (pos % 64));
+        if self.seen[w] & bit != 0 {
+            self.counts.duplicate += 1;
+            Class::Duplicate
+        } else {
+            self.seen[w] |= bit;
+            self.counts.unchanged += 1;
+            self.counts.known += 1;
+            Class::Unchanged
+        }
+    }
+
+    /// Record the line hash of a snapshot position's row in this file.
+    #[inline]
+    fn set_line(&mut self, pos: usize, line: u64) {
+        let Some(s) = self.snapshot else { return };
+        match self.lines.as_mut() {
+            Some(l) => l[pos] = line,
+            None if s.line_at(pos) != line => {
+                let mut l = s.lines().to_vec();
+                l[pos] = line;
+                self.lines = Some(l);
+            }
+            None => {}
+        }
+    }
+
     #[inline]
     fn classify_at(&mut self, p: RowPrints, pos: Option<usize>, vals: [u64; 2]) -> Class {
         let class = match pos {
@@ -385,16 +459,20 @@ impl<'a> Differ<'a> {
                 key: p.key,
                 content: p.store,
                 chain: next_chain(None, p.store),
+                line: p.line,
             }),
-            (Class::Changed { chain, .. }, Some(pos)) => self
-                .updates
-                .push((pos as u32, [p.store, next_chain(Some(chain), p.store)])),
+            (Class::Changed { chain, .. }, Some(pos)) => {
+                self.updates
+                    .push((pos as u32, [p.store, next_chain(Some(chain), p.store)]));
+                self.set_line(pos, p.line);
+            }
             // unchanged: the history goes on as it was (the stored fingerprint may move to
             // a new column set after schema drift, the history does not)
             (Class::Unchanged, Some(pos)) => {
                 if p.store != vals[0] {
                     self.updates.push((pos as u32, [p.store, vals[1]]));
                 }
+                self.set_line(pos, p.line);
             }
         }
         class
@@ -420,7 +498,8 @@ impl<'a> Differ<'a> {
             self.added.sort_unstable_by_key(|e| e.key);
             let keys = self.added.iter().map(|e| e.key).collect();
             let vals = self.added.iter().map(|e| [e.content, e.chain]).collect();
-            return (NextState { keys, vals }, self.counts);
+            let lines = self.added.iter().map(|e| e.line).collect();
+            return (NextState { keys, vals, lines }, self.counts);
         };
         for pos in std::mem::take(&mut self.carried) {
             self.seen[pos / 64] |= 1u64 << (pos % 64);
@@ -431,6 +510,8 @@ impl<'a> Differ<'a> {
         self.updates.sort_unstable_by_key(|u| u.0);
         let n = kept as usize + self.added.len();
         let (mut keys, mut vals) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut lines = Vec::with_capacity(n);
+        let old_lines = self.lines.as_deref().unwrap_or(s.lines());
         let mut added = self.added.iter().peekable();
         let mut updates = self.updates.iter().peekable();
         for (w, &word) in self.seen.iter().enumerate() {
@@ -442,6 +523,7 @@ impl<'a> Differ<'a> {
                 while let Some(a) = added.next_if(|a| a.key < key) {
                     keys.push(a.key);
                     vals.push([a.content, a.chain]);
+                    lines.push(a.line);
                 }
                 let v = match updates.next_if(|u| u.0 as usize == pos) {
                     Some(&(_, v)) => v,
@@ -449,13 +531,15 @@ impl<'a> Differ<'a> {
                 };
                 keys.push(key);
                 vals.push(v);
+                lines.push(old_lines[pos]);
             }
         }
         for a in added {
             keys.push(a.key);
             vals.push([a.content, a.chain]);
+            lines.push(a.line);
         }
-        (NextState { keys, vals }, self.counts)
+        (NextState { keys, vals, lines }, self.counts)
     }
 }
 
@@ -465,6 +549,8 @@ impl<'a> Differ<'a> {
 pub struct NextState {
     pub(crate) keys: Vec<u64>,
     pub(crate) vals: Vec<[u64; 2]>,
+    /// Each row's line hash (0: none).
+    pub(crate) lines: Vec<u64>,
 }
 
 impl NextState {
@@ -480,34 +566,39 @@ impl NextState {
         self.keys
             .iter()
             .zip(&self.vals)
-            .map(|(&key, v)| Entry {
+            .zip(&self.lines)
+            .map(|((&key, v), &line)| Entry {
                 key,
                 content: v[0],
                 chain: v[1],
+                line,
             })
             .collect()
     }
 
     /// Rows whose message was refused go back to their previous state (`previous` gives
     /// it), or leave the state when the record had none, so a later file retries them.
+    /// Their line hash is dropped, so the next file's row takes the full path.
     pub fn revert(&mut self, refused: &HashSet<u64>, previous: impl Fn(u64) -> Option<[u64; 2]>) {
         let mut out = 0;
         for i in 0..self.keys.len() {
             let key = self.keys[i];
-            let v = if refused.contains(&key) {
+            let (v, line) = if refused.contains(&key) {
                 match previous(key) {
-                    Some(v) => v,
+                    Some(v) => (v, 0),
                     None => continue,
                 }
             } else {
-                self.vals[i]
+                (self.vals[i], self.lines[i])
             };
             self.keys[out] = key;
             self.vals[out] = v;
+            self.lines[out] = line;
             out += 1;
         }
         self.keys.truncate(out);
         self.vals.truncate(out);
+        self.lines.truncate(out);
     }
 }
 
@@ -543,6 +634,7 @@ mod tests {
                 row_count: 0,
                 created_at: String::new(),
                 run: String::new(),
+                line_context: None,
             },
             entries,
         )
@@ -631,7 +723,7 @@ mod tests {
         assert_eq!(plan.removed, vec!["b"]);
         assert_eq!(plan.added, vec!["c"]);
         assert!(!plan.comparable());
-        let mut d = Differ::new(Some(&s), 0, plan.comparable());
+        let mut d = Differ::new(Some(&s), 0, plan.comparable(), false);
         let mut fp = Fingerprinter::default();
         assert_eq!(
             d.classify(fp.prints(&plan, &rec(&["1", "z", "q"]))),
@@ -667,7 +759,7 @@ mod tests {
             ],
             hdr(&["a"]),
         );
-        let mut d = Differ::new(Some(&s), 0, true);
+        let mut d = Differ::new(Some(&s), 0, true, false);
         assert_eq!(d.classify(p("1", "x")), Class::Unchanged);
         assert_eq!(
             d.classify(p("2", "y")),
@@ -690,6 +782,7 @@ mod tests {
                 removed: 1,
                 duplicate: 2,
                 rebaselined: 0,
+                known: 0,
             }
         );
         assert_eq!(entries.len(), 3);
@@ -711,7 +804,7 @@ mod tests {
         let cols = ["id", "a"];
         let p = |id: &str, a: &str| prints(&cols, &[id, a], None);
         let s = snap(vec![(p("1", "x").key, p("1", "x").compare)], hdr(&["a"]));
-        let mut d = Differ::new(Some(&s), 0, true);
+        let mut d = Differ::new(Some(&s), 0, true, false);
         d.carry(p("1", "x").key);
         d.carry(p("1", "x").key);
         d.carry(p("9", "x").key);
@@ -725,7 +818,7 @@ mod tests {
     #[test]
     fn no_snapshot_everything_new() {
         let cols = ["id", "a"];
-        let mut d = Differ::new(None, 2, true);
+        let mut d = Differ::new(None, 2, true, false);
         assert_eq!(d.classify(prints(&cols, &["1", "x"], None)), Class::New);
         assert_eq!(d.classify(prints(&cols, &["2", "x"], None)), Class::New);
         let (_, c) = d.finish();
@@ -752,9 +845,9 @@ mod tests {
                 prints(&cols, &[&i.to_string(), v], None)
             })
             .collect();
-        let mut one = Differ::new(Some(&s), 0, true);
+        let mut one = Differ::new(Some(&s), 0, true, false);
         let a: Vec<Class> = rows.iter().map(|&p| one.classify(p)).collect();
-        let mut batched = Differ::new(Some(&s), 0, true);
+        let mut batched = Differ::new(Some(&s), 0, true, false);
         let mut b = Vec::new();
         let mut out = Vec::new();
         for chunk in rows.chunks(256) {

@@ -54,6 +54,10 @@ pub struct Counts {
     /// Existing rows taken over without comparison (a compared column was gone).
     #[serde(default)]
     pub rebaselined: u64,
+    /// Unchanged rows recognised by their raw line alone (the previous file had the same
+    /// bytes): neither split nor fingerprinted.
+    #[serde(default)]
+    pub known: u64,
     /// Rows refused (unparseable, invalid, or refused by SQS), listed in the rejects report.
     pub rejected: u64,
     /// Messages accepted by SQS.
@@ -68,6 +72,7 @@ impl Counts {
         self.unchanged = d.unchanged;
         self.duplicate = d.duplicate;
         self.rebaselined = d.rebaselined;
+        self.known = d.known;
     }
 }
 

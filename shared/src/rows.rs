@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::snapshot::{line_hash, KnownLines};
+
 /// Why a whole file was refused. Permanent: the same bytes always fail the same way.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum FileRejection {
@@ -158,6 +160,8 @@ pub struct Record {
     bounds: Vec<(usize, usize)>,
     /// Whether the record's bytes are valid UTF-8 (checked once, on the raw bytes).
     utf8: bool,
+    /// [`line_hash`] of the raw line when the record was one plain line, else 0.
+    line_hash: u64,
 }
 
 impl Record {
@@ -203,6 +207,12 @@ impl Record {
         self.bounds.iter().map(move |&(a, b)| &self.data[a..b])
     }
 
+    /// The hash of the record's raw line, when [`RowReader`] read it as one line (0 if not).
+    #[inline]
+    pub fn line_hash(&self) -> u64 {
+        self.line_hash
+    }
+
     /// Bytes of the record's buffer: at least the sum of its values' lengths.
     #[inline]
     pub fn data_len(&self) -> usize {
@@ -218,6 +228,7 @@ impl Record {
         self.data.clear();
         self.bounds.clear();
         self.utf8 = false;
+        self.line_hash = 0;
     }
 }
 
@@ -360,6 +371,8 @@ pub struct RowReader<R: Read> {
     core_ends: Vec<usize>,
     /// Comma positions of the current line.
     commas: Vec<u32>,
+    /// The previous file's lines, when their hashes are valid for this file.
+    known: Option<Arc<KnownLines>>,
 }
 
 /// Bytes asked of the source per read.
@@ -370,6 +383,12 @@ pub enum Row<'a> {
     Ok {
         line: u64,
         record: &'a Record,
+    },
+    /// A line identical to the line of snapshot position `pos` (see
+    /// [`RowReader::set_known`]); not split, the record is untouched.
+    Known {
+        line: u64,
+        pos: u32,
     },
     /// A row that cannot be used; `record` is what was read (its key may still be readable).
     Rejected {
@@ -386,6 +405,11 @@ enum Read1 {
     Record {
         line: u64,
         oversized: Option<usize>,
+    },
+    /// A plain line on `line` identical to the line of snapshot position `pos`.
+    Known {
+        line: u64,
+        pos: u32,
     },
 }
 
@@ -416,12 +440,14 @@ impl<R: Read> RowReader<R> {
             scratch_ends: Vec::new(),
             core_ends: Vec::new(),
             commas: Vec::new(),
+            known: None,
         };
         r.keep_bytes = r.max_row_bytes.saturating_add(1);
         let mut rec = Record::new();
         let (got, oversized) = match r.read_record(&mut rec)? {
             Read1::End => (false, None),
             Read1::Record { oversized, .. } => (true, oversized),
+            Read1::Known { .. } => (true, None),
         };
         if !got || (rec.len() == 1 && rec[0].is_empty()) {
             return Err(FileRejection::Empty.into());
@@ -482,6 +508,14 @@ impl<R: Read> RowReader<R> {
 
     pub fn header(&self) -> &[String] {
         &self.header
+    }
+
+    /// From now on, a plain line whose hash the previous file's snapshot has is returned as
+    /// [`Row::Known`] without being split or checked: it is byte for byte a row that was
+    /// accepted before. Only for a snapshot whose line hashes are valid for this file (same
+    /// [`crate::diff::line_context`]).
+    pub fn set_known(&mut self, known: Option<Arc<KnownLines>>) {
+        self.known = known;
     }
 
     /// Move the unread bytes to the front and read more. False at the end of the source.
@@ -574,12 +608,20 @@ impl<R: Read> RowReader<R> {
         consumed: usize,
     ) -> Result<Read1, ReadError> {
         let line = &self.buf[self.pos..self.pos + len];
+        let hash = line_hash(line);
+        if let Some(pos) = self.known.as_ref().and_then(|k| k.find(hash)) {
+            self.pos += consumed;
+            let at = self.line;
+            self.line += 1;
+            return Ok(Read1::Known { line: at, pos });
+        }
         rec.clear();
         rec.data.extend_from_slice(line);
         rec.utf8 = simdutf8::basic::from_utf8(line).is_ok();
         if !split_line(rec, &mut self.commas) {
             return self.quoted(rec);
         }
+        rec.line_hash = hash;
         self.pos += consumed;
         let at = self.line;
         self.line += 1;
@@ -671,6 +713,7 @@ impl<R: Read> RowReader<R> {
         let (line, oversized) = match self.read_record(record)? {
             Read1::End => return Ok(None),
             Read1::Record { line, oversized } => (line, oversized),
+            Read1::Known { line, pos } => return Ok(Some(Row::Known { line, pos })),
         };
         let size = oversized.unwrap_or_else(|| record.size());
         if size > self.max_row_bytes {
@@ -754,6 +797,7 @@ mod tests {
                         .collect(),
                 )),
                 Row::Rejected { rejected, .. } => bad.push(rejected),
+                Row::Known { .. } => unreachable!("no known lines were set"),
             }
         }
         (r.header().to_vec(), ok, bad)
@@ -992,6 +1036,7 @@ mod tests {
                         assert!(record.data.len() <= 1000, "kept {}", record.data.len());
                         seen.push((rejected.line, record[0].to_vec(), Some(rejected.reason)))
                     }
+                    Row::Known { .. } => unreachable!("no known lines were set"),
                 }
             }
             assert_eq!(seen.len(), 3, "{seen:?}");

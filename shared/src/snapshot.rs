@@ -1,17 +1,24 @@
-//! The feed's fingerprint snapshot: what the last accepted file contained, in ~16 bytes a row.
+//! The feed's fingerprint snapshot: what the last accepted file contained, in 32 bytes a row.
 //!
 //! Layout (all integers little-endian):
 //! ```text
-//! "CFSNAP" 0x00 0x01          8 bytes: magic + format version
+//! "CFSNAP" 0x00 0x02          8 bytes: magic + format version
 //! header_len: u32             length of the JSON header that follows
 //! header: JSON                SnapshotHeader (feed, hashed columns, source object, row count)
 //! row_count: u64
-//! row_count × { key_fp: u64, content_fp: u64, chain: u64 }   sorted by key_fp, unique
+//! row_count × { key_fp: u64, content_fp: u64, chain: u64, line: u64 }   sorted by key_fp, unique
 //! checksum: u64               xxh3-64 of every byte before it
 //! ```
 //! `chain` summarises the record's history of contents (see [`next_chain`]): it makes the
 //! idempotency key of a transition unique over the record's life, so A→B, B→A, A→B again
 //! get three different keys while a re-run of the same transition gets the same one.
+//!
+//! `line` is the hash of the row's raw line as the file had it ([`line_hash`]; 0 when the
+//! record was not one plain line). The next file's identical lines are then known unchanged
+//! without splitting or fingerprinting them ([`KnownLines`]) — valid only while the header
+//! and the feed's row settings stay the same, which the header's `line_context` records.
+//! Format 1 (24-byte entries, no line hashes) is still read: its rows take the full path
+//! once, and the snapshot that run writes is format 2.
 //!
 //! A file that is truncated, has a wrong magic/version/checksum, or belongs to another feed
 //! is an error: it is never treated as empty.
@@ -19,8 +26,11 @@
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-pub const MAGIC: &[u8; 8] = b"CFSNAP\x00\x01";
-const ENTRY_BYTES: usize = 24;
+pub const MAGIC: &[u8; 8] = b"CFSNAP\x00\x02";
+/// The magic of format 1 snapshots (read, never written).
+const MAGIC_V1: &[u8; 8] = b"CFSNAP\x00\x01";
+const ENTRY_BYTES: usize = 32;
+const ENTRY_BYTES_V1: usize = 24;
 
 /// One row of a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +38,19 @@ pub struct Entry {
     pub key: u64,
     pub content: u64,
     pub chain: u64,
+    /// [`line_hash`] of the row's raw line, 0 when unknown.
+    pub line: u64,
+}
+
+const LINE_SEED: u64 = 0x6c69_6e65_0000_0001;
+
+/// The hash of a row's raw line (without its line ending); never 0 (0 means "no line").
+#[inline]
+pub fn line_hash(line: &[u8]) -> u64 {
+    match xxhash_rust::xxh3::xxh3_64_with_seed(line, LINE_SEED) {
+        0 => 1,
+        h => h,
+    }
 }
 
 /// The history summary after a record takes `content`.
@@ -48,10 +71,11 @@ impl From<(u64, u64)> for Entry {
             key,
             content,
             chain: next_chain(None, content),
+            line: 0,
         }
     }
 }
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const MAX_HEADER_LEN: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -169,6 +193,10 @@ pub struct SnapshotHeader {
     pub created_at: String,
     /// The run that produced this snapshot.
     pub run: String,
+    /// What the entries' line hashes are valid for (see [`crate::diff::line_context`]);
+    /// `None` when they are not to be used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_context: Option<String>,
 }
 
 /// A loaded snapshot with a radix index over the top bits of the key fingerprints (about
@@ -180,6 +208,8 @@ pub struct Snapshot {
     keys: Vec<u64>,
     /// `[content, chain]` per row.
     vals: Vec<[u64; 2]>,
+    /// The line hash per row (0: none).
+    lines: Vec<u64>,
     index: Vec<u32>,
     index_bits: u32,
 }
@@ -215,6 +245,7 @@ impl Snapshot {
         let state = crate::diff::NextState {
             keys: entries.iter().map(|e| e.key).collect(),
             vals: entries.iter().map(|e| [e.content, e.chain]).collect(),
+            lines: entries.iter().map(|e| e.line).collect(),
         };
         drop(entries);
         Snapshot::from_state(header, state)
@@ -222,7 +253,7 @@ impl Snapshot {
 
     /// Build from a diff's sorted state (no sort needed).
     pub fn from_state(header: SnapshotHeader, state: crate::diff::NextState) -> Snapshot {
-        let crate::diff::NextState { keys, vals } = state;
+        let crate::diff::NextState { keys, vals, lines } = state;
         let mut header = header;
         header.row_count = keys.len() as u64;
         let index_bits = index_bits(keys.len());
@@ -231,9 +262,18 @@ impl Snapshot {
             header,
             keys,
             vals,
+            lines,
             index,
             index_bits,
         }
+    }
+
+    /// The encoded snapshot of a diff's state, without building its index (the splitter
+    /// writes the state; it does not look anything up in it).
+    pub fn encode_state(header: &SnapshotHeader, state: &crate::diff::NextState) -> Vec<u8> {
+        let mut header = header.clone();
+        header.row_count = state.keys.len() as u64;
+        encode_parts(&header, &state.keys, &state.vals, &state.lines)
     }
 
     pub fn len(&self) -> usize {
@@ -303,6 +343,17 @@ impl Snapshot {
         self.vals[pos][1]
     }
 
+    /// The line hash at a position (0: none).
+    #[inline]
+    pub fn line_at(&self, pos: usize) -> u64 {
+        self.lines[pos]
+    }
+
+    /// Every row's line hash, by position.
+    pub fn lines(&self) -> &[u64] {
+        &self.lines
+    }
+
     /// The content fingerprint stored for a key.
     pub fn get(&self, key: u64) -> Option<u64> {
         self.position(key).map(|p| self.vals[p][0])
@@ -313,6 +364,7 @@ impl Snapshot {
             key,
             content: self.vals[p][0],
             chain: self.vals[p][1],
+            line: self.lines[p],
         })
     }
 
@@ -330,32 +382,21 @@ impl Snapshot {
             key: self.keys[i],
             content: self.vals[i][0],
             chain: self.vals[i][1],
+            line: self.lines[i],
         })
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let header = serde_json::to_vec(&self.header).unwrap_or_default();
-        let mut out =
-            Vec::with_capacity(8 + 4 + header.len() + 8 + self.keys.len() * ENTRY_BYTES + 8);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
-        for i in 0..self.keys.len() {
-            out.extend_from_slice(&self.keys[i].to_le_bytes());
-            out.extend_from_slice(&self.vals[i][0].to_le_bytes());
-            out.extend_from_slice(&self.vals[i][1].to_le_bytes());
-        }
-        let sum = xxh3_64(&out);
-        out.extend_from_slice(&sum.to_le_bytes());
-        out
+        encode_parts(&self.header, &self.keys, &self.vals, &self.lines)
     }
 
     /// Decode and verify. `expected_feed` guards against reading another feed's state.
     pub fn decode(bytes: &[u8], expected_feed: Option<&str>) -> Result<Snapshot, SnapshotError> {
-        if bytes.len() < 8 || &bytes[..8] != MAGIC {
-            return Err(SnapshotError::BadMagic);
-        }
+        let (format, entry_bytes) = match bytes.get(..8) {
+            Some(m) if m == MAGIC => (FORMAT_VERSION, ENTRY_BYTES),
+            Some(m) if m == MAGIC_V1 => (1, ENTRY_BYTES_V1),
+            _ => return Err(SnapshotError::BadMagic),
+        };
         if bytes.len() < 8 + 4 + 8 + 8 {
             return Err(SnapshotError::Truncated("shorter than the fixed fields"));
         }
@@ -390,7 +431,7 @@ impl Snapshot {
             .ok_or(SnapshotError::Truncated("header"))?;
         let header: SnapshotHeader =
             serde_json::from_slice(hjson).map_err(|e| SnapshotError::Header(e.to_string()))?;
-        if header.format != FORMAT_VERSION {
+        if header.format != format {
             return Err(SnapshotError::BadMagic);
         }
         if let Some(feed) = expected_feed {
@@ -405,10 +446,10 @@ impl Snapshot {
         let count = read_u64(count_at)?;
         let entries_at = count_at + 8;
         let entries_bytes = &body[entries_at.min(body.len())..];
-        if entries_bytes.len() % ENTRY_BYTES != 0 {
+        if entries_bytes.len() % entry_bytes != 0 {
             return Err(SnapshotError::Truncated("entries"));
         }
-        let n = (entries_bytes.len() / ENTRY_BYTES) as u64;
+        let n = (entries_bytes.len() / entry_bytes) as u64;
         if n != count || header.row_count != count {
             return Err(SnapshotError::Count {
                 header: header.row_count,
@@ -417,14 +458,22 @@ impl Snapshot {
         }
         let mut keys = Vec::with_capacity(n as usize);
         let mut vals = Vec::with_capacity(n as usize);
+        let mut lines = Vec::with_capacity(n as usize);
         let word = |b: &[u8]| {
             let mut w = [0u8; 8];
             w.copy_from_slice(b);
             u64::from_le_bytes(w)
         };
-        for ch in entries_bytes.chunks_exact(ENTRY_BYTES) {
+        for ch in entries_bytes.chunks_exact(entry_bytes) {
             keys.push(word(&ch[..8]));
             vals.push([word(&ch[8..16]), word(&ch[16..24])]);
+            lines.push(if format == 1 { 0 } else { word(&ch[24..32]) });
+        }
+        let mut header = header;
+        if format == 1 {
+            // a format 1 snapshot has no line hashes; the next run writes them
+            header.format = FORMAT_VERSION;
+            header.line_context = None;
         }
         if keys.windows(2).any(|w| w[0] >= w[1]) {
             return Err(SnapshotError::Unsorted);
@@ -435,9 +484,112 @@ impl Snapshot {
             header,
             keys,
             vals,
+            lines,
             index,
             index_bits,
         })
+    }
+}
+
+fn encode_parts(
+    header: &SnapshotHeader,
+    keys: &[u64],
+    vals: &[[u64; 2]],
+    lines: &[u64],
+) -> Vec<u8> {
+    let mut header = header.clone();
+    header.format = FORMAT_VERSION;
+    let header = serde_json::to_vec(&header).unwrap_or_default();
+    let mut out = Vec::with_capacity(8 + 4 + header.len() + 8 + keys.len() * ENTRY_BYTES + 8);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+    for ((k, v), l) in keys.iter().zip(vals).zip(lines) {
+        out.extend_from_slice(&k.to_le_bytes());
+        out.extend_from_slice(&v[0].to_le_bytes());
+        out.extend_from_slice(&v[1].to_le_bytes());
+        out.extend_from_slice(&l.to_le_bytes());
+    }
+    let sum = xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// A hash table from line hashes to snapshot positions: a row of the next file whose raw line
+/// has a known hash is the same bytes as that snapshot row's line, so (under the same
+/// [`crate::diff::line_context`]) the same record with the same content — no need to split
+/// or fingerprint it. Open addressing with linear probing over the hash's low bits (the
+/// hashes are uniform), 4 bytes a slot, at most 2/3 full; each probe checks the full 64-bit
+/// hash. Two rows with the same line hash (a 64-bit collision, or a corrupt snapshot) are
+/// both left to the full path.
+#[derive(Debug)]
+pub struct KnownLines {
+    snapshot: std::sync::Arc<Snapshot>,
+    slots: Vec<u32>,
+    mask: usize,
+    /// Line hashes that more than one row has (normally none).
+    ambiguous: Vec<u64>,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+impl KnownLines {
+    /// `None` when the snapshot has no line hashes or too many rows to index in 32 bits.
+    pub fn new(snapshot: std::sync::Arc<Snapshot>) -> Option<KnownLines> {
+        let lines = snapshot.lines();
+        let n = lines.iter().filter(|&&h| h != 0).count();
+        if n == 0 || lines.len() >= EMPTY as usize {
+            return None;
+        }
+        let cap = (n + n / 2 + 1).next_power_of_two().max(16);
+        let mask = cap - 1;
+        let mut slots = vec![EMPTY; cap];
+        let mut ambiguous = Vec::new();
+        for (pos, &h) in lines.iter().enumerate() {
+            if h == 0 {
+                continue;
+            }
+            let mut i = h as usize & mask;
+            loop {
+                match slots[i] {
+                    EMPTY => {
+                        slots[i] = pos as u32;
+                        break;
+                    }
+                    s if lines[s as usize] == h => {
+                        ambiguous.push(h);
+                        break;
+                    }
+                    _ => i = (i + 1) & mask,
+                }
+            }
+        }
+        Some(KnownLines {
+            snapshot,
+            slots,
+            mask,
+            ambiguous,
+        })
+    }
+
+    /// The snapshot position whose line has hash `h` (`None` also when several have it).
+    #[inline]
+    pub fn find(&self, h: u64) -> Option<u32> {
+        let lines = self.snapshot.lines();
+        let mut i = h as usize & self.mask;
+        loop {
+            match self.slots[i] {
+                EMPTY => return None,
+                s if lines[s as usize] == h => {
+                    if !self.ambiguous.is_empty() && self.ambiguous.contains(&h) {
+                        return None;
+                    }
+                    return Some(s);
+                }
+                _ => i = (i + 1) & self.mask,
+            }
+        }
     }
 }
 
@@ -460,6 +612,7 @@ mod tests {
             row_count: 0,
             created_at: "2026-01-01T00:00:00Z".into(),
             run: "r1".into(),
+            line_context: None,
         }
     }
 
@@ -481,7 +634,7 @@ mod tests {
         let bytes = s.encode();
         assert_eq!(
             bytes.len(),
-            8 + 4 + serde_json::to_vec(&s.header).unwrap().len() + 8 + 24 * 10_000 + 8
+            8 + 4 + serde_json::to_vec(&s.header).unwrap().len() + 8 + 32 * 10_000 + 8
         );
         let d = Snapshot::decode(&bytes, Some("f")).unwrap();
         assert_eq!(d.header, s.header);
@@ -503,6 +656,118 @@ mod tests {
         );
         assert_eq!(d.get(0), None);
         assert_eq!(d.get(u64::MAX), None);
+    }
+
+    fn lined(n: u64) -> Snapshot {
+        let entries = (0..n).map(|i| Entry {
+            key: xxh3_64(&i.to_le_bytes()),
+            content: i,
+            chain: next_chain(None, i),
+            // every third row without a line hash (it was not one plain line)
+            line: if i % 3 == 0 {
+                0
+            } else {
+                line_hash(format!("{i},row").as_bytes())
+            },
+        });
+        let mut h = header("f");
+        h.line_context = Some("00ff".into());
+        Snapshot::from_entries(h, entries)
+    }
+
+    #[test]
+    fn line_hashes_round_trip_and_are_found() {
+        let s = lined(5_000);
+        let d = Snapshot::decode(&s.encode(), Some("f")).unwrap();
+        assert_eq!(d.header.line_context.as_deref(), Some("00ff"));
+        assert_eq!(
+            d.all_entries().collect::<Vec<_>>(),
+            s.all_entries().collect::<Vec<_>>()
+        );
+        let known = KnownLines::new(std::sync::Arc::new(d)).unwrap();
+        for i in 0..5_000u64 {
+            let got = known.find(line_hash(format!("{i},row").as_bytes()));
+            if i % 3 == 0 {
+                assert_eq!(got, None, "row {i} has no line hash");
+            } else {
+                let pos = got.unwrap_or_else(|| panic!("row {i} not found")) as usize;
+                assert_eq!(s.keys_at(pos), xxh3_64(&i.to_le_bytes()));
+            }
+        }
+        assert_eq!(known.find(line_hash(b"5001,row")), None);
+        assert_eq!(known.find(line_hash(b"")), None);
+        assert_ne!(line_hash(b""), 0);
+    }
+
+    #[test]
+    fn a_line_hash_two_rows_share_is_found_for_neither() {
+        let same = line_hash(b"a,b");
+        let entries = [(1u64, same), (2, same), (3, line_hash(b"c,d"))].map(|(k, l)| Entry {
+            key: k,
+            content: k,
+            chain: 0,
+            line: l,
+        });
+        let known = KnownLines::new(std::sync::Arc::new(Snapshot::from_entries(
+            header("f"),
+            entries,
+        )))
+        .unwrap();
+        assert_eq!(known.find(same), None);
+        assert_eq!(known.find(line_hash(b"c,d")), Some(2));
+        // no line hashes at all: nothing to index
+        assert!(KnownLines::new(std::sync::Arc::new(sample(10))).is_none());
+    }
+
+    #[test]
+    fn format_1_snapshots_are_read_without_line_hashes() {
+        // a format 1 snapshot as the previous release wrote it: 24-byte entries
+        let mut h = header("f");
+        h.format = 1;
+        let hjson = serde_json::to_vec(&h).unwrap();
+        let mut b = MAGIC_V1.to_vec();
+        b.extend_from_slice(&(hjson.len() as u32).to_le_bytes());
+        b.extend_from_slice(&hjson);
+        let mut keys: Vec<u64> = (0..100u64).map(|i| xxh3_64(&i.to_le_bytes())).collect();
+        keys.sort_unstable();
+        b.extend_from_slice(&100u64.to_le_bytes());
+        for (i, k) in keys.iter().enumerate() {
+            for w in [*k, i as u64, next_chain(None, i as u64)] {
+                b.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        // the header says 0 rows: fix it the way the writer did
+        let mut h100 = h.clone();
+        h100.row_count = 100;
+        let hjson100 = serde_json::to_vec(&h100).unwrap();
+        let mut b100 = MAGIC_V1.to_vec();
+        b100.extend_from_slice(&(hjson100.len() as u32).to_le_bytes());
+        b100.extend_from_slice(&hjson100);
+        b100.extend_from_slice(&b[8 + 4 + hjson.len()..]);
+        let sum = xxh3_64(&b100);
+        b100.extend_from_slice(&sum.to_le_bytes());
+
+        let d = Snapshot::decode(&b100, Some("f")).unwrap();
+        assert_eq!(d.len(), 100);
+        assert_eq!(d.header.format, FORMAT_VERSION);
+        assert_eq!(d.header.line_context, None);
+        for (i, k) in keys.iter().enumerate() {
+            let e = d.entry(*k).unwrap();
+            assert_eq!((e.content, e.line), (i as u64, 0));
+        }
+        // re-encoded, it is format 2
+        let again = Snapshot::decode(&d.encode(), Some("f")).unwrap();
+        assert_eq!(
+            again.all_entries().collect::<Vec<_>>(),
+            d.all_entries().collect::<Vec<_>>()
+        );
+        // a format 1 header in a format 2 file (or the other way round) is refused
+        let mut wrong = b100.clone();
+        wrong[..8].copy_from_slice(MAGIC);
+        let n = wrong.len();
+        let sum = xxh3_64(&wrong[..n - 8]);
+        wrong[n - 8..].copy_from_slice(&sum.to_le_bytes());
+        assert!(Snapshot::decode(&wrong, Some("f")).is_err());
     }
 
     #[test]

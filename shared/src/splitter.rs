@@ -9,8 +9,8 @@
 
 use crate::config::{Config, FeedConfig, FirstFile};
 use crate::diff::{
-    key_print, record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter, NextState,
-    RowPrints,
+    key_print, line_context, record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter,
+    NextState, RowPrints,
 };
 use crate::envelope::{
     idempotency_key, serde_category, Change, EnvelopeRef, EnvelopeSource, FieldsRef, Previous,
@@ -25,7 +25,9 @@ use crate::report::{
     RunReport, RunStatus, SchemaReport, Timings,
 };
 use crate::rows::{open_stream, FileRejection, ReadError, Record, Rejected, Row, RowReader};
-use crate::snapshot::{Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION};
+use crate::snapshot::{
+    KnownLines, Snapshot, SnapshotError, SnapshotHeader, SourceObject, FORMAT_VERSION,
+};
 use crate::store::{BoxRead, ObjectStore, OpenSpec, PutCondition, StoreError};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -48,6 +50,9 @@ pub struct SplitterSettings {
     /// Read the file on a thread of its own, ahead of fingerprinting: `None` decides by the
     /// cores available (yes from two).
     pub read_thread: Option<bool>,
+    /// Recognise rows whose raw line the previous file had (by the snapshot's line hashes)
+    /// without splitting or fingerprinting them. Off only to compare the two paths.
+    pub known_lines: bool,
 }
 
 impl Default for SplitterSettings {
@@ -59,6 +64,7 @@ impl Default for SplitterSettings {
             max_commit_attempts: 3,
             hold_buffer_bytes: 16 * 1024 * 1024,
             read_thread: None,
+            known_lines: true,
         }
     }
 }
@@ -133,6 +139,8 @@ struct ParseOutput {
     header: Vec<String>,
     plan: ColumnPlan,
     entries: NextState,
+    /// What the new state's line hashes are valid for.
+    line_context: String,
     counts: DiffCounts,
     rejects: Vec<Rejected>,
     read: u64,
@@ -664,14 +672,17 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 row_count: 0,
                 created_at: now_rfc3339(),
                 run: report.run.clone(),
+                line_context: Some(parsed.line_context.clone()),
             };
-            let snap = Snapshot::from_state(header, entries);
-            let bytes = snap.encode();
-            drop(snap);
             let cond = match &state {
                 Some(st) => PutCondition::IfMatch(st.etag.clone().unwrap_or_default()),
                 None => PutCondition::IfAbsent,
             };
+            // the previous state is no longer needed: free it before the new one is encoded
+            // (peak memory is two states, not three)
+            drop((snapshot, state));
+            let bytes = Snapshot::encode_state(&header, &entries);
+            drop(entries);
             let t = Instant::now();
             let put = self
                 .store
@@ -951,6 +962,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         };
         let buf = self.settings.read_buffer;
         let read_thread = self.settings.read_thread;
+        let known_lines = self.settings.known_lines;
         let expected_rows = snapshot
             .as_ref()
             .map(|s| s.len() + s.len() / 8)
@@ -958,7 +970,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         let parse = tokio::task::spawn_blocking(move || -> Result<ParseOutput, ReadError> {
             let bridge = tokio_util::io::SyncIoBridge::new_with_handle(body, handle);
             let stream = open_stream(bridge, buf)?;
-            let reader = RowReader::new(
+            let mut reader = RowReader::new(
                 stream,
                 &feed.required_columns,
                 &feed.key_columns,
@@ -970,7 +982,21 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 .as_ref()
                 .map(|s| s.header.hashed_columns.as_slice());
             let plan = ColumnPlan::new(&header, &feed, prev_cols)?;
-            let mut differ = Differ::new(snapshot.as_deref(), expected_rows, plan.comparable());
+            // rows whose raw line the previous file had, byte for byte, are unchanged: with
+            // the same columns and row settings they need no splitting or fingerprinting
+            let line_context = line_context(&header, &feed);
+            let same_lines = snapshot
+                .as_ref()
+                .is_some_and(|s| s.header.line_context.as_deref() == Some(line_context.as_str()));
+            if same_lines && known_lines {
+                reader.set_known(snapshot.clone().and_then(KnownLines::new).map(Arc::new));
+            }
+            let mut differ = Differ::new(
+                snapshot.as_deref(),
+                expected_rows,
+                plan.comparable(),
+                same_lines,
+            );
             let mut buffered: Option<Vec<OutMessage>> = match mode {
                 SendMode::Buffer { .. } => Some(Vec::new()),
                 _ => None,
@@ -1041,6 +1067,9 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                                 prints.push(fp.prints(&plan, &batch.recs[i]));
                                 lines.push(line);
                                 slots.push(i);
+                            }
+                            Slot::Known(pos) => {
+                                differ.known(pos as usize);
                             }
                         }
                     }
@@ -1140,6 +1169,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 header,
                 plan,
                 entries,
+                line_context,
                 counts,
                 rejects,
                 read,
@@ -1185,6 +1215,8 @@ struct Batch {
 
 enum Slot {
     Ok(u64),
+    /// A line the snapshot has (its position): unchanged unless a duplicate.
+    Known(u32),
     Rejected(Rejected),
 }
 
@@ -1229,6 +1261,7 @@ fn fill_batch<R: std::io::Read>(
         match reader.next_row(&mut b.recs[slot])? {
             None => return Ok(true),
             Some(Row::Ok { line, .. }) => b.rows.push(Slot::Ok(line)),
+            Some(Row::Known { pos, .. }) => b.rows.push(Slot::Known(pos)),
             Some(Row::Rejected { rejected, .. }) => b.rows.push(Slot::Rejected(rejected)),
         }
     }

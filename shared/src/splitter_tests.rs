@@ -1264,6 +1264,111 @@ async fn reading_ahead_on_a_thread_or_inline_gives_the_same_run() {
     assert_eq!(sent.len(), 123);
 }
 
+/// Rows recognised by their raw line (the snapshot's line hashes) must give exactly the run
+/// the full path gives: counts, messages with their idempotency keys, and the next state —
+/// across duplicates, rejected and multi-line rows, CRLF, reordered columns (new line
+/// context: full path once) and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_known_by_their_line_give_the_same_run_as_the_full_path() {
+    fn crlf(b: Vec<u8>) -> Vec<u8> {
+        String::from_utf8(b)
+            .unwrap()
+            .replace('\n', "\r\n")
+            .into_bytes()
+    }
+    let mut t2 = Table::labs(10..=3080, TS1);
+    for id in (600..900).step_by(7) {
+        t2.set(&id.to_string(), "result", "positive");
+    }
+    let mut e2 = t2.csv();
+    // an identical duplicate, a changed duplicate, a ragged row of a record the file
+    // otherwise lacks (its state is carried), and a quoted line break in another's name
+    e2.extend_from_slice(t2.csv().split(|&b| b == b'\n').nth(500).unwrap());
+    e2.extend_from_slice(b"\n501,Patient 501,positive,2026-01-01,");
+    e2.extend_from_slice(TS1.as_bytes());
+    e2.extend_from_slice(b"\n7,Patient 7,negative\n5,\"Patient\n5\",negative,2026-01-06,");
+    e2.extend_from_slice(TS1.as_bytes());
+    e2.push(b'\n');
+    let mut t5 = t2.reorder(&[
+        "result",
+        "record_id",
+        "export_timestamp",
+        "collected",
+        "patient_name",
+    ]);
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("e1.csv", Table::labs(1..=3000, TS1).csv()),
+        ("e2.csv", e2),
+        ("e3.csv", crlf(t2.csv())),
+        ("e4.csv", t5.csv()),
+        ("e5.csv", {
+            t5.set("2000", "result", "positive");
+            t5.remove("2001");
+            t5.csv()
+        }),
+    ];
+    let mut runs = Vec::new();
+    for known_lines in [true, false] {
+        let mut h = Harness::new();
+        h.splitter.settings.known_lines = known_lines;
+        let mut steps = Vec::new();
+        for (name, body) in &files {
+            let ev = h.upload("labs", name, body.clone());
+            let r = h.run(&ev).await;
+            assert!(
+                matches!(r.status, RunStatus::Applied | RunStatus::Baseline),
+                "{name}: {:?} {:?}",
+                r.status,
+                r.reason
+            );
+            let mut counts = r.counts.clone();
+            steps.push((name, counts.known));
+            counts.known = 0;
+            let sent: Vec<(String, Change, String)> = by_key(&h.take_sent())
+                .into_iter()
+                .map(|(k, m)| (k, m.env.change, m.env.idempotency_key))
+                .collect();
+            runs.push((
+                known_lines,
+                name,
+                counts,
+                sent,
+                h.snapshot("labs").all_entries().collect::<Vec<_>>(),
+            ));
+        }
+        let known: Vec<u64> = steps.iter().map(|s| s.1).collect();
+        if known_lines {
+            // e2: 3000 - 9 removed - 43 changed - 3 special rows; e3: CRLF, the same lines
+            // (the rows e2 changed or broke included now); e4: new column order, none;
+            // e5: all but the 2 edited rows
+            assert_eq!(known[0], 0);
+            assert!(known[1] > 2_900, "{known:?}");
+            assert_eq!(known[2], 3071, "{known:?}");
+            assert_eq!(known[3], 0, "{known:?}");
+            assert_eq!(known[4], 3071 - 2, "{known:?}");
+        } else {
+            assert_eq!(known, vec![0; files.len()]);
+        }
+    }
+    let (fast, full) = runs.split_at(files.len());
+    for (a, b) in fast.iter().zip(full) {
+        assert_eq!(
+            (&a.1, &a.2, &a.3),
+            (&b.1, &b.2, &b.3),
+            "{}: counts or messages differ",
+            a.1
+        );
+        assert!(a.4 == b.4, "{}: the next state differs", a.1);
+    }
+    let e2 = &fast[1].2;
+    assert_eq!(
+        (e2.new, e2.changed, e2.duplicate, e2.rejected),
+        (80, 44, 2, 1)
+    );
+    assert_eq!((fast[3].2.changed, fast[3].2.new), (0, 0));
+    assert_eq!((fast[4].2.changed, fast[4].2.removed), (1, 1));
+}
+
 // ---------------------------------------------------------------------------------------
 // 8. missing required column
 // ---------------------------------------------------------------------------------------
