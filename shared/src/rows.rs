@@ -373,7 +373,28 @@ pub struct RowReader<R: Read> {
     commas: Vec<u32>,
     /// The previous file's lines, when their hashes are valid for this file.
     known: Option<Arc<KnownLines>>,
+    /// Plain lines found ahead in `buf` and looked up in `known` together (see
+    /// [`RowReader::scan_ahead`]); `ahead[next_ahead..]` are not consumed yet. Emptied
+    /// whenever `buf` moves or a record is read any other way.
+    ahead: Vec<Ahead>,
+    next_ahead: usize,
+    ahead_hashes: Vec<u64>,
+    ahead_found: Vec<Option<u32>>,
 }
+
+/// A plain line found ahead: where it starts in the buffer, its length without and with its
+/// terminator, its hash, and the snapshot row that has it.
+#[derive(Debug, Clone, Copy)]
+struct Ahead {
+    start: usize,
+    len: usize,
+    consumed: usize,
+    hash: u64,
+    known: Option<u32>,
+}
+
+/// Lines looked up together (enough loads in flight to hide memory latency).
+const AHEAD: usize = 64;
 
 /// Bytes asked of the source per read.
 const READ_CHUNK: usize = 1 << 20;
@@ -441,6 +462,10 @@ impl<R: Read> RowReader<R> {
             core_ends: Vec::new(),
             commas: Vec::new(),
             known: None,
+            ahead: Vec::with_capacity(AHEAD),
+            next_ahead: 0,
+            ahead_hashes: Vec::with_capacity(AHEAD),
+            ahead_found: Vec::with_capacity(AHEAD),
         };
         r.keep_bytes = r.max_row_bytes.saturating_add(1);
         let mut rec = Record::new();
@@ -516,6 +541,55 @@ impl<R: Read> RowReader<R> {
     /// [`crate::diff::line_context`]).
     pub fn set_known(&mut self, known: Option<Arc<KnownLines>>) {
         self.known = known;
+        self.clear_ahead();
+    }
+
+    fn clear_ahead(&mut self) {
+        self.ahead.clear();
+        self.next_ahead = 0;
+    }
+
+    /// Find up to [`AHEAD`] plain lines from `pos` (each ended by `\n` or `\r\n` inside the
+    /// buffer, not blank, not over the row limit), hash them and look them up together. A
+    /// line that turns out to open a multi-line record makes the rest stale: reading it
+    /// another way empties the list.
+    fn scan_ahead(&mut self) {
+        self.clear_ahead();
+        let Some(known) = self.known.as_ref() else {
+            return;
+        };
+        let mut p = self.pos;
+        self.ahead_hashes.clear();
+        while self.ahead.len() < AHEAD {
+            let avail = &self.buf[p..self.end];
+            let Some(i) = memchr::memchr2(b'\n', b'\r', avail) else {
+                break;
+            };
+            if i == 0 || i > self.max_row_bytes {
+                break;
+            }
+            let consumed = if avail[i] == b'\n' {
+                i + 1
+            } else if avail.get(i + 1) == Some(&b'\n') {
+                i + 2
+            } else {
+                break;
+            };
+            let hash = line_hash(&avail[..i]);
+            self.ahead.push(Ahead {
+                start: p,
+                len: i,
+                consumed,
+                hash,
+                known: None,
+            });
+            self.ahead_hashes.push(hash);
+            p += consumed;
+        }
+        known.find_many(&self.ahead_hashes, &mut self.ahead_found);
+        for (a, &f) in self.ahead.iter_mut().zip(&self.ahead_found) {
+            a.known = f;
+        }
     }
 
     /// Move the unread bytes to the front and read more. False at the end of the source.
@@ -523,6 +597,7 @@ impl<R: Read> RowReader<R> {
         if self.eof {
             return Ok(false);
         }
+        self.clear_ahead();
         if self.pos > 0 {
             self.buf.copy_within(self.pos..self.end, 0);
             self.end -= self.pos;
@@ -551,6 +626,29 @@ impl<R: Read> RowReader<R> {
 
     /// The next record into `rec`.
     fn read_record(&mut self, rec: &mut Record) -> Result<Read1, ReadError> {
+        if self.known.is_some() {
+            if self
+                .ahead
+                .get(self.next_ahead)
+                .is_none_or(|a| a.start != self.pos)
+            {
+                self.scan_ahead();
+            }
+            if let Some(&a) = self
+                .ahead
+                .get(self.next_ahead)
+                .filter(|a| a.start == self.pos)
+            {
+                self.next_ahead += 1;
+                if let Some(pos) = a.known {
+                    self.pos += a.consumed;
+                    let at = self.line;
+                    self.line += 1;
+                    return Ok(Read1::Known { line: at, pos });
+                }
+                return self.line_record(rec, a.len, a.consumed, Some(a.hash));
+            }
+        }
         loop {
             let avail = &self.buf[self.pos..self.end];
             let Some(i) = memchr::memchr2(b'\n', b'\r', avail) else {
@@ -565,7 +663,7 @@ impl<R: Read> RowReader<R> {
                 }
                 if self.eof && n <= self.max_row_bytes {
                     // a last line without a line feed
-                    return self.line_record(rec, n, n);
+                    return self.line_record(rec, n, n, None);
                 }
                 return self.quoted(rec);
             };
@@ -579,7 +677,7 @@ impl<R: Read> RowReader<R> {
                 if i > self.max_row_bytes {
                     return self.quoted(rec);
                 }
-                return self.line_record(rec, i, i + 1);
+                return self.line_record(rec, i, i + 1, None);
             }
             // `\r`: a CRLF ends the line; a lone one is a terminator of its own (CSV rules)
             if i + 1 == avail.len() && !self.eof && self.fill()? {
@@ -592,7 +690,7 @@ impl<R: Read> RowReader<R> {
                     self.line += 1;
                     continue;
                 }
-                return self.line_record(rec, i, i + 2);
+                return self.line_record(rec, i, i + 2, None);
             }
             return self.quoted(rec);
         }
@@ -606,15 +704,24 @@ impl<R: Read> RowReader<R> {
         rec: &mut Record,
         len: usize,
         consumed: usize,
+        hash: Option<u64>,
     ) -> Result<Read1, ReadError> {
         let line = &self.buf[self.pos..self.pos + len];
-        let hash = line_hash(line);
-        if let Some(pos) = self.known.as_ref().and_then(|k| k.find(hash)) {
-            self.pos += consumed;
-            let at = self.line;
-            self.line += 1;
-            return Ok(Read1::Known { line: at, pos });
-        }
+        let hash = match hash {
+            Some(h) => h,
+            None => {
+                // a line the look-ahead could not take (across the end of the buffer, the
+                // file's last line): looked up on its own
+                let h = line_hash(line);
+                if let Some(pos) = self.known.as_ref().and_then(|k| k.find(h)) {
+                    self.pos += consumed;
+                    let at = self.line;
+                    self.line += 1;
+                    return Ok(Read1::Known { line: at, pos });
+                }
+                h
+            }
+        };
         rec.clear();
         rec.data.extend_from_slice(line);
         rec.utf8 = simdutf8::basic::from_utf8(line).is_ok();
@@ -634,6 +741,8 @@ impl<R: Read> RowReader<R> {
     /// A record that needs the CSV state machine, from `pos` (the start of a record).
     fn quoted(&mut self, rec: &mut Record) -> Result<Read1, ReadError> {
         use csv_core::ReadRecordResult as R;
+        // the lines found ahead may be inside this record
+        self.clear_ahead();
         rec.clear();
         rec.data.resize(4096, 0);
         self.core_ends.resize(64, 0);
@@ -989,6 +1098,111 @@ mod tests {
                     .into_iter()
                     .map(|(_, f)| f)
                     .collect();
+                assert_eq!(
+                    got,
+                    want,
+                    "case {case}, reads of {per_read}: {:?}",
+                    String::from_utf8_lossy(&data)
+                );
+            }
+        }
+    }
+
+    /// With a snapshot's line hashes set, exactly the plain lines it has come back as known
+    /// (at their line numbers, with the row that has them), and every other record comes
+    /// back as it did without — whatever the read sizes and wherever the buffer ends.
+    #[test]
+    fn known_lines_change_nothing_else() {
+        use crate::snapshot::{Entry, Snapshot, SnapshotHeader};
+        let alphabet: &[&[u8]] = &[
+            b"a", b"bc", b",", b",", b"\"", b"\n", b"\n", b"\n", b"\r\n", b"\r", b"x,y",
+        ];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        type Got = Vec<(u64, Result<Vec<Vec<u8>>, u32>)>;
+        let read = |data: &[u8], per_read: usize, known: Option<Arc<KnownLines>>| -> Got {
+            let src = Trickle(std::io::Cursor::new(data.to_vec()), per_read);
+            let mut r = RowReader::new(src, &[], &[], 1_000_000, 1 << 16).unwrap();
+            r.set_known(known);
+            let mut rec = Record::new();
+            let mut out = Vec::new();
+            loop {
+                match r.read_record(&mut rec).unwrap() {
+                    Read1::End => return out,
+                    Read1::Record { line, .. } => {
+                        out.push((line, Ok(rec.iter().map(|f| f.to_vec()).collect())))
+                    }
+                    Read1::Known { line, pos } => out.push((line, Err(pos))),
+                }
+            }
+        };
+        for case in 0..300 {
+            let mut data = b"h1,h2\n".to_vec();
+            for _ in 0..(next() % 400) {
+                data.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            // the plain lines as the reader hashes them, and a random half of them known
+            let plain: Vec<(u64, Vec<Vec<u8>>, u64)> = {
+                let src = std::io::Cursor::new(data.clone());
+                let mut r = RowReader::new(src, &[], &[], 1_000_000, 1 << 16).unwrap();
+                let mut rec = Record::new();
+                let mut v = Vec::new();
+                while let Ok(Read1::Record { line, .. }) = r.read_record(&mut rec) {
+                    v.push((
+                        line,
+                        rec.iter().map(|f| f.to_vec()).collect(),
+                        rec.line_hash(),
+                    ));
+                }
+                v
+            };
+            let mut chosen = std::collections::BTreeSet::new();
+            for (_, _, h) in &plain {
+                if *h != 0 && next() % 2 == 0 {
+                    chosen.insert(*h);
+                }
+            }
+            let entries: Vec<Entry> = chosen
+                .iter()
+                .enumerate()
+                .map(|(i, &h)| Entry {
+                    key: i as u64,
+                    content: 0,
+                    chain: 0,
+                    line: h,
+                })
+                .collect();
+            let header = SnapshotHeader {
+                format: crate::snapshot::FORMAT_VERSION,
+                feed: "f".into(),
+                key_columns: vec![],
+                hashed_columns: vec![],
+                source: Default::default(),
+                row_count: 0,
+                created_at: String::new(),
+                run: String::new(),
+                line_context: None,
+            };
+            let snap = Arc::new(Snapshot::from_entries(header, entries));
+            let known = KnownLines::new(snap.clone()).map(Arc::new);
+            let want: Got = plain
+                .iter()
+                .map(|(line, fields, h)| {
+                    let pos = (*h != 0 && chosen.contains(h))
+                        .then(|| (0..snap.len()).find(|&p| snap.line_at(p) == *h).unwrap());
+                    match pos {
+                        Some(p) => (*line, Err(p as u32)),
+                        None => (*line, Ok(fields.clone())),
+                    }
+                })
+                .collect();
+            for per_read in [1, 2, 7, 64, 4096] {
+                let got = read(&data, per_read, known.clone());
                 assert_eq!(
                     got,
                     want,

@@ -1108,8 +1108,12 @@ async fn child_casefeed(args: &ChildArgs) -> Result<ChildResult, BenchError> {
         hwm_kb,
         made: None,
         phases: Some(format!(
-            "read state {} ms, diff+send {} ms, commit {} ms",
-            t.read_state_ms, t.diff_and_send_ms, t.commit_ms
+            "read state {} ms, diff+send {} ms, commit {} ms; {} of {} rows known by their line",
+            t.read_state_ms,
+            t.diff_and_send_ms,
+            t.commit_ms,
+            report.counts.known,
+            report.counts.read
         )),
     })
 }
