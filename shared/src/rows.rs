@@ -341,6 +341,69 @@ fn split_line(rec: &mut Record, commas: &mut Vec<u32>) -> bool {
     }
 }
 
+/// The hash a plain line (without its terminator) is known by: [`line_hash`] of the line
+/// with the values of the `ignored` fields (sorted file positions) cut out, their commas
+/// kept. 0 when the line cannot be known that way: longer than the row limit allows, fewer
+/// fields than an ignored position, or quoting that the fields up to the last ignored one do
+/// not close. Two lines with the same print have the same bytes in every other field — so,
+/// read with the same header, the same key and the same content fingerprint. An ignored
+/// value must still be valid UTF-8 (the full path would reject the row otherwise), and
+/// `len + 1 <= max_row_bytes` bounds the row's size whatever the cut-out values were.
+pub fn line_print(line: &[u8], ignored: &[usize], max_row_bytes: usize) -> u64 {
+    if line.len() >= max_row_bytes {
+        return 0;
+    }
+    if ignored.is_empty() {
+        return line_hash(line);
+    }
+    let n = line.len();
+    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(crate::snapshot::LINE_SEED);
+    let (mut i, mut field, mut kept_from) = (0usize, 0usize, 0usize);
+    let mut next = ignored.iter().copied().peekable();
+    loop {
+        let start = i;
+        let end = if line.get(i) == Some(&b'"') {
+            let mut r = i + 1;
+            loop {
+                let Some(k) = memchr::memchr(b'"', &line[r..]) else {
+                    return 0;
+                };
+                let q = r + k;
+                if line.get(q + 1) == Some(&b'"') {
+                    r = q + 2;
+                    continue;
+                }
+                break q + 1;
+            }
+        } else {
+            memchr::memchr(b',', &line[i..]).map_or(n, |k| i + k)
+        };
+        if end < n && line[end] != b',' {
+            return 0;
+        }
+        if next.peek() == Some(&field) {
+            next.next();
+            if simdutf8::basic::from_utf8(&line[start..end]).is_err() {
+                return 0;
+            }
+            h.update(&line[kept_from..start]);
+            kept_from = end;
+            if next.peek().is_none() {
+                h.update(&line[kept_from..]);
+                return match h.digest() {
+                    0 => 1,
+                    d => d,
+                };
+            }
+        }
+        if end >= n {
+            return 0;
+        }
+        i = end + 1;
+        field += 1;
+    }
+}
+
 /// Reads rows with a validated header.
 ///
 /// Most lines of an export are plain: no quote and no carriage return except before the line
@@ -373,6 +436,8 @@ pub struct RowReader<R: Read> {
     commas: Vec<u32>,
     /// The previous file's lines, when their hashes are valid for this file.
     known: Option<Arc<KnownLines>>,
+    /// File positions of the columns a line's hash leaves out (the feed's ignored columns).
+    line_ignored: Vec<usize>,
     /// Plain lines found ahead in `buf` and looked up in `known` together (see
     /// [`RowReader::scan_ahead`]); `ahead[next_ahead..]` are not consumed yet. Emptied
     /// whenever `buf` moves or a record is read any other way.
@@ -462,6 +527,7 @@ impl<R: Read> RowReader<R> {
             core_ends: Vec::new(),
             commas: Vec::new(),
             known: None,
+            line_ignored: Vec::new(),
             ahead: Vec::with_capacity(AHEAD),
             next_ahead: 0,
             ahead_hashes: Vec::with_capacity(AHEAD),
@@ -544,6 +610,27 @@ impl<R: Read> RowReader<R> {
         self.clear_ahead();
     }
 
+    /// Leave these columns' values out of each line's hash (the feed's ignored columns, such
+    /// as an export timestamp that changes in every row of every file): a row then is known
+    /// by its line when everything else is the same bytes.
+    pub fn set_line_ignored(&mut self, columns: &[String]) {
+        let mut idx: Vec<usize> = columns
+            .iter()
+            .filter(|c| !self.key_idx.iter().any(|&k| self.header[k] == **c))
+            .filter_map(|c| self.header.iter().position(|h| h == c))
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        self.line_ignored = idx;
+        self.clear_ahead();
+    }
+
+    /// The hash a plain line is known by (0: none; see [`line_print`]).
+    #[inline]
+    fn line_print(&self, line: &[u8]) -> u64 {
+        line_print(line, &self.line_ignored, self.max_row_bytes)
+    }
+
     fn clear_ahead(&mut self) {
         self.ahead.clear();
         self.next_ahead = 0;
@@ -575,7 +662,7 @@ impl<R: Read> RowReader<R> {
             } else {
                 break;
             };
-            let hash = line_hash(&avail[..i]);
+            let hash = line_print(&avail[..i], &self.line_ignored, self.max_row_bytes);
             self.ahead.push(Ahead {
                 start: p,
                 len: i,
@@ -712,8 +799,13 @@ impl<R: Read> RowReader<R> {
             None => {
                 // a line the look-ahead could not take (across the end of the buffer, the
                 // file's last line): looked up on its own
-                let h = line_hash(line);
-                if let Some(pos) = self.known.as_ref().and_then(|k| k.find(h)) {
+                let h = self.line_print(line);
+                if let Some(pos) = self
+                    .known
+                    .as_ref()
+                    .filter(|_| h != 0)
+                    .and_then(|k| k.find(h))
+                {
                     self.pos += consumed;
                     let at = self.line;
                     self.line += 1;
@@ -1125,9 +1217,14 @@ mod tests {
             x
         };
         type Got = Vec<(u64, Result<Vec<Vec<u8>>, u32>)>;
-        let read = |data: &[u8], per_read: usize, known: Option<Arc<KnownLines>>| -> Got {
+        let read = |data: &[u8],
+                    per_read: usize,
+                    ignored: &[String],
+                    known: Option<Arc<KnownLines>>|
+         -> Got {
             let src = Trickle(std::io::Cursor::new(data.to_vec()), per_read);
             let mut r = RowReader::new(src, &[], &[], 1_000_000, 1 << 16).unwrap();
+            r.set_line_ignored(ignored);
             r.set_known(known);
             let mut rec = Record::new();
             let mut out = Vec::new();
@@ -1142,6 +1239,9 @@ mod tests {
             }
         };
         for case in 0..300 {
+            // no column, the last or the first left out of line prints
+            let ignored =
+                [vec![], vec!["h2".to_string()], vec!["h1".to_string()]][case % 3].clone();
             let mut data = b"h1,h2\n".to_vec();
             for _ in 0..(next() % 400) {
                 data.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
@@ -1150,6 +1250,7 @@ mod tests {
             let plain: Vec<(u64, Vec<Vec<u8>>, u64)> = {
                 let src = std::io::Cursor::new(data.clone());
                 let mut r = RowReader::new(src, &[], &[], 1_000_000, 1 << 16).unwrap();
+                r.set_line_ignored(&ignored);
                 let mut rec = Record::new();
                 let mut v = Vec::new();
                 while let Ok(Read1::Record { line, .. }) = r.read_record(&mut rec) {
@@ -1202,15 +1303,56 @@ mod tests {
                 })
                 .collect();
             for per_read in [1, 2, 7, 64, 4096] {
-                let got = read(&data, per_read, known.clone());
+                let got = read(&data, per_read, &ignored, known.clone());
                 assert_eq!(
                     got,
                     want,
-                    "case {case}, reads of {per_read}: {:?}",
+                    "case {case}, reads of {per_read}, {ignored:?} left out: {:?}",
                     String::from_utf8_lossy(&data)
                 );
             }
         }
+    }
+
+    #[test]
+    fn line_prints_leave_out_ignored_values_and_nothing_else() {
+        let p = |line: &str, ig: &[usize]| line_print(line.as_bytes(), ig, 100);
+        // the last column ignored (an export timestamp)
+        assert_eq!(p("1,a,TS1", &[2]), p("1,a,TS2", &[2]));
+        assert_eq!(p("1,a,TS1", &[2]), p("1,a,\"T,\"\"S\"", &[2]));
+        assert_ne!(p("1,a,TS1", &[2]), p("1,b,TS1", &[2]));
+        assert_ne!(
+            p("1,a,TS1", &[2]),
+            p("1,a,TS1,x", &[2]),
+            "an extra field counts"
+        );
+        assert_ne!(p("1,a,TS1", &[2]), p("1,a,", &[1]));
+        // in the middle, quoted fields around it
+        let a = p("\"1,2\",TS,\"x\"\"y\"", &[1]);
+        assert_ne!(a, 0);
+        assert_eq!(a, p("\"1,2\",\"TS,TS\",\"x\"\"y\"", &[1]));
+        assert_ne!(a, p("\"1,2\",TS,\"x\"\"z\"", &[1]));
+        assert_ne!(a, p("\"1\",TS,\"x\"\"y\"", &[1]));
+        // several ignored
+        assert_eq!(p("k,1,v,2,w", &[1, 3]), p("k,9,v,8,w", &[1, 3]));
+        assert_ne!(p("k,1,v,2,w", &[1, 3]), p("k,1,v,2,x", &[1, 3]));
+        // nothing ignored: the plain line hash
+        assert_eq!(p("1,a,TS1", &[]), line_hash(b"1,a,TS1"));
+        assert_ne!(p("1,a,TS1", &[]), p("1,a,TS2", &[]));
+        // not known by a print: too few fields, unclosed or odd quoting up to the ignored
+        // field, an ignored value that is not UTF-8, a line too long for the limit
+        assert_eq!(p("1,a", &[2]), 0);
+        assert_eq!(p("1,\"a,TS", &[2]), 0);
+        assert_eq!(p("1,\"a\"b,TS", &[2]), 0);
+        assert_eq!(p("1,a,\"TS", &[2]), 0);
+        assert_eq!(line_print(b"1,a,\xff", &[2], 100), 0);
+        assert_ne!(
+            line_print(b"1,\xff,a", &[2], 100),
+            0,
+            "the full path checks kept values"
+        );
+        assert_eq!(line_print(&[b'a'; 100], &[], 100), 0);
+        assert_ne!(line_print(&[b'a'; 99], &[], 100), 0);
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub struct Entry {
     pub line: u64,
 }
 
-const LINE_SEED: u64 = 0x6c69_6e65_0000_0001;
+pub(crate) const LINE_SEED: u64 = 0x6c69_6e65_0000_0001;
 
 /// The hash of a row's raw line (without its line ending); never 0 (0 means "no line").
 #[inline]

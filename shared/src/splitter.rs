@@ -988,6 +988,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             let same_lines = snapshot
                 .as_ref()
                 .is_some_and(|s| s.header.line_context.as_deref() == Some(line_context.as_str()));
+            reader.set_line_ignored(&feed.ignore_columns);
             if same_lines && known_lines {
                 reader.set_known(snapshot.clone().and_then(KnownLines::new).map(Arc::new));
             }
