@@ -47,8 +47,8 @@ pub struct SplitterSettings {
     /// Bytes of messages kept while the guards cannot yet decide; past it, a file allowed to
     /// proceed is read a second time to send.
     pub hold_buffer_bytes: usize,
-    /// Read the file on a thread of its own, ahead of fingerprinting: `None` decides by the
-    /// cores available (yes from two).
+    /// Read the file on a thread of its own, ahead of fingerprinting: `None` decides (yes
+    /// from two cores, when the rows are to be parsed rather than known by their lines).
     pub read_thread: Option<bool>,
     /// Recognise rows whose raw line the previous file had (by the snapshot's line hashes)
     /// without splitting or fingerprinting them. Off only to compare the two paths.
@@ -1007,11 +1007,15 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             let mut fp = Fingerprinter::default();
             // Rows go in batches: the snapshot lookups of a batch overlap (see
             // `Differ::classify_batch`) and the batch's records stay in it for the messages
-            // of its new and changed rows. With two or more cores the reader fills batches
-            // on a thread of its own, a few batches ahead, so parsing and fingerprinting
-            // overlap; on one core (a small Lambda function) it runs inline.
-            let threaded = read_thread
-                .unwrap_or_else(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
+            // of its new and changed rows. With two or more cores, and rows to parse (no
+            // known lines: a first file, or new columns), the reader fills batches on a
+            // thread of its own, a few batches ahead, so parsing and fingerprinting overlap.
+            // Otherwise it runs inline: on one core (a small Lambda function) a thread only
+            // adds hand-offs, and with known lines almost every row is done by the reader.
+            let fast = same_lines && known_lines;
+            let threaded = read_thread.unwrap_or_else(|| {
+                !fast && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+            });
             let mut lines: Vec<u64> = Vec::with_capacity(BATCH);
             let mut prints: Vec<RowPrints> = Vec::with_capacity(BATCH);
             let mut slots: Vec<usize> = Vec::with_capacity(BATCH);

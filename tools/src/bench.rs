@@ -13,7 +13,7 @@
 //! floor, casefeed and csv-diff run pinned to one CPU and unpinned (all cores). Every answer
 //! is checked against the generator's `expected.json`; a wrong answer fails the bench.
 
-use crate::gen::{self, BaselineOpts, ColumnOpts, NextOpts};
+use crate::gen::{self, BaselineOpts, ColumnOpts, NextOpts, TS_COLUMN};
 use crate::local::{self, LocalError, Moto};
 
 use casefeed::config::{Config, FeedConfig};
@@ -67,6 +67,11 @@ pub enum Tool {
     CsvDiff,
     /// The real splitter against moto S3 (download + diff).
     CasefeedS3,
+    /// The real splitter with known lines off: every row split and fingerprinted.
+    CasefeedFull,
+    /// The real splitter on a pair whose next file has a fresh export_timestamp in every row
+    /// (a column the feed ignores).
+    CasefeedTs,
 }
 
 impl Tool {
@@ -76,6 +81,8 @@ impl Tool {
             Tool::Casefeed => "casefeed (Splitter::process, files)",
             Tool::CsvDiff => "csv-diff 0.1 (CsvByteDiffLocal)",
             Tool::CasefeedS3 => "casefeed via S3 (moto)",
+            Tool::CasefeedFull => "casefeed, known lines off (every row parsed)",
+            Tool::CasefeedTs => "casefeed, fresh export_timestamp in every row (ignored)",
         }
     }
 }
@@ -108,7 +115,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "floor,casefeed,csv-diff,casefeed-s3"
+        default_value = "floor,casefeed,casefeed-full,casefeed-ts,csv-diff,casefeed-s3"
     )]
     pub tools: Vec<Tool>,
     /// Sizes at which the moto S3 variant runs (`none` for none); moto is slow with GBs.
@@ -406,7 +413,13 @@ struct Pair {
 }
 
 /// Generate the pair for one size, or reuse it when the same parameters made it before.
-fn ensure_pair(root: &Path, args: &BenchArgs, rows: u64) -> Result<Pair, BenchError> {
+/// `timestamps`: keep the export_timestamp column (fresh in every row of `next`).
+fn ensure_pair(
+    root: &Path,
+    args: &BenchArgs,
+    rows: u64,
+    timestamps: bool,
+) -> Result<Pair, BenchError> {
     let params = DataParams {
         rows,
         seed: args.seed,
@@ -414,11 +427,20 @@ fn ensure_pair(root: &Path, args: &BenchArgs, rows: u64) -> Result<Pair, BenchEr
         changed: args.changed,
         removed: args.removed,
         shuffled: true,
-        dropped_columns: vec!["export_timestamp".into()],
+        dropped_columns: if timestamps {
+            Vec::new()
+        } else {
+            vec![TS_COLUMN.into()]
+        },
     };
     let dir = root.join(format!(
-        "rows{}-seed{}-new{}-changed{}-removed{}",
-        rows, args.seed, args.new_rows, args.changed, args.removed
+        "rows{}-seed{}-new{}-changed{}-removed{}{}",
+        rows,
+        args.seed,
+        args.new_rows,
+        args.changed,
+        args.removed,
+        if timestamps { "-ts" } else { "" }
     ));
     let prev = dir.join("prev.csv");
     let next = dir.join("next.csv");
@@ -758,18 +780,24 @@ impl MessageQueue for NullQueue {
 
 fn bench_config() -> Arc<Config> {
     let mut feed = FeedConfig::new(FEED, &[KEY_COLUMN]);
+    // absent from the main pair (csv-diff cannot ignore it); present and refreshed in every
+    // row of the casefeed-ts pair
+    feed.ignore_columns = vec![TS_COLUMN.into()];
     feed.guards.max_changes = u64::MAX;
     feed.guards.max_change_share = 1.0;
     feed.guards.max_removed_share = 1.0;
     Arc::new(Config { feeds: vec![feed] })
 }
 
-fn splitter<S: ObjectStore>(store: S, queue: NullQueue) -> Splitter<S, NullQueue> {
+fn splitter<S: ObjectStore>(store: S, queue: NullQueue, tool: Tool) -> Splitter<S, NullQueue> {
     Splitter {
         store,
         queue,
         config: bench_config(),
-        settings: SplitterSettings::default(),
+        settings: SplitterSettings {
+            known_lines: tool != Tool::CasefeedFull,
+            ..SplitterSettings::default()
+        },
     }
 }
 
@@ -957,7 +985,7 @@ pub fn child(args: ChildArgs) -> Result<ExitCode, BenchError> {
     let wall = match args.tool {
         Tool::Floor => child_floor(&args)?,
         Tool::CsvDiff => child_csv_diff(&args)?,
-        Tool::Casefeed | Tool::CasefeedS3 => {
+        Tool::Casefeed | Tool::CasefeedS3 | Tool::CasefeedFull | Tool::CasefeedTs => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -1071,7 +1099,7 @@ async fn child_casefeed(args: &ChildArgs) -> Result<ChildResult, BenchError> {
             .map_err(|e| failed(format!("restoring the baseline snapshot in moto: {e}")))?;
         let size = std::fs::metadata(&args.next).map(|m| m.len()).ok();
         let ev = event(NEXT_KEY, args.etag.clone(), size);
-        let sp = splitter(store, queue.clone());
+        let sp = splitter(store, queue.clone(), args.tool);
         let t = Instant::now();
         let out = sp
             .process(&ev)
@@ -1091,7 +1119,7 @@ async fn child_casefeed(args: &ChildArgs) -> Result<ChildResult, BenchError> {
         let meta = std::fs::metadata(&next_path)
             .map_err(io_ctx(format!("reading {}", next_path.display())))?;
         let ev = event(NEXT_KEY, Some(etag_of(&meta)), Some(meta.len()));
-        let sp = splitter(store, queue.clone());
+        let sp = splitter(store, queue.clone(), args.tool);
         let t = Instant::now();
         let out = sp
             .process(&ev)
@@ -1129,6 +1157,8 @@ struct Measured {
     pinned: bool,
     walls: Vec<f64>,
     hwm_kb: u64,
+    /// Rows and bytes of the next file, when it is not the size's main pair.
+    other_data: Option<(f64, f64)>,
 }
 
 struct Run<'a> {
@@ -1138,6 +1168,20 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// The untimed baseline run on `pair`'s previous file: the snapshot every timed casefeed
+    /// run on that pair starts from.
+    fn baseline(&self, pair: &Pair, base: &[String], size: &str) -> Result<String, BenchError> {
+        eprintln!("bench: {size} casefeed baseline run (untimed)");
+        let mut b = base.to_vec();
+        if let Some(w) = b.iter().position(|a| a == "--work") {
+            b[w + 1] = pair.dir.join("work-baseline").display().to_string();
+        }
+        b.extend(["--tool".into(), "casefeed".into(), "--baseline".into()]);
+        self.child(&b, &format!("{size} casefeed baseline run"))?
+            .made
+            .ok_or_else(|| failed("the baseline run named no snapshot"))
+    }
+
     /// Start one child and wait for its result.
     fn child(&self, extra: &[String], what: &str) -> Result<ChildResult, BenchError> {
         std::fs::create_dir_all(&self.scratch)
@@ -1212,6 +1256,7 @@ impl Run<'_> {
             pinned,
             walls: Vec::new(),
             hwm_kb: 0,
+            other_data: None,
         };
         for i in 0..runs {
             let mut extra = base.to_vec();
@@ -1311,7 +1356,7 @@ async fn file_baseline(prev: &Path, work: &Path) -> Result<PathBuf, BenchError> 
     link_or_copy(prev, &prev_path)?;
     let meta = std::fs::metadata(&prev_path)
         .map_err(io_ctx(format!("reading {}", prev_path.display())))?;
-    let sp = splitter(store.clone(), NullQueue::default());
+    let sp = splitter(store.clone(), NullQueue::default(), Tool::Casefeed);
     let out = sp
         .process(&event(PREV_KEY, Some(etag_of(&meta)), Some(meta.len())))
         .await
@@ -1384,7 +1429,7 @@ async fn s3_setup(endpoint: &str, prev: &Path, next: &Path) -> Result<String, Be
         .cloned()
         .flatten()
         .ok_or_else(|| failed("moto returned no ETag for the next file"))?;
-    let sp = splitter(store.clone(), NullQueue::default());
+    let sp = splitter(store.clone(), NullQueue::default(), Tool::Casefeed);
     let out = sp
         .process(&event(
             PREV_KEY,
@@ -1422,7 +1467,7 @@ struct SizeResult {
 fn run_size(run: &Run<'_>, root: &Path, rows: u64) -> Result<SizeResult, BenchError> {
     let args = run.args;
     let size = human_rows(rows);
-    let pair = ensure_pair(root, args, rows)?;
+    let pair = ensure_pair(root, args, rows, false)?;
     let runs = args
         .runs
         .unwrap_or(if rows > 1_000_000 { 3 } else { 5 })
@@ -1439,6 +1484,9 @@ fn run_size(run: &Run<'_>, root: &Path, rows: u64) -> Result<SizeResult, BenchEr
     ];
     let mut measured: Vec<Measured> = Vec::new();
     let tools: BTreeSet<Tool> = args.tools.iter().copied().collect();
+    // the snapshot of `prev` every casefeed run on the main pair starts from
+    let mut baseline: Option<String> = None;
+    let mut ts_note: Option<String> = None;
 
     for &tool in &tools {
         match tool {
@@ -1447,23 +1495,49 @@ fn run_size(run: &Run<'_>, root: &Path, rows: u64) -> Result<SizeResult, BenchEr
                     measured.push(run.measure(tool, pinned, runs, &base, &size)?);
                 }
             }
-            Tool::Casefeed => {
-                eprintln!("bench: {size} casefeed baseline run (untimed)");
-                let mut b = base.clone();
-                if let Some(w) = b.iter().position(|a| a == "--work") {
-                    b[w + 1] = pair.dir.join("work-baseline").display().to_string();
-                }
-                b.extend(["--tool".into(), "casefeed".into(), "--baseline".into()]);
-                let snap = run
-                    .child(&b, &format!("{size} casefeed baseline run"))?
-                    .made
-                    .ok_or_else(|| failed("the baseline run named no snapshot"))?;
+            Tool::Casefeed | Tool::CasefeedFull => {
+                let snap = match &baseline {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = run.baseline(&pair, &base, &size)?;
+                        baseline = Some(s.clone());
+                        s
+                    }
+                };
                 let mut b = base.clone();
                 b.push("--snapshot".into());
                 b.push(snap);
                 for pinned in [true, false] {
                     measured.push(run.measure(tool, pinned, runs, &b, &size)?);
                 }
+            }
+            Tool::CasefeedTs => {
+                let ts = ensure_pair(root, args, rows, true)?;
+                warm(&ts.prev)?;
+                warm(&ts.next)?;
+                let base = vec![
+                    "--prev".to_string(),
+                    ts.prev.display().to_string(),
+                    "--next".to_string(),
+                    ts.next.display().to_string(),
+                    "--work".to_string(),
+                    ts.dir.join("work-run").display().to_string(),
+                ];
+                let snap = run.baseline(&ts, &base, &size)?;
+                let mut b = base.clone();
+                b.push("--snapshot".into());
+                b.push(snap);
+                for pinned in [true, false] {
+                    let mut m = run.measure(tool, pinned, runs, &b, &size)?;
+                    m.other_data = Some((ts.expected.rows as f64, ts.next_bytes as f64 / 1e6));
+                    measured.push(m);
+                }
+                let _ = std::fs::remove_dir_all(ts.dir.join("work-baseline"));
+                ts_note = Some(format!(
+                    "\n`{}` runs on a pair of its own, generated with the export_timestamp column kept (next file {:.0} MB): the next file refreshes it in every row, and the feed ignores it. × floor and the speed-up vs csv-diff are left out for that row (another file).\n",
+                    Tool::CasefeedTs.label(),
+                    ts.next_bytes as f64 / 1e6
+                ));
             }
             Tool::CasefeedS3 => {
                 if !args.s3_sizes.contains(&rows) {
@@ -1521,15 +1595,21 @@ fn run_size(run: &Run<'_>, root: &Path, rows: u64) -> Result<SizeResult, BenchEr
         let Some(wall) = median(&m.walls) else {
             continue;
         };
+        let (rows_m, mb_m) = m.other_data.unwrap_or((rows_next, mb));
+        let same_file = m.other_data.is_none();
         table.push(TableRow {
             tool: m.tool.label().to_string(),
             cores: m.cores.clone(),
             wall_s: wall,
-            rows_per_s: rows_next / wall,
-            mb_per_s: mb / wall,
+            rows_per_s: rows_m / wall,
+            mb_per_s: mb_m / wall,
             rss_mb: m.hwm_kb as f64 / 1024.0,
-            vs_floor: find(Tool::Floor, m.pinned).map(|f| wall / f),
-            speedup_vs_csv_diff: find(Tool::CsvDiff, m.pinned).map(|c| c / wall),
+            vs_floor: find(Tool::Floor, m.pinned)
+                .filter(|_| same_file)
+                .map(|f| wall / f),
+            speedup_vs_csv_diff: find(Tool::CsvDiff, m.pinned)
+                .filter(|_| same_file)
+                .map(|c| c / wall),
         });
     }
 
@@ -1547,6 +1627,9 @@ fn run_size(run: &Run<'_>, root: &Path, rows: u64) -> Result<SizeResult, BenchEr
         thousands(e.removed.len() as f64),
     );
     md.push_str(&render_table(&table));
+    if let Some(n) = ts_note {
+        md.push_str(&n);
+    }
 
     let mut targets = Vec::new();
     let cf1 = find(Tool::Casefeed, true);

@@ -271,7 +271,7 @@ const NOTES: usize = 17;
 const EXPORT_TS: usize = 18;
 
 const KEY_COLUMN: &str = "record_id";
-const TS_COLUMN: &str = "export_timestamp";
+pub(crate) const TS_COLUMN: &str = "export_timestamp";
 
 const FEMALE_FIRST: &[&str] = &[
     "Zoë",
