@@ -349,22 +349,50 @@ fn split_line(rec: &mut Record, commas: &mut Vec<u32>) -> bool {
 /// read with the same header, the same key and the same content fingerprint. An ignored
 /// value must still be valid UTF-8 (the full path would reject the row otherwise), and
 /// `len + 1 <= max_row_bytes` bounds the row's size whatever the cut-out values were.
-pub fn line_print(line: &[u8], ignored: &[usize], max_row_bytes: usize) -> u64 {
+///
+/// `fields` is the header's column count. When the only ignored column is the last one (an
+/// export timestamp at the end of the row, the usual case), a line whose text after its last
+/// comma holds no quote is printed as the bytes up to and including that comma: for a row
+/// of `fields` fields that is what the field walk gives, and a line that prints the same as
+/// an accepted row's line is that row's leading fields plus one plain last field — so it has
+/// exactly `fields` fields too. Anything else takes the walk.
+pub fn line_print(
+    line: &[u8],
+    ignored: &[usize],
+    fields: usize,
+    max_row_bytes: usize,
+    scratch: &mut PrintScratch,
+) -> u64 {
     if line.len() >= max_row_bytes {
         return 0;
     }
-    if ignored.is_empty() {
+    let Some(&last) = ignored.last() else {
         return line_hash(line);
+    };
+    if ignored.len() == 1 && last + 1 == fields {
+        if let Some(p) = memchr::memrchr(b',', line) {
+            let tail = &line[p + 1..];
+            if memchr::memchr(b'"', tail).is_none() {
+                if simdutf8::basic::from_utf8(tail).is_err() {
+                    return 0;
+                }
+                return line_hash(&line[..p + 1]);
+            }
+        }
     }
     let n = line.len();
-    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(crate::snapshot::LINE_SEED);
+    let PrintScratch { commas, kept } = scratch;
+    comma_positions(line, commas);
+    kept.clear();
+    // as `split_line` walks fields: the next comma not yet used or skipped
+    let mut c = 0usize;
     let (mut i, mut field, mut kept_from) = (0usize, 0usize, 0usize);
     let mut next = ignored.iter().copied().peekable();
     loop {
         let start = i;
         let end = if line.get(i) == Some(&b'"') {
             let mut r = i + 1;
-            loop {
+            let end = loop {
                 let Some(k) = memchr::memchr(b'"', &line[r..]) else {
                     return 0;
                 };
@@ -374,26 +402,34 @@ pub fn line_print(line: &[u8], ignored: &[usize], max_row_bytes: usize) -> u64 {
                     continue;
                 }
                 break q + 1;
+            };
+            if end < n && line[end] != b',' {
+                return 0;
             }
+            // commas inside the quotes are not separators
+            while c < commas.len() && (commas[c] as usize) <= end {
+                c += 1;
+            }
+            end
         } else {
-            memchr::memchr(b',', &line[i..]).map_or(n, |k| i + k)
+            match commas.get(c) {
+                Some(&k) => {
+                    c += 1;
+                    k as usize
+                }
+                None => n,
+            }
         };
-        if end < n && line[end] != b',' {
-            return 0;
-        }
         if next.peek() == Some(&field) {
             next.next();
             if simdutf8::basic::from_utf8(&line[start..end]).is_err() {
                 return 0;
             }
-            h.update(&line[kept_from..start]);
+            kept.extend_from_slice(&line[kept_from..start]);
             kept_from = end;
-            if next.peek().is_none() {
-                h.update(&line[kept_from..]);
-                return match h.digest() {
-                    0 => 1,
-                    d => d,
-                };
+            if field == last {
+                kept.extend_from_slice(&line[kept_from..]);
+                return line_hash(kept);
             }
         }
         if end >= n {
@@ -402,6 +438,13 @@ pub fn line_print(line: &[u8], ignored: &[usize], max_row_bytes: usize) -> u64 {
         i = end + 1;
         field += 1;
     }
+}
+
+/// Scratch space for [`line_print`].
+#[derive(Debug, Default)]
+pub struct PrintScratch {
+    commas: Vec<u32>,
+    kept: Vec<u8>,
 }
 
 /// Reads rows with a validated header.
@@ -438,6 +481,7 @@ pub struct RowReader<R: Read> {
     known: Option<Arc<KnownLines>>,
     /// File positions of the columns a line's hash leaves out (the feed's ignored columns).
     line_ignored: Vec<usize>,
+    print_scratch: PrintScratch,
     /// Plain lines found ahead in `buf` and looked up in `known` together (see
     /// [`RowReader::scan_ahead`]); `ahead[next_ahead..]` are not consumed yet. Emptied
     /// whenever `buf` moves or a record is read any other way.
@@ -528,6 +572,7 @@ impl<R: Read> RowReader<R> {
             commas: Vec::new(),
             known: None,
             line_ignored: Vec::new(),
+            print_scratch: PrintScratch::default(),
             ahead: Vec::with_capacity(AHEAD),
             next_ahead: 0,
             ahead_hashes: Vec::with_capacity(AHEAD),
@@ -625,12 +670,6 @@ impl<R: Read> RowReader<R> {
         self.clear_ahead();
     }
 
-    /// The hash a plain line is known by (0: none; see [`line_print`]).
-    #[inline]
-    fn line_print(&self, line: &[u8]) -> u64 {
-        line_print(line, &self.line_ignored, self.max_row_bytes)
-    }
-
     fn clear_ahead(&mut self) {
         self.ahead.clear();
         self.next_ahead = 0;
@@ -662,7 +701,13 @@ impl<R: Read> RowReader<R> {
             } else {
                 break;
             };
-            let hash = line_print(&avail[..i], &self.line_ignored, self.max_row_bytes);
+            let hash = line_print(
+                &avail[..i],
+                &self.line_ignored,
+                self.header.len(),
+                self.max_row_bytes,
+                &mut self.print_scratch,
+            );
             self.ahead.push(Ahead {
                 start: p,
                 len: i,
@@ -799,7 +844,13 @@ impl<R: Read> RowReader<R> {
             None => {
                 // a line the look-ahead could not take (across the end of the buffer, the
                 // file's last line): looked up on its own
-                let h = self.line_print(line);
+                let h = line_print(
+                    line,
+                    &self.line_ignored,
+                    self.header.len(),
+                    self.max_row_bytes,
+                    &mut self.print_scratch,
+                );
                 if let Some(pos) = self
                     .known
                     .as_ref()
@@ -1316,7 +1367,25 @@ mod tests {
 
     #[test]
     fn line_prints_leave_out_ignored_values_and_nothing_else() {
-        let p = |line: &str, ig: &[usize]| line_print(line.as_bytes(), ig, 100);
+        // the field walk only (no column count known)
+        fn p(line: impl AsRef<[u8]>, ig: &[usize]) -> u64 {
+            line_print(
+                line.as_ref(),
+                ig,
+                usize::MAX,
+                100,
+                &mut PrintScratch::default(),
+            )
+        }
+        // with the column count: the last column's shortcut
+        fn pf(line: impl AsRef<[u8]>, ig: &[usize], fields: usize) -> u64 {
+            line_print(line.as_ref(), ig, fields, 100, &mut PrintScratch::default())
+        }
+        assert_eq!(pf("1,a,TS1", &[2], 3), p("1,a,TS1", &[2]));
+        assert_eq!(pf("1,\"a,b\",TS1", &[2], 3), p("1,\"a,b\",TS2", &[2]));
+        assert_eq!(pf("1,a,\"T,S\"", &[2], 3), p("1,a,TS2", &[2]));
+        assert_eq!(pf(b"1,a,\xff", &[2], 3), 0);
+        assert_ne!(pf("1,a,TS,x", &[2], 3), p("1,a,TS", &[2]), "a ragged row");
         // the last column ignored (an export timestamp)
         assert_eq!(p("1,a,TS1", &[2]), p("1,a,TS2", &[2]));
         assert_eq!(p("1,a,TS1", &[2]), p("1,a,\"T,\"\"S\"", &[2]));
@@ -1345,14 +1414,77 @@ mod tests {
         assert_eq!(p("1,\"a,TS", &[2]), 0);
         assert_eq!(p("1,\"a\"b,TS", &[2]), 0);
         assert_eq!(p("1,a,\"TS", &[2]), 0);
-        assert_eq!(line_print(b"1,a,\xff", &[2], 100), 0);
-        assert_ne!(
-            line_print(b"1,\xff,a", &[2], 100),
-            0,
-            "the full path checks kept values"
-        );
-        assert_eq!(line_print(&[b'a'; 100], &[], 100), 0);
-        assert_ne!(line_print(&[b'a'; 99], &[], 100), 0);
+        assert_eq!(p(b"1,a,\xff", &[2]), 0);
+        assert_ne!(p(b"1,\xff,a", &[2]), 0, "the full path checks kept values");
+        assert_eq!(p([b'a'; 100], &[]), 0);
+        assert_ne!(p([b'a'; 99], &[]), 0);
+        assert_eq!(p([b'a'; 100], &[0]), 0);
+        // commas inside quotes before the ignored field are not separators
+        assert_eq!(p("\"a,b\",x,TS", &[2]), p("\"a,b\",x,\"T,S\"", &[2]));
+        assert_eq!(p("\"a,b\",x,TS", &[2]), p("\"a,b\",x,", &[2]));
+        assert_eq!(p("\"a,b\",x", &[2]), 0);
+    }
+
+    /// The last column's shortcut prints every row of the right width as the field walk
+    /// does (stored prints and looked-up prints must agree, whichever way each was made).
+    #[test]
+    fn the_last_column_shortcut_agrees_with_the_field_walk() {
+        let alphabet: &[&[u8]] = &[
+            b"a",
+            b"bc",
+            b",",
+            b",",
+            b"\"",
+            b"\"\"",
+            b" ",
+            "é".as_bytes(),
+        ];
+        let mut x: u64 = 0x1234_5678_9ABC_DEF1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut agreed = 0;
+        for _ in 0..20_000 {
+            let mut line = Vec::new();
+            for _ in 0..(next() % 16) {
+                line.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            let mut rdr = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(&line[..]);
+            let mut rec = csv::ByteRecord::new();
+            let fields = match rdr.read_byte_record(&mut rec) {
+                Ok(true)
+                    if rdr.read_byte_record(&mut csv::ByteRecord::new()).ok() == Some(false) =>
+                {
+                    rec.len()
+                }
+                _ => continue,
+            };
+            let walk = line_print(
+                &line,
+                &[fields - 1],
+                usize::MAX,
+                1 << 20,
+                &mut PrintScratch::default(),
+            );
+            let short = line_print(
+                &line,
+                &[fields - 1],
+                fields,
+                1 << 20,
+                &mut PrintScratch::default(),
+            );
+            if walk != 0 {
+                assert_eq!(short, walk, "{:?}", String::from_utf8_lossy(&line));
+                agreed += 1;
+            }
+        }
+        assert!(agreed > 1000, "{agreed}");
     }
 
     #[test]
