@@ -367,6 +367,11 @@ impl<'a> Differ<'a> {
             &mut self.scratch_ranges,
             &mut self.scratch_pos,
         );
+        // each row's line hash is read or written too: fetch them with the values
+        let lines = self.lines.as_deref().unwrap_or(s.lines());
+        for &p in self.scratch_pos.iter().flatten() {
+            crate::snapshot::prefetch(&lines[p]);
+        }
         self.scratch_vals.clear();
         self.scratch_vals.extend(
             self.scratch_pos

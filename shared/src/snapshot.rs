@@ -518,7 +518,7 @@ fn encode_parts(
 
 /// A hint to bring `x`'s cache line in (no effect on other architectures).
 #[inline(always)]
-fn prefetch<T>(x: &T) {
+pub(crate) fn prefetch<T>(x: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is only a hint; it never faults and `x` is a valid reference.
     unsafe {
