@@ -13,8 +13,9 @@
 //! idempotency key of a transition unique over the record's life, so A→B, B→A, A→B again
 //! get three different keys while a re-run of the same transition gets the same one.
 //!
-//! `line` is the hash of the row's raw line as the file had it ([`line_hash`]; 0 when the
-//! record was not one plain line). The next file's identical lines are then known unchanged
+//! `line` is the print of the row's raw line as the file had it ([`crate::rows::line_print`]:
+//! the line's hash with the feed's ignored columns cut out; 0 when the record was not one
+//! plain line). The next file's identical lines are then known unchanged
 //! without splitting or fingerprinting them ([`KnownLines`]) — valid only while the header
 //! and the feed's row settings stay the same, which the header's `line_context` records.
 //! Format 1 (24-byte entries, no line hashes) is still read: its rows take the full path
@@ -38,7 +39,7 @@ pub struct Entry {
     pub key: u64,
     pub content: u64,
     pub chain: u64,
-    /// [`line_hash`] of the row's raw line, 0 when unknown.
+    /// The print of the row's raw line ([`crate::rows::line_print`]), 0 when unknown.
     pub line: u64,
 }
 
