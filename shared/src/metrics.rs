@@ -4,8 +4,15 @@ use crate::report::RunReport;
 
 /// One EMF document per run: counts by feed and status.
 pub fn emit_run(report: &RunReport) {
+    let doc = run_doc(report);
+    if std::env::var_os("CASEFEED_NO_METRICS").is_none() {
+        println!("{doc}");
+    }
+}
+
+pub(crate) fn run_doc(report: &RunReport) -> serde_json::Value {
     let c = &report.counts;
-    let doc = serde_json::json!({
+    serde_json::json!({
         "_aws": {
             "Timestamp": chrono::Utc::now().timestamp_millis(),
             "CloudWatchMetrics": [{
@@ -18,6 +25,7 @@ pub fn emit_run(report: &RunReport) {
                     {"Name": "RowsRemoved", "Unit": "Count"},
                     {"Name": "RowsRejected", "Unit": "Count"},
                     {"Name": "RowsDuplicate", "Unit": "Count"},
+                    {"Name": "RowsKnown", "Unit": "Count"},
                     {"Name": "MessagesSent", "Unit": "Count"},
                     {"Name": "FilesHeld", "Unit": "Count"},
                     {"Name": "RunMillis", "Unit": "Milliseconds"}
@@ -38,13 +46,11 @@ pub fn emit_run(report: &RunReport) {
         "RowsRemoved": c.removed,
         "RowsRejected": c.rejected,
         "RowsDuplicate": c.duplicate,
+        "RowsKnown": c.known,
         "MessagesSent": c.sent,
         "FilesHeld": u64::from(report.status == crate::report::RunStatus::Held),
         "RunMillis": report.timings.total_ms,
-    });
-    if std::env::var_os("CASEFEED_NO_METRICS").is_none() {
-        println!("{doc}");
-    }
+    })
 }
 
 /// One EMF document per consumer batch.

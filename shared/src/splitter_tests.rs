@@ -1378,6 +1378,33 @@ async fn rows_known_by_their_line_give_the_same_run_as_the_full_path() {
     assert_eq!((fast[5].2.changed, fast[5].2.unchanged), (1, 3069));
 }
 
+/// The run's metrics line declares every metric it carries, with the run's counts: rows
+/// known by their line included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_metrics_carry_every_declared_count() {
+    let h = Harness::new();
+    h.run_table("labs", "e1.csv", &Table::labs(1..=100, TS1))
+        .await;
+    let mut t = Table::labs(1..=100, TS1);
+    t.set("5", "result", "positive");
+    let (_, r, _) = h.run_table("labs", "e2.csv", &t).await;
+    let doc = crate::metrics::run_doc(&r);
+    let names: Vec<String> = doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for n in &names {
+        assert!(doc[n.as_str()].is_u64(), "{n} has no value");
+    }
+    assert_eq!((doc["RowsKnown"].as_u64(), r.counts.known), (Some(99), 99));
+    assert_eq!(doc["RowsChanged"], 1);
+    assert_eq!(doc["RowsRead"], 100);
+    assert_eq!(doc["feed"], "labs");
+}
+
 // ---------------------------------------------------------------------------------------
 // 8. missing required column
 // ---------------------------------------------------------------------------------------
