@@ -1197,6 +1197,17 @@ mod tests {
         out
     }
 
+    /// A seeded xorshift64 generator: the random inputs of these tests, reproducible.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
     /// The two paths of the reader give what the `csv` crate gives, record by record, on
     /// random input made of CSV's special bytes, whatever the read sizes.
     #[test]
@@ -1214,13 +1225,7 @@ mod tests {
             "é".as_bytes(),
             b"\"\"",
         ];
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         for case in 0..2000 {
             let len = (next() % 60) as usize;
             let mut data = b"h1,h2\n".to_vec();
@@ -1260,13 +1265,7 @@ mod tests {
         let alphabet: &[&[u8]] = &[
             b"a", b"bc", b",", b",", b"\"", b"\n", b"\n", b"\n", b"\r\n", b"\r", b"x,y",
         ];
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         type Got = Vec<(u64, Result<Vec<Vec<u8>>, u32>)>;
         let read = |data: &[u8],
                     per_read: usize,
@@ -1315,7 +1314,7 @@ mod tests {
             };
             let mut chosen = std::collections::BTreeSet::new();
             for (_, _, h) in &plain {
-                if *h != 0 && next() % 2 == 0 {
+                if *h != 0 && next().is_multiple_of(2) {
                     chosen.insert(*h);
                 }
             }
@@ -1439,13 +1438,7 @@ mod tests {
             b" ",
             "é".as_bytes(),
         ];
-        let mut x: u64 = 0x1234_5678_9ABC_DEF1;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x1234_5678_9ABC_DEF1);
         let mut agreed = 0;
         for _ in 0..20_000 {
             let mut line = Vec::new();

@@ -413,6 +413,20 @@ struct Pair {
 }
 
 /// Generate the pair for one size, or reuse it when the same parameters made it before.
+impl Pair {
+    /// The child's arguments naming this pair's files and its work folder.
+    fn child_args(&self) -> Vec<String> {
+        vec![
+            "--prev".to_string(),
+            self.prev.display().to_string(),
+            "--next".to_string(),
+            self.next.display().to_string(),
+            "--work".to_string(),
+            self.dir.join("work-run").display().to_string(),
+        ]
+    }
+}
+
 /// `timestamps`: keep the export_timestamp column (fresh in every row of `next`).
 fn ensure_pair(
     root: &Path,
@@ -1474,14 +1488,7 @@ fn run_size(run: &Run<'_>, root: &Path, rows: u64) -> Result<SizeResult, BenchEr
         .max(1);
     warm(&pair.prev)?;
     warm(&pair.next)?;
-    let base = vec![
-        "--prev".to_string(),
-        pair.prev.display().to_string(),
-        "--next".to_string(),
-        pair.next.display().to_string(),
-        "--work".to_string(),
-        pair.dir.join("work-run").display().to_string(),
-    ];
+    let base = pair.child_args();
     let mut measured: Vec<Measured> = Vec::new();
     let tools: BTreeSet<Tool> = args.tools.iter().copied().collect();
     // the snapshot of `prev` every casefeed run on the main pair starts from
@@ -1515,14 +1522,7 @@ fn run_size(run: &Run<'_>, root: &Path, rows: u64) -> Result<SizeResult, BenchEr
                 let ts = ensure_pair(root, args, rows, true)?;
                 warm(&ts.prev)?;
                 warm(&ts.next)?;
-                let base = vec![
-                    "--prev".to_string(),
-                    ts.prev.display().to_string(),
-                    "--next".to_string(),
-                    ts.next.display().to_string(),
-                    "--work".to_string(),
-                    ts.dir.join("work-run").display().to_string(),
-                ];
+                let base = ts.child_args();
                 let snap = run.baseline(&ts, &base, &size)?;
                 let mut b = base.clone();
                 b.push("--snapshot".into());
