@@ -405,7 +405,7 @@ async fn permanent_rejections_go_to_the_dlq_with_the_reason() {
         assert!(
             m.attributes.contains_key("idempotency_key") && m.attributes.contains_key("attempts")
         );
-        let env = casefeed::envelope::Envelope::decode(&m.body).unwrap();
+        let env = casefeed::contract::envelope::Envelope::decode(&m.body).unwrap();
         assert!(rows.contains(&env.record_key));
     }
     let applied = p.applied();
@@ -485,7 +485,7 @@ async fn a_full_outage_ends_in_the_dlq_through_redrive() {
     let dlq = p.stack.drain(&p.stack.dlq_url).await;
     let mut keys = BTreeSet::new();
     for m in &dlq {
-        let env = casefeed::envelope::Envelope::decode(&m.body).unwrap();
+        let env = casefeed::contract::envelope::Envelope::decode(&m.body).unwrap();
         keys.insert(env.record_key);
     }
     let applied = p.applied();

@@ -2,7 +2,7 @@
 //! Interface Emulator against moto, and the operator's `casefeed held|approve|discard`
 //! commands as a user runs them.
 
-use casefeed::envelope::{Change, Envelope};
+use casefeed::contract::envelope::{Change, Envelope};
 use casefeed_e2e::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -170,8 +170,9 @@ async fn reformatted_dates_are_held_and_approve_sends_each_row_once() {
     assert!(envs
         .iter()
         .all(|e| e.change == Change::Changed && e.source.key == key));
-    let snap = casefeed::snapshot::Snapshot::decode(&stack.get(STATE).await.unwrap(), Some(FEED))
-        .expect("snapshot");
+    let snap =
+        casefeed::splitter::state::Snapshot::decode(&stack.get(STATE).await.unwrap(), Some(FEED))
+            .expect("snapshot");
     assert_eq!(snap.header.source.key, key);
     assert!(stack.list("held/").await.is_empty());
     // approving again fails cleanly; the original event again changes nothing

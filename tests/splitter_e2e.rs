@@ -1,8 +1,8 @@
 //! The splitter end to end: generated files in moto's S3, the release `splitter` binary under
 //! AWS's Runtime Interface Emulator, fan-out into moto's SQS.
 
-use casefeed::envelope::Envelope;
-use casefeed::snapshot::Snapshot;
+use casefeed::contract::envelope::Envelope;
+use casefeed::splitter::state::Snapshot;
 use casefeed_e2e::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -565,8 +565,8 @@ async fn racing_splitters_lose_nothing() {
 /// and a stale ETag fails the open instead of mixing versions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_parallel_reads_return_the_object_whole_and_in_order() {
-    use casefeed::s3::{RangedReads, S3Store};
-    use casefeed::store::{ObjectStore, OpenSpec, StoreError};
+    use casefeed::adapters::s3::{RangedReads, S3Store};
+    use casefeed::ports::store::{ObjectStore, OpenSpec, StoreError};
     use tokio::io::AsyncReadExt;
     let stack = Stack::new("ranged", FEEDS).await;
     // 3 MiB + a bit of bytes that differ by position, so a part out of order would show

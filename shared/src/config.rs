@@ -146,7 +146,7 @@ impl FeedConfig {
 pub const DEFAULT_MAX_ROW_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_COLUMNS: usize = 1024;
 /// The prefix that triggers the splitter; nothing else may be written there.
-pub const INCOMING_PREFIX: &str = "incoming/";
+use crate::contract::layout::INCOMING_PREFIX;
 
 /// All feeds.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! CloudWatch metrics as Embedded Metric Format lines on stdout (no API calls, no row values).
 
-use crate::report::RunReport;
+use crate::consumer::BatchStats;
+use crate::contract::report::{RunReport, RunStatus};
 
 /// One EMF document per run: counts by feed and status.
 pub fn emit_run(report: &RunReport) {
@@ -48,13 +49,13 @@ pub(crate) fn run_doc(report: &RunReport) -> serde_json::Value {
         "RowsDuplicate": c.duplicate,
         "RowsKnown": c.known,
         "MessagesSent": c.sent,
-        "FilesHeld": u64::from(report.status == crate::report::RunStatus::Held),
+        "FilesHeld": u64::from(report.status == RunStatus::Held),
         "RunMillis": report.timings.total_ms,
     })
 }
 
 /// One EMF document per consumer batch.
-pub fn emit_batch(stats: &crate::consumer::BatchStats) {
+pub fn emit_batch(stats: &BatchStats) {
     let doc = serde_json::json!({
         "_aws": {
             "Timestamp": chrono::Utc::now().timestamp_millis(),

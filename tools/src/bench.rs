@@ -16,15 +16,16 @@
 use crate::gen::{self, BaselineOpts, ColumnOpts, NextOpts, TS_COLUMN};
 use crate::local::{self, LocalError, Moto};
 
+use casefeed::adapters::s3::S3Store;
 use casefeed::config::{Config, FeedConfig};
-use casefeed::event::ObjectEvent;
-use casefeed::queue::{EntryFailure, MessageQueue, OutMessage, QueueError};
-use casefeed::report::{snapshot_key, RunReport, RunStatus};
-use casefeed::s3::S3Store;
-use casefeed::splitter::{Outcome, Splitter, SplitterSettings};
-use casefeed::store::{
+use casefeed::contract::event::ObjectEvent;
+use casefeed::contract::layout::snapshot_key;
+use casefeed::contract::report::{RunReport, RunStatus};
+use casefeed::ports::queue::{EntryFailure, MessageQueue, OutMessage, QueueError};
+use casefeed::ports::store::{
     Fetched, ObjectMeta, ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError,
 };
+use casefeed::splitter::{Outcome, Splitter, SplitterSettings};
 
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -1097,10 +1098,11 @@ async fn child_casefeed(args: &ChildArgs) -> Result<ChildResult, BenchError> {
             .as_deref()
             .ok_or_else(|| failed("casefeed-s3 needs --endpoint"))?;
         let conf = local::sdk_config(endpoint).await;
-        let store = S3Store::from_conf(&conf).with_ranged_reads(casefeed::s3::RangedReads {
-            concurrency: args.s3_read_concurrency,
-            ..casefeed::s3::RangedReads::default()
-        });
+        let store =
+            S3Store::from_conf(&conf).with_ranged_reads(casefeed::adapters::s3::RangedReads {
+                concurrency: args.s3_read_concurrency,
+                ..casefeed::adapters::s3::RangedReads::default()
+            });
         // every timed run starts from the same previous snapshot
         store
             .copy(

@@ -6,7 +6,7 @@
 //! `WORK_QUEUE_URL` and the usual AWS variables — so an approval sends to the same queue
 //! with the same envelopes and idempotency keys the function would have used.
 
-use casefeed::report::RunReport;
+use casefeed::contract::report::RunReport;
 use casefeed::splitter::{Outcome, SplitError};
 
 #[derive(clap::Args, Debug)]
@@ -70,8 +70,8 @@ fn report(o: Outcome) -> Result<RunReport, HeldError> {
 }
 
 pub async fn list(args: HeldArgs) -> Result<(), HeldError> {
-    let conf = casefeed::app::aws_config().await;
-    let splitter = casefeed::app::splitter_from_env(&conf).await?;
+    let conf = casefeed::adapters::env::aws_config().await;
+    let splitter = casefeed::adapters::env::splitter_from_env(&conf).await?;
     let held = splitter
         .list_held(&args.bucket, args.feed.as_deref())
         .await?;
@@ -98,16 +98,16 @@ pub async fn list(args: HeldArgs) -> Result<(), HeldError> {
 }
 
 pub async fn approve(args: DecideArgs) -> Result<(), HeldError> {
-    let conf = casefeed::app::aws_config().await;
-    let splitter = casefeed::app::splitter_from_env(&conf).await?;
+    let conf = casefeed::adapters::env::aws_config().await;
+    let splitter = casefeed::adapters::env::splitter_from_env(&conf).await?;
     let r = report(splitter.approve(&args.bucket, &args.feed, &args.id).await?)?;
     print_report(&r);
     Ok(())
 }
 
 pub async fn discard(args: DecideArgs) -> Result<(), HeldError> {
-    let conf = casefeed::app::aws_config().await;
-    let splitter = casefeed::app::splitter_from_env(&conf).await?;
+    let conf = casefeed::adapters::env::aws_config().await;
+    let splitter = casefeed::adapters::env::splitter_from_env(&conf).await?;
     let r = report(splitter.discard(&args.bucket, &args.feed, &args.id).await?)?;
     print_report(&r);
     Ok(())

@@ -1,6 +1,5 @@
 //! The SQS message envelope (one row per message) and the idempotency key.
 
-use crate::rows::Record;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -41,37 +40,6 @@ pub struct Envelope {
     pub record_key: String,
     pub idempotency_key: String,
     pub fields: BTreeMap<String, String>,
-}
-
-/// Borrowed form used by the splitter to serialize straight from a CSV record.
-#[derive(Serialize)]
-pub struct EnvelopeRef<'a> {
-    pub v: u32,
-    pub feed: &'a str,
-    pub run: &'a str,
-    pub source: &'a EnvelopeSource,
-    pub change: Change,
-    pub record_key: &'a str,
-    pub idempotency_key: &'a str,
-    pub fields: FieldsRef<'a>,
-}
-
-/// Serializes `header[i] → record[i]` as a JSON object (values are valid UTF-8, checked when
-/// the row was read).
-pub struct FieldsRef<'a> {
-    pub header: &'a [String],
-    pub record: &'a Record,
-}
-
-impl Serialize for FieldsRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.header.len()))?;
-        for (name, value) in self.header.iter().zip(self.record.iter()) {
-            m.serialize_entry(name, &String::from_utf8_lossy(value))?;
-        }
-        m.end()
-    }
 }
 
 /// Why a message body could not be decoded. Permanent.
@@ -126,9 +94,20 @@ pub struct Previous {
     pub chain: u64,
 }
 
+/// The history summary after a record takes `content`.
+pub fn next_chain(previous: Option<u64>, content: u64) -> u64 {
+    let mut b = [0u8; 17];
+    if let Some(p) = previous {
+        b[0] = 1;
+        b[1..9].copy_from_slice(&p.to_le_bytes());
+    }
+    b[9..17].copy_from_slice(&content.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64_with_seed(&b, 0x6368_6169_6e00_0001)
+}
+
 /// `hash(feed, record key, previous state or none, new content fingerprint)`, where the
 /// previous state is the content fingerprint *and* the record's history chain (see
-/// [`crate::snapshot::next_chain`]). The same transition from the same state always yields
+/// [`next_chain`]). The same transition from the same state always yields
 /// the same key — a re-run of a crashed file, a duplicate S3 event, two files racing all
 /// dedupe — while A→B→A→B gives three distinct keys (the second A→B starts from a different
 /// history). The key's values are length-prefixed, so composite keys cannot collide.
@@ -167,7 +146,6 @@ mod tests {
 
     #[test]
     fn idempotency_key_is_a_function_of_the_transition() {
-        use crate::snapshot::next_chain;
         let k1: &[&[u8]] = &[b"k1"];
         let a = idempotency_key("f", k1, None, 10);
         assert_eq!(a, idempotency_key("f", k1, None, 10));
@@ -195,35 +173,6 @@ mod tests {
             idempotency_key("f", &[b"CA|LA", b"7"], None, 1),
             idempotency_key("f", &[b"CA", b"LA|7"], None, 1)
         );
-    }
-
-    #[test]
-    fn envelope_round_trip() {
-        let header = vec!["id".to_string(), "name".to_string()];
-        let record = crate::rows::Record::from_fields(["1", "Zoë \"Z\", Jr"]);
-        let source = EnvelopeSource {
-            bucket: "b".into(),
-            key: "incoming/f/x.csv".into(),
-            etag: "e".into(),
-        };
-        let r = EnvelopeRef {
-            v: ENVELOPE_VERSION,
-            feed: "f",
-            run: "r",
-            source: &source,
-            change: Change::New,
-            record_key: "1",
-            idempotency_key: "abc",
-            fields: FieldsRef {
-                header: &header,
-                record: &record,
-            },
-        };
-        let body = serde_json::to_string(&r).unwrap();
-        assert!(body.starts_with("{\"v\":1,\"feed\":\"f\""));
-        let e = Envelope::decode(&body).unwrap();
-        assert_eq!(e.fields["name"], "Zoë \"Z\", Jr");
-        assert_eq!(e.change, Change::New);
     }
 
     #[test]

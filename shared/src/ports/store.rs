@@ -77,6 +77,23 @@ pub struct OpenSpec {
     pub size_hint: Option<u64>,
 }
 
+impl OpenSpec {
+    /// The version an event or a manifest names: its version id when the bucket is
+    /// versioned, else `If-Match` its ETag (a replaced object then fails the read).
+    pub fn pinned(
+        version_id: Option<String>,
+        etag: Option<String>,
+        size_hint: Option<u64>,
+    ) -> Self {
+        let if_match = if version_id.is_none() { etag } else { None };
+        OpenSpec {
+            version_id,
+            if_match,
+            size_hint,
+        }
+    }
+}
+
 pub trait ObjectStore: Send + Sync + Clone + 'static {
     /// A whole small object, `None` if it does not exist.
     fn get_bytes(

@@ -4,72 +4,10 @@
 //! cannot be sent after retries fails the run so Lambda retries the file.
 
 use crate::backoff::Backoff;
-use std::future::Future;
+use crate::ports::queue::{MessageQueue, OutMessage, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-
-/// SQS limits.
-pub const MAX_BATCH_ENTRIES: usize = 10;
-pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
-
-/// One row ready to go.
-#[derive(Debug, Clone)]
-pub struct OutMessage {
-    pub body: String,
-    pub attributes: Vec<(&'static str, String)>,
-    /// Where the row came from, to report a refusal.
-    pub line: u64,
-    pub key_fp: u64,
-}
-
-impl OutMessage {
-    /// Size as SQS counts it: body plus attribute names, types and values.
-    pub fn size(&self) -> usize {
-        self.body.len()
-            + self
-                .attributes
-                .iter()
-                .map(|(n, v)| n.len() + "String".len() + v.len())
-                .sum::<usize>()
-    }
-}
-
-/// One entry of a batch that was not accepted.
-#[derive(Debug, Clone)]
-pub struct EntryFailure {
-    /// Index within the batch that was sent.
-    pub index: usize,
-    pub code: String,
-    /// SQS says the request itself is wrong: retrying will not help.
-    pub sender_fault: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("SQS {op} failed: {message}")]
-    Service {
-        op: &'static str,
-        message: String,
-        retryable: bool,
-    },
-}
-
-impl QueueError {
-    pub fn retryable(&self) -> bool {
-        match self {
-            QueueError::Service { retryable, .. } => *retryable,
-        }
-    }
-}
-
-pub trait MessageQueue: Send + Sync + Clone + 'static {
-    /// Send up to 10 messages; returns the entries that failed.
-    fn send_batch(
-        &self,
-        messages: &[OutMessage],
-    ) -> impl Future<Output = Result<Vec<EntryFailure>, QueueError>> + Send;
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -119,7 +57,7 @@ impl Default for SenderSettings {
     }
 }
 
-struct BatchResult {
+struct BatchSent {
     sent: u64,
     retried: u64,
     refused: Vec<Refused>,
@@ -129,8 +67,8 @@ async fn send_one_batch<Q: MessageQueue>(
     queue: Q,
     mut batch: Vec<OutMessage>,
     settings: SenderSettings,
-) -> Result<BatchResult, SendError> {
-    let mut result = BatchResult {
+) -> Result<BatchSent, SendError> {
+    let mut result = BatchSent {
         sent: 0,
         retried: 0,
         refused: Vec::new(),
@@ -201,13 +139,13 @@ pub async fn run_sender<Q: MessageQueue>(
     settings: SenderSettings,
 ) -> Result<SendStats, SendError> {
     let mut stats = SendStats::default();
-    let mut inflight: JoinSet<Result<BatchResult, SendError>> = JoinSet::new();
+    let mut inflight: JoinSet<Result<BatchSent, SendError>> = JoinSet::new();
     let mut batch: Vec<OutMessage> = Vec::with_capacity(MAX_BATCH_ENTRIES);
     let mut batch_bytes = 0usize;
     let concurrency = settings.concurrency.max(1);
 
     let absorb = |stats: &mut SendStats,
-                  r: Result<Result<BatchResult, SendError>, tokio::task::JoinError>|
+                  r: Result<Result<BatchSent, SendError>, tokio::task::JoinError>|
      -> Result<(), SendError> {
         let r = r.map_err(|e| SendError::Task(e.to_string()))??;
         stats.sent += r.sent;
@@ -260,96 +198,10 @@ pub async fn run_sender<Q: MessageQueue>(
     Ok(stats)
 }
 
-/// The SQS adapter.
-#[derive(Clone)]
-pub struct SqsQueue {
-    client: aws_sdk_sqs::Client,
-    queue_url: String,
-}
-
-impl SqsQueue {
-    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
-        SqsQueue {
-            client,
-            queue_url: queue_url.into(),
-        }
-    }
-}
-
-impl MessageQueue for SqsQueue {
-    async fn send_batch(&self, messages: &[OutMessage]) -> Result<Vec<EntryFailure>, QueueError> {
-        use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
-        let mut entries = Vec::with_capacity(messages.len());
-        for (i, m) in messages.iter().enumerate() {
-            let mut e = SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(&m.body);
-            for (name, value) in &m.attributes {
-                let v = MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(value)
-                    .build()
-                    .map_err(|e| QueueError::Service {
-                        op: "SendMessageBatch",
-                        message: format!("building attribute {name}: {e}"),
-                        retryable: false,
-                    })?;
-                e = e.message_attributes(*name, v);
-            }
-            entries.push(e.build().map_err(|e| QueueError::Service {
-                op: "SendMessageBatch",
-                message: format!("building entry: {e}"),
-                retryable: false,
-            })?);
-        }
-        let out = self
-            .client
-            .send_message_batch()
-            .queue_url(&self.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| {
-                use aws_sdk_sqs::error::ProvideErrorMetadata;
-                let (message, retryable) = match &e {
-                    aws_sdk_sqs::error::SdkError::ServiceError(se) => {
-                        let code = se.err().code().unwrap_or("unknown").to_string();
-                        let permanent = matches!(
-                            code.as_str(),
-                            "AWS.SimpleQueueService.NonExistentQueue"
-                                | "QueueDoesNotExist"
-                                | "InvalidAddress"
-                                | "AWS.SimpleQueueService.BatchRequestTooLong"
-                                | "BatchRequestTooLong"
-                        );
-                        (
-                            format!("{code}: {}", se.err().message().unwrap_or("")),
-                            !permanent,
-                        )
-                    }
-                    other => (format!("{other}"), true),
-                };
-                QueueError::Service {
-                    op: "SendMessageBatch",
-                    message,
-                    retryable,
-                }
-            })?;
-        Ok(out
-            .failed()
-            .iter()
-            .map(|f| EntryFailure {
-                index: f.id().parse().unwrap_or(usize::MAX),
-                code: f.code().to_string(),
-                sender_fault: f.sender_fault(),
-            })
-            .collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::queue::{EntryFailure, QueueError};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 

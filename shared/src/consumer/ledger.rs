@@ -8,7 +8,8 @@
 //! * after the call: `done` (applied / already applied), or `released` (retry later) /
 //!   `rejected` (dead-lettered), both of which the next attempt may take over.
 
-use crate::store::{ObjectStore, PutCondition, StoreError};
+use crate::contract::layout::ledger_key;
+use crate::ports::store::{ObjectStore, PutCondition, StoreError};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -34,24 +35,20 @@ pub struct LedgerRecord {
     pub attempts: u32,
 }
 
-pub fn ledger_key(feed: &str, idempotency_key: &str) -> String {
-    format!("ledger/{feed}/{idempotency_key}")
-}
-
 /// The outcome of [`Ledger::take`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Take {
     /// Ours: call the API, then finish.
-    Owned(Held),
+    Owned(Lease),
     /// Already applied: a duplicate delivery.
     Done,
     /// Another attempt holds it; it expires in this long.
     Busy(Duration),
 }
 
-/// A record we hold, with the ETag of our write.
+/// The lease we took on a key: our record, with the ETag of our write.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
+pub struct Lease {
     pub key: String,
     pub etag: String,
     pub record: LedgerRecord,
@@ -65,6 +62,8 @@ pub enum LedgerError {
     Corrupt(String),
     #[error("ledger write returned no ETag")]
     NoEtag,
+    #[error("ledger record could not be encoded: {0}")]
+    Encode(String),
 }
 
 #[derive(Clone)]
@@ -101,13 +100,12 @@ impl<S: ObjectStore> Ledger<S> {
         key: &str,
         rec: &LedgerRecord,
         cond: PutCondition,
-    ) -> Result<String, StoreError> {
-        let body = serde_json::to_vec(rec).unwrap_or_default();
-        let etag = self
-            .store
+    ) -> Result<String, LedgerError> {
+        let body = serde_json::to_vec(rec).map_err(|e| LedgerError::Encode(e.to_string()))?;
+        self.store
             .put(&self.bucket, key, body, "application/json", cond)
-            .await?;
-        Ok(etag.unwrap_or_default())
+            .await?
+            .ok_or(LedgerError::NoEtag)
     }
 
     /// Try to take the key for one attempt.
@@ -123,14 +121,14 @@ impl<S: ObjectStore> Ledger<S> {
         for _ in 0..3 {
             match self.write(&key, &mine, PutCondition::IfAbsent).await {
                 Ok(etag) => {
-                    return Ok(Take::Owned(Held {
+                    return Ok(Take::Owned(Lease {
                         key,
                         etag,
                         record: mine,
                     }))
                 }
-                Err(StoreError::PreconditionFailed) => {}
-                Err(e) => return Err(e.into()),
+                Err(LedgerError::Store(StoreError::PreconditionFailed)) => {}
+                Err(e) => return Err(e),
             }
             let Some(found) = self.store.get_bytes(&self.bucket, &key).await? else {
                 continue; // removed in between: try to create it again
@@ -151,14 +149,14 @@ impl<S: ObjectStore> Ledger<S> {
             over.attempts = over.attempts.max(rec.attempts + 1);
             match self.write(&key, &over, PutCondition::IfMatch(etag)).await {
                 Ok(etag) => {
-                    return Ok(Take::Owned(Held {
+                    return Ok(Take::Owned(Lease {
                         key,
                         etag,
                         record: over,
                     }))
                 }
-                Err(StoreError::PreconditionFailed) => continue,
-                Err(e) => return Err(e.into()),
+                Err(LedgerError::Store(StoreError::PreconditionFailed)) => continue,
+                Err(e) => return Err(e),
             }
         }
         Ok(Take::Busy(Duration::from_secs(1)))
@@ -168,21 +166,21 @@ impl<S: ObjectStore> Ledger<S> {
     /// another attempt took over: that attempt's outcome wins (the API dedupes by key).
     pub async fn finish(
         &self,
-        held: &Held,
+        lease: &Lease,
         state: LedgerState,
         status: Option<u16>,
     ) -> Result<bool, LedgerError> {
-        let mut rec = held.record.clone();
+        let mut rec = lease.record.clone();
         rec.state = state;
         rec.http_status = status;
         rec.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         match self
-            .write(&held.key, &rec, PutCondition::IfMatch(held.etag.clone()))
+            .write(&lease.key, &rec, PutCondition::IfMatch(lease.etag.clone()))
             .await
         {
             Ok(_) => Ok(true),
-            Err(StoreError::PreconditionFailed) => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(LedgerError::Store(StoreError::PreconditionFailed)) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -200,7 +198,7 @@ impl<S: ObjectStore> Ledger<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::ports::store::MemoryStore;
 
     fn ledger(lease_ms: u64) -> Ledger<MemoryStore> {
         Ledger {

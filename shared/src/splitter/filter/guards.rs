@@ -1,7 +1,7 @@
 //! Guards: the decisions that stop a file before it floods the contact-tracing API or moves
 //! the feed's state on bad data. A tripped guard *holds* the file: nothing is sent, the state
 //! does not move, and the diff waits under `held/<feed>/` for an operator to approve or
-//! discard it (see [`crate::held`]).
+//! discard it (see [`crate::contract::held`]).
 //!
 //! Checked after the file is diffed (the counts are needed) and before anything is sent:
 //! * **flood** — new+changed rows above `max_changes`, or above `max_change_share` of the
@@ -12,38 +12,11 @@
 //!   changes to existing rows cannot be detected in this file.
 //!
 //! Stale and repeated files, and the object-size limit, are decided before the diff in the
-//! splitter; row-size and column-count limits in [`crate::rows`].
+//! splitter; row-size and column-count limits in [`crate::splitter::source`].
 
 use crate::config::Guards;
-use crate::diff::DiffCounts;
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GuardKind {
-    Flood,
-    Shrink,
-    Schema,
-}
-
-impl GuardKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GuardKind::Flood => "flood",
-            GuardKind::Shrink => "shrink",
-            GuardKind::Schema => "schema",
-        }
-    }
-}
-
-/// One guard's verdict, as the run report shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GuardCheck {
-    pub guard: GuardKind,
-    pub tripped: bool,
-    /// What was measured against which limit (counts and column names only).
-    pub detail: String,
-}
+use crate::contract::report::{GuardCheck, GuardKind};
+use crate::splitter::filter::differ::DiffCounts;
 
 /// What the guards look at.
 #[derive(Debug, Clone, Copy)]

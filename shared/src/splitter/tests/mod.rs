@@ -7,22 +7,20 @@
 
 use crate::backoff::Backoff;
 use crate::config::{Config, FeedConfig};
-use crate::diff::{ColumnPlan, Fingerprinter, RowPrints};
-use crate::envelope::{idempotency_key, Change, Envelope, Previous};
-use crate::event::ObjectEvent;
-use crate::guards::GuardKind;
-use crate::queue::{
-    EntryFailure, MessageQueue, OutMessage, QueueError, SenderSettings, MAX_BATCH_BYTES,
-    MAX_BATCH_ENTRIES,
+use crate::contract::envelope::{idempotency_key, next_chain, Change, Envelope, Previous};
+use crate::contract::event::ObjectEvent;
+use crate::contract::layout::{held_manifest_key, rejects_key, run_report_key, snapshot_key};
+use crate::contract::report::{GuardKind, RunReport, RunStatus};
+use crate::ports::queue::{
+    EntryFailure, MessageQueue, OutMessage, QueueError, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES,
 };
-use crate::report::{
-    held_manifest_key, rejects_key, run_report_key, snapshot_key, RunReport, RunStatus,
-};
-use crate::snapshot::{next_chain, Snapshot, SnapshotError};
-use crate::splitter::{Outcome, SplitError, Splitter, SplitterSettings};
-use crate::store::{
+use crate::ports::store::{
     Fetched, MemoryStore, ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError,
 };
+use crate::splitter::filter::{ColumnPlan, Fingerprinter, RowPrints};
+use crate::splitter::sink::SenderSettings;
+use crate::splitter::state::{Snapshot, SnapshotError};
+use crate::splitter::{Outcome, SplitError, Splitter, SplitterSettings};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -530,7 +528,10 @@ impl Table {
     }
     fn prints(&self, feed: &FeedConfig, key: &str) -> RowPrints {
         let plan = ColumnPlan::new(&self.cols, feed, None).unwrap();
-        Fingerprinter::default().prints(&plan, &crate::rows::Record::from_fields(self.row(key)))
+        Fingerprinter::default().prints(
+            &plan,
+            &crate::splitter::source::Record::from_fields(self.row(key)),
+        )
     }
     /// The content fingerprint the snapshot stores for a row of this file.
     fn fp(&self, feed: &FeedConfig, key: &str) -> u64 {
@@ -550,7 +551,7 @@ impl Table {
         let mut fp = Fingerprinter::default();
         let mut out: Vec<(u64, u64)> = Vec::new();
         for r in &self.rows {
-            let p = fp.prints(&plan, &crate::rows::Record::from_fields(r));
+            let p = fp.prints(&plan, &crate::splitter::source::Record::from_fields(r));
             if !out.iter().any(|e| e.0 == p.key) {
                 out.push((p.key, p.store));
             }

@@ -1,8 +1,6 @@
 //! The run report: one JSON document per processed file under `runs/<feed>/`.
 
-use crate::diff::DiffCounts;
-use crate::guards::GuardCheck;
-use crate::snapshot::SourceObject;
+use super::source::SourceObject;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,18 +62,6 @@ pub struct Counts {
     pub sent: u64,
 }
 
-impl Counts {
-    pub fn add_diff(&mut self, d: DiffCounts) {
-        self.new = d.new;
-        self.changed = d.changed;
-        self.removed = d.removed;
-        self.unchanged = d.unchanged;
-        self.duplicate = d.duplicate;
-        self.rebaselined = d.rebaselined;
-        self.known = d.known;
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchemaReport {
     pub columns: Vec<String>,
@@ -134,18 +120,29 @@ pub struct RunReport {
     pub timings: Timings,
 }
 
-pub fn run_report_key(feed: &str, run: &str) -> String {
-    format!("runs/{feed}/{run}.json")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardKind {
+    Flood,
+    Shrink,
+    Schema,
 }
-pub fn rejects_key(feed: &str, run: &str) -> String {
-    format!("rejects/{feed}/{run}.jsonl")
+
+impl GuardKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardKind::Flood => "flood",
+            GuardKind::Shrink => "shrink",
+            GuardKind::Schema => "schema",
+        }
+    }
 }
-pub fn snapshot_key(feed: &str) -> String {
-    format!("state/{feed}/snapshot")
-}
-pub fn held_manifest_key(feed: &str, id: &str) -> String {
-    format!("held/{feed}/{id}.json")
-}
-pub fn held_copy_key(feed: &str, id: &str) -> String {
-    format!("held/{feed}/{id}.source")
+
+/// One guard's verdict, as the run report shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardCheck {
+    pub guard: GuardKind,
+    pub tripped: bool,
+    /// What was measured against which limit (counts and column names only).
+    pub detail: String,
 }

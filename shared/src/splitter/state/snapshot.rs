@@ -13,7 +13,7 @@
 //! idempotency key of a transition unique over the record's life, so A→B, B→A, A→B again
 //! get three different keys while a re-run of the same transition gets the same one.
 //!
-//! `line` is the print of the row's raw line as the file had it ([`crate::rows::line_print`]:
+//! `line` is the print of the row's raw line as the file had it ([`crate::splitter::source::line_print`]:
 //! the line's hash with the feed's ignored columns cut out; 0 when the record was not one
 //! plain line). The next file's identical lines are then known unchanged
 //! without splitting or fingerprinting them ([`KnownLines`]) — valid only while the header
@@ -24,6 +24,9 @@
 //! A file that is truncated, has a wrong magic/version/checksum, or belongs to another feed
 //! is an error: it is never treated as empty.
 
+use super::next_state::NextState;
+use crate::contract::envelope::next_chain;
+use crate::contract::source::SourceObject;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -39,30 +42,8 @@ pub struct Entry {
     pub key: u64,
     pub content: u64,
     pub chain: u64,
-    /// The print of the row's raw line ([`crate::rows::line_print`]), 0 when unknown.
+    /// The print of the row's raw line ([`crate::splitter::source::line_print`]), 0 when unknown.
     pub line: u64,
-}
-
-pub(crate) const LINE_SEED: u64 = 0x6c69_6e65_0000_0001;
-
-/// The hash of a row's raw line (without its line ending); never 0 (0 means "no line").
-#[inline]
-pub fn line_hash(line: &[u8]) -> u64 {
-    match xxhash_rust::xxh3::xxh3_64_with_seed(line, LINE_SEED) {
-        0 => 1,
-        h => h,
-    }
-}
-
-/// The history summary after a record takes `content`.
-pub fn next_chain(previous: Option<u64>, content: u64) -> u64 {
-    let mut b = [0u8; 17];
-    if let Some(p) = previous {
-        b[0] = 1;
-        b[1..9].copy_from_slice(&p.to_le_bytes());
-    }
-    b[9..17].copy_from_slice(&content.to_le_bytes());
-    xxhash_rust::xxh3::xxh3_64_with_seed(&b, 0x6368_6169_6e00_0001)
 }
 
 impl From<(u64, u64)> for Entry {
@@ -95,91 +76,8 @@ pub enum SnapshotError {
     Unsorted,
     #[error("snapshot row count {header} does not match {entries} entries")]
     Count { header: u64, entries: u64 },
-}
-
-/// Identity of the S3 object a snapshot (or a run) came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct SourceObject {
-    pub bucket: String,
-    pub key: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version_id: Option<String>,
-    /// RFC 3339, as S3 reported it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_modified: Option<String>,
-    /// The S3 event's sequencer (hex); orders events for the same key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sequencer: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    /// The S3 event's time (RFC 3339, ms): breaks last-modified ties (1 s resolution).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_time: Option<String>,
-}
-
-fn norm_etag(e: &str) -> &str {
-    e.trim_matches('"')
-}
-
-impl SourceObject {
-    /// Same object content: same key and the same ETag (or version id when both have one).
-    pub fn same_object(&self, other: &SourceObject) -> bool {
-        if self.bucket != other.bucket || self.key != other.key {
-            return false;
-        }
-        if let (Some(a), Some(b)) = (&self.version_id, &other.version_id) {
-            return a == b;
-        }
-        match (&self.etag, &other.etag) {
-            (Some(a), Some(b)) => norm_etag(a) == norm_etag(b),
-            _ => false,
-        }
-    }
-}
-
-fn parse_time(t: Option<&str>) -> Option<chrono::DateTime<chrono::FixedOffset>> {
-    chrono::DateTime::parse_from_rfc3339(t?).ok()
-}
-
-impl SourceObject {
-    /// Is this object older than `other` (the one the state comes from)?
-    /// Same key with both sequencers: by sequencer (S3's order for one key). Otherwise by
-    /// last-modified, then by event time when last-modified ties (it has 1 s resolution).
-    /// Unknown → not older.
-    pub fn older_than(&self, other: &SourceObject) -> bool {
-        if self.key == other.key {
-            if let (Some(a), Some(b)) = (&self.sequencer, &other.sequencer) {
-                return cmp_sequencer(a, b) == std::cmp::Ordering::Less;
-            }
-        }
-        let lm = (
-            parse_time(self.last_modified.as_deref()),
-            parse_time(other.last_modified.as_deref()),
-        );
-        if let (Some(a), Some(b)) = lm {
-            if a != b {
-                return a < b;
-            }
-        }
-        match (
-            parse_time(self.event_time.as_deref()),
-            parse_time(other.event_time.as_deref()),
-        ) {
-            (Some(a), Some(b)) => a < b,
-            _ => false,
-        }
-    }
-}
-
-/// Compare two S3 sequencers (hex strings of possibly different lengths), per AWS guidance:
-/// right-pad the shorter with zeros, then compare as hex.
-pub fn cmp_sequencer(a: &str, b: &str) -> std::cmp::Ordering {
-    let n = a.len().max(b.len());
-    let pa = format!("{:0<n$}", a.to_ascii_uppercase());
-    let pb = format!("{:0<n$}", b.to_ascii_uppercase());
-    pa.cmp(&pb)
+    #[error("snapshot header could not be encoded: {0}")]
+    Encode(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,7 +92,7 @@ pub struct SnapshotHeader {
     pub created_at: String,
     /// The run that produced this snapshot.
     pub run: String,
-    /// What the entries' line hashes are valid for (see [`crate::diff::line_context`]);
+    /// What the entries' line hashes are valid for (see [`crate::splitter::state::line_context`]);
     /// `None` when they are not to be used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line_context: Option<String>,
@@ -243,7 +141,7 @@ impl Snapshot {
         let mut entries: Vec<Entry> = entries.into_iter().map(Into::into).collect();
         entries.sort_by_key(|e| e.key); // stable: the first occurrence of a key stays first
         entries.dedup_by_key(|e| e.key);
-        let state = crate::diff::NextState {
+        let state = NextState {
             keys: entries.iter().map(|e| e.key).collect(),
             vals: entries.iter().map(|e| [e.content, e.chain]).collect(),
             lines: entries.iter().map(|e| e.line).collect(),
@@ -253,8 +151,8 @@ impl Snapshot {
     }
 
     /// Build from a diff's sorted state (no sort needed).
-    pub fn from_state(header: SnapshotHeader, state: crate::diff::NextState) -> Snapshot {
-        let crate::diff::NextState { keys, vals, lines } = state;
+    pub fn from_state(header: SnapshotHeader, state: NextState) -> Snapshot {
+        let NextState { keys, vals, lines } = state;
         let mut header = header;
         header.row_count = keys.len() as u64;
         let index_bits = index_bits(keys.len());
@@ -271,7 +169,10 @@ impl Snapshot {
 
     /// The encoded snapshot of a diff's state, without building its index (the splitter
     /// writes the state; it does not look anything up in it).
-    pub fn encode_state(header: &SnapshotHeader, state: &crate::diff::NextState) -> Vec<u8> {
+    pub fn encode_state(
+        header: &SnapshotHeader,
+        state: &NextState,
+    ) -> Result<Vec<u8>, SnapshotError> {
         let mut header = header.clone();
         header.row_count = state.keys.len() as u64;
         encode_parts(&header, &state.keys, &state.vals, &state.lines)
@@ -387,7 +288,7 @@ impl Snapshot {
         })
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         encode_parts(&self.header, &self.keys, &self.vals, &self.lines)
     }
 
@@ -497,10 +398,10 @@ fn encode_parts(
     keys: &[u64],
     vals: &[[u64; 2]],
     lines: &[u64],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, SnapshotError> {
     let mut header = header.clone();
     header.format = FORMAT_VERSION;
-    let header = serde_json::to_vec(&header).unwrap_or_default();
+    let header = serde_json::to_vec(&header).map_err(|e| SnapshotError::Encode(e.to_string()))?;
     let mut out = Vec::with_capacity(8 + 4 + header.len() + 8 + keys.len() * ENTRY_BYTES + 8);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
@@ -514,7 +415,7 @@ fn encode_parts(
     }
     let sum = xxh3_64(&out);
     out.extend_from_slice(&sum.to_le_bytes());
-    out
+    Ok(out)
 }
 
 /// A hint to bring `x`'s cache line in (no effect on other architectures).
@@ -530,107 +431,11 @@ pub(crate) fn prefetch<T>(x: &T) {
     let _ = x;
 }
 
-/// A hash table from line hashes to snapshot positions: a row of the next file whose raw line
-/// has a known hash is the same bytes as that snapshot row's line, so (under the same
-/// [`crate::diff::line_context`]) the same record with the same content — no need to split
-/// or fingerprint it. Open addressing with linear probing over the hash's low bits (the
-/// hashes are uniform), 4 bytes a slot, at most 2/3 full; each probe checks the full 64-bit
-/// hash. Two rows with the same line hash (a 64-bit collision, or a corrupt snapshot) are
-/// both left to the full path.
-#[derive(Debug)]
-pub struct KnownLines {
-    snapshot: std::sync::Arc<Snapshot>,
-    slots: Vec<u32>,
-    mask: usize,
-    /// Line hashes that more than one row has (normally none).
-    ambiguous: Vec<u64>,
-}
-
-const EMPTY: u32 = u32::MAX;
-
-impl KnownLines {
-    /// `None` when the snapshot has no line hashes or too many rows to index in 32 bits.
-    pub fn new(snapshot: std::sync::Arc<Snapshot>) -> Option<KnownLines> {
-        let lines = snapshot.lines();
-        let n = lines.iter().filter(|&&h| h != 0).count();
-        if n == 0 || lines.len() >= EMPTY as usize {
-            return None;
-        }
-        let cap = (n + n / 2 + 1).next_power_of_two().max(16);
-        let mask = cap - 1;
-        let mut slots = vec![EMPTY; cap];
-        let mut ambiguous = Vec::new();
-        for (pos, &h) in lines.iter().enumerate() {
-            if h == 0 {
-                continue;
-            }
-            let mut i = h as usize & mask;
-            loop {
-                match slots[i] {
-                    EMPTY => {
-                        slots[i] = pos as u32;
-                        break;
-                    }
-                    s if lines[s as usize] == h => {
-                        ambiguous.push(h);
-                        break;
-                    }
-                    _ => i = (i + 1) & mask,
-                }
-            }
-        }
-        Some(KnownLines {
-            snapshot,
-            slots,
-            mask,
-            ambiguous,
-        })
-    }
-
-    /// [`KnownLines::find`] for many hashes at once: the slots of all of them are fetched
-    /// first, then the rows they point at, then each is resolved — so the memory loads of a
-    /// batch overlap instead of each line waiting for two cache misses in turn (the table
-    /// and the snapshot do not stay in cache while a file streams through them).
-    pub fn find_many(&self, hashes: &[u64], out: &mut Vec<Option<u32>>) {
-        out.clear();
-        let lines = self.snapshot.lines();
-        for &h in hashes {
-            prefetch(&self.slots[h as usize & self.mask]);
-        }
-        for &h in hashes {
-            let s = self.slots[h as usize & self.mask];
-            if s != EMPTY {
-                prefetch(&lines[s as usize]);
-            }
-        }
-        out.extend(hashes.iter().map(|&h| self.find(h)));
-    }
-
-    /// The snapshot position whose line has hash `h` (`None` also when several have it).
-    #[inline]
-    pub fn find(&self, h: u64) -> Option<u32> {
-        let lines = self.snapshot.lines();
-        let mut i = h as usize & self.mask;
-        loop {
-            match self.slots[i] {
-                EMPTY => return None,
-                s if lines[s as usize] == h => {
-                    if !self.ambiguous.is_empty() && self.ambiguous.contains(&h) {
-                        return None;
-                    }
-                    return Some(s);
-                }
-                _ => i = (i + 1) & self.mask,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn header(feed: &str) -> SnapshotHeader {
+    pub(crate) fn header(feed: &str) -> SnapshotHeader {
         SnapshotHeader {
             format: FORMAT_VERSION,
             feed: feed.into(),
@@ -649,7 +454,7 @@ mod tests {
         }
     }
 
-    fn sample(n: u64) -> Snapshot {
+    pub(crate) fn sample(n: u64) -> Snapshot {
         let entries: Vec<(u64, u64)> = (0..n)
             .map(|i| {
                 (
@@ -664,7 +469,7 @@ mod tests {
     #[test]
     fn round_trip_and_lookup() {
         let s = sample(10_000);
-        let bytes = s.encode();
+        let bytes = s.encode().unwrap();
         assert_eq!(
             bytes.len(),
             8 + 4 + serde_json::to_vec(&s.header).unwrap().len() + 8 + 32 * 10_000 + 8
@@ -689,67 +494,6 @@ mod tests {
         );
         assert_eq!(d.get(0), None);
         assert_eq!(d.get(u64::MAX), None);
-    }
-
-    fn lined(n: u64) -> Snapshot {
-        let entries = (0..n).map(|i| Entry {
-            key: xxh3_64(&i.to_le_bytes()),
-            content: i,
-            chain: next_chain(None, i),
-            // every third row without a line hash (it was not one plain line)
-            line: if i % 3 == 0 {
-                0
-            } else {
-                line_hash(format!("{i},row").as_bytes())
-            },
-        });
-        let mut h = header("f");
-        h.line_context = Some("00ff".into());
-        Snapshot::from_entries(h, entries)
-    }
-
-    #[test]
-    fn line_hashes_round_trip_and_are_found() {
-        let s = lined(5_000);
-        let d = Snapshot::decode(&s.encode(), Some("f")).unwrap();
-        assert_eq!(d.header.line_context.as_deref(), Some("00ff"));
-        assert_eq!(
-            d.all_entries().collect::<Vec<_>>(),
-            s.all_entries().collect::<Vec<_>>()
-        );
-        let known = KnownLines::new(std::sync::Arc::new(d)).unwrap();
-        for i in 0..5_000u64 {
-            let got = known.find(line_hash(format!("{i},row").as_bytes()));
-            if i % 3 == 0 {
-                assert_eq!(got, None, "row {i} has no line hash");
-            } else {
-                let pos = got.unwrap_or_else(|| panic!("row {i} not found")) as usize;
-                assert_eq!(s.keys_at(pos), xxh3_64(&i.to_le_bytes()));
-            }
-        }
-        assert_eq!(known.find(line_hash(b"5001,row")), None);
-        assert_eq!(known.find(line_hash(b"")), None);
-        assert_ne!(line_hash(b""), 0);
-    }
-
-    #[test]
-    fn a_line_hash_two_rows_share_is_found_for_neither() {
-        let same = line_hash(b"a,b");
-        let entries = [(1u64, same), (2, same), (3, line_hash(b"c,d"))].map(|(k, l)| Entry {
-            key: k,
-            content: k,
-            chain: 0,
-            line: l,
-        });
-        let known = KnownLines::new(std::sync::Arc::new(Snapshot::from_entries(
-            header("f"),
-            entries,
-        )))
-        .unwrap();
-        assert_eq!(known.find(same), None);
-        assert_eq!(known.find(line_hash(b"c,d")), Some(2));
-        // no line hashes at all: nothing to index
-        assert!(KnownLines::new(std::sync::Arc::new(sample(10))).is_none());
     }
 
     #[test]
@@ -789,7 +533,7 @@ mod tests {
             assert_eq!((e.content, e.line), (i as u64, 0));
         }
         // re-encoded, it is format 2
-        let again = Snapshot::decode(&d.encode(), Some("f")).unwrap();
+        let again = Snapshot::decode(&d.encode().unwrap(), Some("f")).unwrap();
         assert_eq!(
             again.all_entries().collect::<Vec<_>>(),
             d.all_entries().collect::<Vec<_>>()
@@ -810,14 +554,14 @@ mod tests {
         assert_eq!(s.get(0), Some(2), "first occurrence wins");
         assert_eq!(s.get(u64::MAX), Some(1));
         let e = Snapshot::from_entries(header("f"), Vec::<Entry>::new());
-        let d = Snapshot::decode(&e.encode(), Some("f")).unwrap();
+        let d = Snapshot::decode(&e.encode().unwrap(), Some("f")).unwrap();
         assert!(d.is_empty());
         assert_eq!(d.get(5), None);
     }
 
     #[test]
     fn corruption_is_an_error() {
-        let bytes = sample(100).encode();
+        let bytes = sample(100).encode().unwrap();
         // every single-byte flip is detected
         for i in [
             0usize,
@@ -853,71 +597,10 @@ mod tests {
 
     #[test]
     fn foreign_feed_is_an_error() {
-        let bytes = sample(3).encode();
+        let bytes = sample(3).encode().unwrap();
         assert!(matches!(
             Snapshot::decode(&bytes, Some("other")),
             Err(SnapshotError::ForeignFeed { .. })
         ));
-    }
-
-    #[test]
-    fn same_object_and_sequencer() {
-        let a = SourceObject {
-            bucket: "b".into(),
-            key: "k".into(),
-            etag: Some("\"e1\"".into()),
-            ..Default::default()
-        };
-        let mut b = a.clone();
-        b.etag = Some("e1".into());
-        assert!(a.same_object(&b));
-        b.etag = Some("e2".into());
-        assert!(!a.same_object(&b));
-        use std::cmp::Ordering::*;
-        assert_eq!(
-            cmp_sequencer("0055AED6DCD90281E5", "0055AED6DCD90281E6"),
-            Less
-        );
-        assert_eq!(cmp_sequencer("0055AED6DCD9028", "0055AED6DCD90281E5"), Less);
-        assert_eq!(cmp_sequencer("0A", "0A00"), Equal);
-        let at = |key: &str, lm: &str, et: Option<&str>, seq: Option<&str>| SourceObject {
-            bucket: "b".into(),
-            key: key.into(),
-            last_modified: Some(lm.into()),
-            event_time: et.map(str::to_string),
-            sequencer: seq.map(str::to_string),
-            ..Default::default()
-        };
-        let old = at(
-            "k1",
-            "2026-01-01T00:00:00Z",
-            Some("2026-01-01T00:00:00.100Z"),
-            Some("01"),
-        );
-        let new = at(
-            "k2",
-            "2026-01-01T00:00:01Z",
-            Some("2026-01-01T00:00:00.900Z"),
-            Some("00"),
-        );
-        assert!(old.older_than(&new), "by last-modified");
-        assert!(!new.older_than(&old));
-        let tie = at(
-            "k2",
-            "2026-01-01T00:00:00Z",
-            Some("2026-01-01T00:00:00.200Z"),
-            None,
-        );
-        assert!(
-            old.older_than(&tie),
-            "last-modified tie broken by event time"
-        );
-        assert!(!tie.older_than(&old));
-        let same_key = at("k1", "2026-01-01T00:00:05Z", None, Some("00"));
-        assert!(same_key.older_than(&old), "same key: the sequencer decides");
-        assert!(
-            !at("k9", "garbage", None, None).older_than(&old),
-            "unknown is not older"
-        );
     }
 }

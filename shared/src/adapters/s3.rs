@@ -1,6 +1,8 @@
-//! The S3 adapter of [`ObjectStore`].
+//! The S3 adapter of [`ObjectStore`]: streaming and ranged reads pinned to one object
+//! version, conditional writes, server-side copies.
 
-use crate::store::{
+use super::sdk::describe;
+use crate::ports::store::{
     Fetched, ObjectMeta, ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -185,13 +187,19 @@ impl S3Store {
     }
 }
 
-fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+/// An S3 error as the store port knows it: the status decides (404 absent, 412/409 lost
+/// condition, 403 denied); anything else is a service failure described by [`describe`].
+fn classify<E>(
     op: &'static str,
     bucket: &str,
     key: &str,
     e: SdkError<E, aws_smithy_runtime_api::http::Response>,
-) -> StoreError {
-    match e.raw_response().map(|r| r.status().as_u16()) {
+) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let failure = describe(&e);
+    match failure.status {
         Some(404) => StoreError::NotFound {
             bucket: bucket.into(),
             key: key.into(),
@@ -201,22 +209,10 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
             bucket: bucket.into(),
             key: key.into(),
         },
-        _ => {
-            let message = match &e {
-                SdkError::ServiceError(se) => {
-                    let err = se.err();
-                    format!(
-                        "{}: {}",
-                        err.code().unwrap_or("unknown"),
-                        err.message().unwrap_or("")
-                    )
-                }
-                SdkError::TimeoutError(_) => "timeout".into(),
-                SdkError::DispatchFailure(d) => format!("dispatch failure: {d:?}"),
-                other => format!("{other}"),
-            };
-            StoreError::Service { op, message }
-        }
+        _ => StoreError::Service {
+            op,
+            message: failure.message,
+        },
     }
 }
 

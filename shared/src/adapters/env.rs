@@ -2,12 +2,18 @@
 //! build AWS clients once, load and validate the feed configuration. Every failure here is
 //! a clear start-up error naming the variable or the feed field.
 
+use super::http_api::HttpApi;
+use super::s3::{RangedReads, S3Store};
+use super::secrets::read_token_secret;
+use super::sqs::{SqsQueue, SqsWork};
+use crate::backoff::Backoff;
 use crate::config::{env_number, env_required, Config, ConfigError, ConfigSource};
-use crate::queue::{SenderSettings, SqsQueue};
-use crate::s3::S3Store;
+use crate::consumer::{Consumer, ConsumerSettings, Ledger};
+use crate::ports::store::ObjectStore;
+use crate::splitter::sink::SenderSettings;
 use crate::splitter::{Splitter, SplitterSettings};
-use crate::store::ObjectStore;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// JSON logs for CloudWatch (`RUST_LOG` filter, default `info`); once per container.
 pub fn init_tracing() {
@@ -79,10 +85,10 @@ pub async fn splitter_from_env(
     let concurrency = env_number("SEND_CONCURRENCY", 8, 1, 64)? as usize;
     let max_message_bytes =
         env_number("SQS_MAX_MESSAGE_BYTES", 1024 * 1024, 1024, 1024 * 1024)? as usize;
-    let ranged = crate::s3::RangedReads {
+    let ranged = RangedReads {
         concurrency: env_number("S3_READ_CONCURRENCY", 4, 1, 16)? as usize,
         part_size: env_number("S3_READ_PART_MIB", 4, 1, 64)? << 20,
-        ..crate::s3::RangedReads::default()
+        ..RangedReads::default()
     };
     let store = S3Store::from_conf(sdk).with_ranged_reads(ranged);
     let config = load_config(&location, &store).await?;
@@ -112,13 +118,7 @@ pub async fn splitter_from_env(
 /// `BREAKER_THRESHOLD` (default 3).
 pub async fn consumer_from_env(
     sdk: &aws_config::SdkConfig,
-) -> Result<
-    crate::consumer::Consumer<S3Store, crate::api::HttpApi, crate::consumer::SqsWork>,
-    ConfigError,
-> {
-    use crate::backoff::Backoff;
-    use crate::consumer::{Consumer, ConsumerSettings, SqsWork};
-    use std::time::Duration;
+) -> Result<Consumer<S3Store, HttpApi, SqsWork>, ConfigError> {
     let base_url = env_required("API_BASE_URL")?;
     let allow_http = matches!(
         std::env::var("API_ALLOW_HTTP").as_deref(),
@@ -152,7 +152,7 @@ pub async fn consumer_from_env(
             problem: "is not set (a plain API_TOKEN is accepted only for local runs with API_ALLOW_HTTP=1)".into(),
         });
     };
-    let api = crate::api::HttpApi::new(
+    let api = HttpApi::new(
         &base_url,
         &token,
         allow_http,
@@ -164,7 +164,7 @@ pub async fn consumer_from_env(
         problem: e.to_string(),
     })?;
     Ok(Consumer {
-        ledger: crate::ledger::Ledger {
+        ledger: Ledger {
             store: S3Store::from_conf(sdk),
             bucket,
             lease: Duration::from_secs(lease),
@@ -181,37 +181,4 @@ pub async fn consumer_from_env(
             breaker_threshold: breaker,
         },
     })
-}
-
-async fn read_token_secret(sdk: &aws_config::SdkConfig, arn: &str) -> Result<String, ConfigError> {
-    let client = aws_sdk_secretsmanager::Client::new(sdk);
-    let out = client
-        .get_secret_value()
-        .secret_id(arn)
-        .send()
-        .await
-        .map_err(|e| ConfigError::Read {
-            source_ref: arn.to_string(),
-            problem: format!(
-                "GetSecretValue failed: {}",
-                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-            ),
-        })?;
-    let raw = out.secret_string().unwrap_or_default().trim().to_string();
-    let token = match serde_json::from_str::<serde_json::Value>(&raw) {
-        Ok(serde_json::Value::Object(m)) => m
-            .get("token")
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .unwrap_or_default(),
-        _ => raw,
-    };
-    if token.is_empty() {
-        return Err(ConfigError::Read {
-            source_ref: arn.to_string(),
-            problem: "the secret holds no token (expected the token, or JSON {\"token\": \"…\"})"
-                .into(),
-        });
-    }
-    Ok(token)
 }

@@ -11,9 +11,8 @@
 //! idempotency keys are those of the transitions, so a crashed approval re-run sends nothing
 //! twice in effect. Discarding deletes both objects and leaves a `discarded` run report.
 
-use crate::guards::GuardCheck;
-use crate::report::{Counts, SchemaReport};
-use crate::snapshot::SourceObject;
+use super::report::{Counts, GuardCheck, SchemaReport};
+use super::source::SourceObject;
 use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_VERSION: u32 = 1;

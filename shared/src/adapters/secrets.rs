@@ -1,0 +1,39 @@
+//! The API token from Secrets Manager: the secret is the token itself, or JSON
+//! `{"token": "…"}`. Read once per container, at start-up.
+
+use super::sdk::describe;
+use crate::config::ConfigError;
+
+/// Read the token the secret `arn` holds; an empty or missing token is a start-up error.
+pub async fn read_token_secret(
+    sdk: &aws_config::SdkConfig,
+    arn: &str,
+) -> Result<String, ConfigError> {
+    let client = aws_sdk_secretsmanager::Client::new(sdk);
+    let out = client
+        .get_secret_value()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| ConfigError::Read {
+            source_ref: arn.to_string(),
+            problem: format!("GetSecretValue failed: {}", describe(&e).message),
+        })?;
+    let raw = out.secret_string().unwrap_or_default().trim().to_string();
+    let token = match serde_json::from_str::<serde_json::Value>(&raw) {
+        Ok(serde_json::Value::Object(m)) => m
+            .get("token")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_default(),
+        _ => raw,
+    };
+    if token.is_empty() {
+        return Err(ConfigError::Read {
+            source_ref: arn.to_string(),
+            problem: "the secret holds no token (expected the token, or JSON {\"token\": \"…\"})"
+                .into(),
+        });
+    }
+    Ok(token)
+}

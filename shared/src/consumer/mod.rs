@@ -1,0 +1,136 @@
+//! The consumer's decisions: for each SQS message, decode → idempotency ledger → POST to the
+//! contact-tracing API → classify; applied and duplicate messages are done, permanent
+//! failures go to the dead-letter queue now (with the reason), transient ones get a backoff
+//! (visibility timeout) and are reported as batch item failures so SQS retries them — and
+//! after maxReceiveCount, redrive moves them to the dead-letter queue.
+
+pub mod answer;
+mod deliver;
+pub mod ledger;
+
+pub use crate::ports::queue::{InMessage, WorkQueue};
+pub use ledger::{Lease, Ledger, LedgerError, LedgerRecord, LedgerState, Take};
+
+use crate::backoff::Backoff;
+use crate::ports::api::Api;
+use crate::ports::queue::MAX_VISIBILITY;
+use crate::ports::store::ObjectStore;
+use deliver::Breaker;
+use futures_util::StreamExt;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tracing::warn;
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Messages of one batch processed at once (= API calls in flight per invocation).
+    pub concurrency: usize,
+    pub backoff: Backoff,
+    /// Consecutive transient API failures that open the circuit for the rest of the batch.
+    pub breaker_threshold: u32,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            concurrency: 2,
+            backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(900)),
+            breaker_threshold: 3,
+        }
+    }
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    Applied,
+    /// The ledger (or the API's 409) says it was applied before.
+    Duplicate,
+    DeadLettered {
+        class: &'static str,
+    },
+    Retry {
+        delay: Duration,
+        kind: &'static str,
+    },
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BatchStats {
+    pub applied: u32,
+    pub duplicates: u32,
+    pub dead_lettered: u32,
+    pub retried: u32,
+    pub auth_failures: u32,
+    pub circuit_opened: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct BatchResult {
+    /// Message ids to report in `batchItemFailures`.
+    pub failures: Vec<String>,
+    pub fates: Vec<(String, Fate)>,
+    pub stats: BatchStats,
+}
+
+pub struct Consumer<S: ObjectStore, A: Api, Q: WorkQueue> {
+    pub ledger: Ledger<S>,
+    pub api: A,
+    pub queue: Q,
+    pub settings: ConsumerSettings,
+}
+
+impl<S: ObjectStore, A: Api, Q: WorkQueue> Consumer<S, A, Q> {
+    /// The backoff for a message received `receive_count` times, never sooner than
+    /// `retry_after`, never beyond SQS's 12 hours. Returns (delay, ceiling).
+    pub fn backoff(
+        &self,
+        receive_count: u32,
+        retry_after: Option<Duration>,
+    ) -> (Duration, Duration) {
+        let b = self.settings.backoff;
+        let ceiling = b.ceiling(receive_count.max(1));
+        let mut d = b.delay(receive_count.max(1));
+        if let Some(r) = retry_after {
+            d = d.max(r);
+        }
+        (d.min(MAX_VISIBILITY), ceiling)
+    }
+
+    pub async fn process_batch(&self, messages: Vec<InMessage>) -> BatchResult {
+        let breaker = &Breaker::default();
+        let fates: Vec<(InMessage, Fate)> = futures_util::stream::iter(messages)
+            .map(|m| async move {
+                let fate = self.process_one(&m, breaker).await;
+                (m, fate)
+            })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        let mut result = BatchResult::default();
+        result.stats.circuit_opened = breaker.is_open();
+        result.stats.auth_failures = breaker.auth.load(Ordering::SeqCst);
+        for (m, fate) in fates {
+            match &fate {
+                Fate::Applied => result.stats.applied += 1,
+                Fate::Duplicate => result.stats.duplicates += 1,
+                Fate::DeadLettered { .. } => result.stats.dead_lettered += 1,
+                Fate::Retry { delay, .. } => {
+                    result.stats.retried += 1;
+                    // the backoff: keep the message invisible that long; SQS then redelivers
+                    // it (or redrive moves it to the DLQ after maxReceiveCount receives)
+                    if let Err(e) = self
+                        .queue
+                        .change_visibility(&m.receipt_handle, *delay)
+                        .await
+                    {
+                        warn!(message_id = %m.message_id, error = %e, "could not set the backoff; the queue's visibility timeout applies");
+                    }
+                    result.failures.push(m.message_id.clone());
+                }
+            }
+            result.fates.push((m.message_id, fate));
+        }
+        result
+    }
+}

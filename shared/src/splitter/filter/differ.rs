@@ -1,0 +1,338 @@
+//! The differ: classifies each row against the feed's state while the file streams — new,
+//! changed, unchanged or a duplicate within the file — and collects the next state.
+//!
+//! Schema drift: the comparison with the state uses the state's hashed columns that the file
+//! still has; the next state hashes all of the file's compared columns. An added column
+//! therefore never makes a row "changed"; it only enters the fingerprint from then on.
+
+use super::fingerprint::RowPrints;
+use crate::contract::envelope::next_chain;
+use crate::contract::report::Counts;
+use crate::splitter::state::{prefetch, Entry, NextState, Snapshot};
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// How one row compares with the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    New,
+    /// `previous`: the snapshot's content fingerprint; `chain`: its history summary.
+    Changed {
+        previous: u64,
+        chain: u64,
+    },
+    Unchanged,
+    /// The key already appeared earlier in this file; the first occurrence wins.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiffCounts {
+    pub new: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub removed: u64,
+    pub duplicate: u64,
+    /// Existing rows taken over without comparison because a compared column is gone
+    /// (also counted as unchanged).
+    #[serde(default)]
+    pub rebaselined: u64,
+    /// Unchanged rows recognised by their raw line alone (also counted as unchanged): the
+    /// previous file had the same bytes, so they were neither split nor fingerprinted.
+    #[serde(default)]
+    pub known: u64,
+}
+
+impl DiffCounts {
+    /// Put these counts into a run report's counts (read, rejected and sent are the run's).
+    pub fn apply_to(self, counts: &mut Counts) {
+        counts.new = self.new;
+        counts.changed = self.changed;
+        counts.removed = self.removed;
+        counts.unchanged = self.unchanged;
+        counts.duplicate = self.duplicate;
+        counts.rebaselined = self.rebaselined;
+        counts.known = self.known;
+    }
+}
+
+/// Identity hasher for sets of fingerprints (already uniformly distributed).
+#[derive(Default)]
+pub struct FpHasher(u64);
+impl Hasher for FpHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+pub type FpSet = HashSet<u64, BuildHasherDefault<FpHasher>>;
+
+/// Classifies rows against a snapshot while the file streams, and collects the entries of
+/// the new snapshot.
+pub struct Differ<'a> {
+    snapshot: Option<&'a Snapshot>,
+    comparable: bool,
+    seen: Vec<u64>,
+    new_keys: FpSet,
+    /// Snapshot positions of records whose row was rejected (kept unless a valid row of the
+    /// same record turns up later in the file).
+    carried: Vec<usize>,
+    /// Rows of keys the snapshot does not have.
+    added: Vec<Entry>,
+    /// Snapshot positions whose `[content, chain]` moves (changed rows; after schema drift,
+    /// every row whose stored fingerprint moves to the new column set). Unchanged rows cost
+    /// nothing: the new state is the snapshot merged with these and `added`, no sort of the
+    /// whole file.
+    updates: Vec<(u32, [u64; 2])>,
+    /// The new line hash of every snapshot position, once one moves (until then the
+    /// snapshot's own); all zero from the start when the snapshot's line hashes are not
+    /// valid for this file.
+    lines: Option<Vec<u64>>,
+    counts: DiffCounts,
+    scratch_keys: Vec<u64>,
+    scratch_ranges: Vec<(u32, u32)>,
+    scratch_pos: Vec<Option<usize>>,
+    scratch_vals: Vec<[u64; 2]>,
+}
+
+impl<'a> Differ<'a> {
+    /// `comparable`: [`ColumnPlan::comparable`]; when false, rows of known keys are taken
+    /// over as unchanged (re-baselined) rather than compared. `same_lines`: the snapshot's
+    /// line hashes are valid for this file (same [`line_context`]); when false, rows the file
+    /// does not have a plain line for get none in the new state.
+    pub fn new(
+        snapshot: Option<&'a Snapshot>,
+        expected_rows: usize,
+        comparable: bool,
+        same_lines: bool,
+    ) -> Self {
+        let n = snapshot.map(|s| s.len()).unwrap_or(0);
+        Differ {
+            lines: (!same_lines && n > 0).then(|| vec![0u64; n]),
+            snapshot,
+            comparable,
+            seen: vec![0u64; n.div_ceil(64)],
+            new_keys: FpSet::default(),
+            carried: Vec::new(),
+            added: Vec::with_capacity(if n == 0 { expected_rows } else { 1024 }),
+            updates: Vec::new(),
+            counts: DiffCounts::default(),
+            scratch_keys: Vec::new(),
+            scratch_ranges: Vec::new(),
+            scratch_pos: Vec::new(),
+            scratch_vals: Vec::new(),
+        }
+    }
+
+    #[inline]
+    pub fn classify(&mut self, p: RowPrints) -> Class {
+        let pos = self.snapshot.and_then(|s| s.position(p.key));
+        let vals = match (pos, self.snapshot) {
+            (Some(pos), Some(s)) => s.vals_at(pos),
+            _ => [0, 0],
+        };
+        self.classify_at(p, pos, vals)
+    }
+
+    /// Classify a batch of rows (in file order) into `out`; the same answers as calling
+    /// [`Differ::classify`] on each, with the snapshot lookups overlapped.
+    pub fn classify_batch(&mut self, prints: &[RowPrints], out: &mut Vec<Class>) {
+        out.clear();
+        let Some(s) = self.snapshot else {
+            out.extend(prints.iter().map(|&p| self.classify_at(p, None, [0, 0])));
+            return;
+        };
+        self.scratch_keys.clear();
+        self.scratch_keys.extend(prints.iter().map(|p| p.key));
+        s.positions(
+            &self.scratch_keys,
+            &mut self.scratch_ranges,
+            &mut self.scratch_pos,
+        );
+        // each row's line hash is read or written too: fetch them with the values
+        let lines = self.lines.as_deref().unwrap_or(s.lines());
+        for &p in self.scratch_pos.iter().flatten() {
+            prefetch(&lines[p]);
+        }
+        self.scratch_vals.clear();
+        self.scratch_vals.extend(
+            self.scratch_pos
+                .iter()
+                .map(|p| p.map(|p| s.vals_at(p)).unwrap_or([0, 0])),
+        );
+        let (pos, vals) = (
+            std::mem::take(&mut self.scratch_pos),
+            std::mem::take(&mut self.scratch_vals),
+        );
+        for ((&p, &at), &v) in prints.iter().zip(&pos).zip(&vals) {
+            let c = self.classify_at(p, at, v);
+            out.push(c);
+        }
+        (self.scratch_pos, self.scratch_vals) = (pos, vals);
+    }
+
+    /// A row whose raw line is the line of snapshot position `pos` (found by
+    /// [`crate::splitter::state::KnownLines`]): unchanged, or a duplicate when the record was
+    /// already seen in this file.
+    #[inline]
+    pub fn known(&mut self, pos: usize) -> Class {
+        let (w, bit) = (pos / 64, 1u64 << (pos % 64));
+        if self.seen[w] & bit != 0 {
+            self.counts.duplicate += 1;
+            Class::Duplicate
+        } else {
+            self.seen[w] |= bit;
+            self.counts.unchanged += 1;
+            self.counts.known += 1;
+            Class::Unchanged
+        }
+    }
+
+    /// Record the line hash of a snapshot position's row in this file.
+    #[inline]
+    fn set_line(&mut self, pos: usize, line: u64) {
+        let Some(s) = self.snapshot else { return };
+        match self.lines.as_mut() {
+            Some(l) => l[pos] = line,
+            None if s.line_at(pos) != line => {
+                let mut l = s.lines().to_vec();
+                l[pos] = line;
+                self.lines = Some(l);
+            }
+            None => {}
+        }
+    }
+
+    #[inline]
+    fn classify_at(&mut self, p: RowPrints, pos: Option<usize>, vals: [u64; 2]) -> Class {
+        let class = match pos {
+            Some(pos) => {
+                let (w, bit) = (pos / 64, 1u64 << (pos % 64));
+                if self.seen[w] & bit != 0 {
+                    Class::Duplicate
+                } else {
+                    self.seen[w] |= bit;
+                    let [prev, chain] = vals;
+                    if !self.comparable {
+                        self.counts.rebaselined += 1;
+                        Class::Unchanged
+                    } else if prev == p.compare {
+                        Class::Unchanged
+                    } else {
+                        Class::Changed {
+                            previous: prev,
+                            chain,
+                        }
+                    }
+                }
+            }
+            None => {
+                if self.new_keys.insert(p.key) {
+                    Class::New
+                } else {
+                    Class::Duplicate
+                }
+            }
+        };
+        match class {
+            Class::New => self.counts.new += 1,
+            Class::Changed { .. } => self.counts.changed += 1,
+            Class::Unchanged => self.counts.unchanged += 1,
+            Class::Duplicate => self.counts.duplicate += 1,
+        }
+        match (class, pos) {
+            (Class::Duplicate, _) => {}
+            (Class::New, _) | (_, None) => self.added.push(Entry {
+                key: p.key,
+                content: p.store,
+                chain: next_chain(None, p.store),
+                line: p.line,
+            }),
+            (Class::Changed { chain, .. }, Some(pos)) => {
+                self.updates
+                    .push((pos as u32, [p.store, next_chain(Some(chain), p.store)]));
+                self.set_line(pos, p.line);
+            }
+            // unchanged: the history goes on as it was (the stored fingerprint may move to
+            // a new column set after schema drift, the history does not)
+            (Class::Unchanged, Some(pos)) => {
+                if p.store != vals[0] {
+                    self.updates.push((pos as u32, [p.store, vals[1]]));
+                }
+                self.set_line(pos, p.line);
+            }
+        }
+        class
+    }
+
+    /// A row of this key was rejected: keep the record's previous state (it is not
+    /// "removed", and comes back as unchanged when the row is fixed).
+    pub fn carry(&mut self, key: u64) {
+        let Some(s) = self.snapshot else { return };
+        if let Some(pos) = s.position(key) {
+            self.carried.push(pos);
+        }
+    }
+
+    pub fn counts(&self) -> DiffCounts {
+        self.counts
+    }
+
+    /// The new state (sorted by key) and the final counts.
+    pub fn finish(mut self) -> (NextState, DiffCounts) {
+        let Some(s) = self.snapshot else {
+            // no snapshot: every row is new (and unique: duplicates were not added)
+            self.added.sort_unstable_by_key(|e| e.key);
+            let keys = self.added.iter().map(|e| e.key).collect();
+            let vals = self.added.iter().map(|e| [e.content, e.chain]).collect();
+            let lines = self.added.iter().map(|e| e.line).collect();
+            return (NextState { keys, vals, lines }, self.counts);
+        };
+        for pos in std::mem::take(&mut self.carried) {
+            self.seen[pos / 64] |= 1u64 << (pos % 64);
+        }
+        let kept: u64 = self.seen.iter().map(|w| u64::from(w.count_ones())).sum();
+        self.counts.removed = s.len() as u64 - kept;
+        self.added.sort_unstable_by_key(|e| e.key);
+        self.updates.sort_unstable_by_key(|u| u.0);
+        let n = kept as usize + self.added.len();
+        let (mut keys, mut vals) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut lines = Vec::with_capacity(n);
+        let old_lines = self.lines.as_deref().unwrap_or(s.lines());
+        let mut added = self.added.iter().peekable();
+        let mut updates = self.updates.iter().peekable();
+        for (w, &word) in self.seen.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let pos = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let key = s.keys_at(pos);
+                while let Some(a) = added.next_if(|a| a.key < key) {
+                    keys.push(a.key);
+                    vals.push([a.content, a.chain]);
+                    lines.push(a.line);
+                }
+                let v = match updates.next_if(|u| u.0 as usize == pos) {
+                    Some(&(_, v)) => v,
+                    None => s.vals_at(pos),
+                };
+                keys.push(key);
+                vals.push(v);
+                lines.push(old_lines[pos]);
+            }
+        }
+        for a in added {
+            keys.push(a.key);
+            vals.push([a.content, a.chain]);
+            lines.push(a.line);
+        }
+        (NextState { keys, vals, lines }, self.counts)
+    }
+}

@@ -1,0 +1,101 @@
+//! Fingerprints of a row: the key fingerprint (xxh3-64 of the key columns' values in the
+//! feed's key order, length-prefixed so `("ab","c")` and `("a","bc")` differ) and the content
+//! fingerprint (the compared columns' values in column-*name* order, length-prefixed, seeded
+//! with a hash of those names); and the record key the API sees.
+
+use super::plan::ColumnPlan;
+use crate::splitter::source::Record;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+const KEY_SEED: u64 = 0x6361_7365_6665_6564; // "casefeed"
+
+/// Reusable scratch space for fingerprinting.
+#[derive(Default)]
+pub struct Fingerprinter {
+    buf: Vec<u8>,
+}
+
+#[inline]
+fn hash_fields(buf: &mut Vec<u8>, rec: &Record, idx: &[usize], seed: u64) -> u64 {
+    // the bytes hashed: each value, length-prefixed, in `idx` order; written into a buffer
+    // sized once (no growth checks per field)
+    let need = rec.data_len() + 4 * idx.len();
+    if buf.len() < need {
+        buf.resize(need, 0);
+    }
+    let mut w = 0;
+    for &i in idx {
+        let f = &rec[i];
+        buf[w..w + 4].copy_from_slice(&(f.len() as u32).to_le_bytes());
+        w += 4;
+        buf[w..w + f.len()].copy_from_slice(f);
+        w += f.len();
+    }
+    xxh3_64_with_seed(&buf[..w], seed)
+}
+
+/// Fingerprints of one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowPrints {
+    pub key: u64,
+    /// Compared with the snapshot's content fingerprint.
+    pub compare: u64,
+    /// Stored in the new snapshot.
+    pub store: u64,
+    /// The row's [`crate::splitter::source::line_hash`] (0: none), stored in the new snapshot.
+    pub line: u64,
+}
+
+impl Fingerprinter {
+    #[inline]
+    pub fn prints(&mut self, plan: &ColumnPlan, rec: &Record) -> RowPrints {
+        let key = hash_fields(&mut self.buf, rec, &plan.key_idx, KEY_SEED);
+        let compare = hash_fields(&mut self.buf, rec, &plan.compare_idx, plan.compare_seed);
+        let store = if plan.same_sets() {
+            compare
+        } else {
+            hash_fields(&mut self.buf, rec, &plan.store_idx, plan.store_seed)
+        };
+        RowPrints {
+            key,
+            compare,
+            store,
+            line: rec.line_hash(),
+        }
+    }
+}
+
+/// The record key as the API sees it: the key value, or for a composite key the values
+/// joined with `|` (a `|` or `\\` inside a value is escaped with `\\`, so distinct keys
+/// never share a record key).
+pub fn record_key(plan: &ColumnPlan, rec: &Record) -> String {
+    if let [i] = plan.key_idx[..] {
+        return String::from_utf8_lossy(&rec[i]).into_owned();
+    }
+    let mut s = String::new();
+    for (n, &i) in plan.key_idx.iter().enumerate() {
+        if n > 0 {
+            s.push('|');
+        }
+        for ch in String::from_utf8_lossy(&rec[i]).chars() {
+            if ch == '|' || ch == '\\' {
+                s.push('\\');
+            }
+            s.push(ch);
+        }
+    }
+    s
+}
+
+/// The key fingerprint of a record whose key columns are readable (for rows rejected for
+/// other reasons), `None` when a key column is missing or empty.
+pub fn key_print(plan: &ColumnPlan, rec: &Record, fp: &mut Fingerprinter) -> Option<u64> {
+    if plan
+        .key_idx
+        .iter()
+        .any(|&i| rec.get(i).is_none_or(|f| f.is_empty()))
+    {
+        return None;
+    }
+    Some(hash_fields(&mut fp.buf, rec, &plan.key_idx, KEY_SEED))
+}

@@ -1,0 +1,265 @@
+//! The filter stage's tests: fingerprints, the column plan under schema drift, and the
+//! differ's classes and next state.
+
+use super::*;
+use crate::config::FeedConfig;
+use crate::contract::envelope::next_chain;
+use crate::contract::source::SourceObject;
+use crate::splitter::source::Record;
+use crate::splitter::state::{Entry, Snapshot, SnapshotHeader, FORMAT_VERSION};
+
+fn feed() -> FeedConfig {
+    let mut f = FeedConfig::new("f", &["id"]);
+    f.ignore_columns = vec!["ts".into()];
+    f
+}
+fn hdr(cols: &[&str]) -> Vec<String> {
+    cols.iter().map(|s| s.to_string()).collect()
+}
+fn rec(vals: &[&str]) -> Record {
+    Record::from_fields(vals)
+}
+fn prints(cols: &[&str], vals: &[&str], prev: Option<&[String]>) -> RowPrints {
+    let plan = ColumnPlan::new(&hdr(cols), &feed(), prev).unwrap();
+    Fingerprinter::default().prints(&plan, &rec(vals))
+}
+fn snap(entries: Vec<(u64, u64)>, hashed: Vec<String>) -> Snapshot {
+    let entries: Vec<Entry> = entries.into_iter().map(Entry::from).collect();
+    Snapshot::from_entries(
+        SnapshotHeader {
+            format: FORMAT_VERSION,
+            feed: "f".into(),
+            key_columns: vec!["id".into()],
+            hashed_columns: hashed,
+            source: SourceObject::default(),
+            row_count: 0,
+            created_at: String::new(),
+            run: String::new(),
+            line_context: None,
+        },
+        entries,
+    )
+}
+
+#[test]
+fn reordered_columns_and_ignored_columns_change_nothing() {
+    let a = prints(&["id", "a", "b", "ts"], &["1", "x", "y", "t1"], None);
+    let b = prints(&["b", "ts", "id", "a"], &["y", "t2", "1", "x"], None);
+    assert_eq!(a, b);
+    let c = prints(&["id", "a", "b", "ts"], &["1", "x", "z", "t1"], None);
+    assert_eq!(a.key, c.key);
+    assert_ne!(a.compare, c.compare);
+}
+
+#[test]
+fn field_boundaries_matter() {
+    let a = prints(&["id", "a", "b"], &["1", "ab", "c"], None);
+    let b = prints(&["id", "a", "b"], &["1", "a", "bc"], None);
+    assert_ne!(a.compare, b.compare);
+    // swapping values between columns is a change
+    let c = prints(&["id", "a", "b"], &["1", "c", "ab"], None);
+    assert_ne!(a.compare, c.compare);
+}
+
+#[test]
+fn composite_keys() {
+    let mut f = FeedConfig::new("f", &["j", "id"]);
+    f.ignore_columns.clear();
+    let plan = ColumnPlan::new(&hdr(&["id", "j", "v"]), &f, None).unwrap();
+    let mut fp = Fingerprinter::default();
+    let a = fp.prints(&plan, &rec(&["1", "ca", "v"]));
+    let b = fp.prints(&plan, &rec(&["1", "ny", "v"]));
+    assert_ne!(a.key, b.key);
+    assert_eq!(record_key(&plan, &rec(&["1", "ca", "v"])), "ca|1");
+    // separators inside values are escaped: distinct keys, distinct record keys
+    let ra = record_key(&plan, &rec(&["7", "CA|LA", "v"]));
+    let rb = record_key(&plan, &rec(&["LA|7", "CA", "v"]));
+    assert_ne!(ra, rb);
+    assert_eq!(ra, "CA\\|LA|7");
+    let plan2 = ColumnPlan::new(&hdr(&["v", "j", "id"]), &f, None).unwrap();
+    assert_eq!(fp.prints(&plan2, &rec(&["v", "ca", "1"])), a);
+}
+
+#[test]
+fn added_column_is_not_a_change() {
+    let cols = ["id", "a", "ts"];
+    let base = ColumnPlan::new(&hdr(&cols), &feed(), None).unwrap();
+    let p0 = prints(&cols, &["1", "x", "t"], None);
+    let plan = ColumnPlan::new(
+        &hdr(&["id", "a", "new", "ts"]),
+        &feed(),
+        Some(&base.hashed_columns),
+    )
+    .unwrap();
+    assert_eq!(plan.added, vec!["new"]);
+    let p1 = Fingerprinter::default().prints(&plan, &rec(&["1", "x", "n", "t"]));
+    assert_eq!(p1.compare, p0.compare);
+    assert_ne!(p1.store, p0.store);
+    assert_eq!(plan.hashed_columns, vec!["a", "new"]);
+}
+
+#[test]
+fn removed_column_rebaselines_known_keys_and_finds_new_ones() {
+    // the snapshot hashed a and b; the file has lost b (removed or renamed to c)
+    let old_cols = ["id", "a", "b"];
+    let s = snap(
+        vec![
+            (
+                prints(&old_cols, &["1", "x", "y"], None).key,
+                prints(&old_cols, &["1", "x", "y"], None).compare,
+            ),
+            (
+                prints(&old_cols, &["2", "x", "y"], None).key,
+                prints(&old_cols, &["2", "x", "y"], None).compare,
+            ),
+        ],
+        hdr(&["a", "b"]),
+    );
+    let plan = ColumnPlan::new(
+        &hdr(&["id", "a", "c"]),
+        &feed(),
+        Some(&s.header.hashed_columns),
+    )
+    .unwrap();
+    assert_eq!(plan.removed, vec!["b"]);
+    assert_eq!(plan.added, vec!["c"]);
+    assert!(!plan.comparable());
+    let mut d = Differ::new(Some(&s), 0, plan.comparable(), false);
+    let mut fp = Fingerprinter::default();
+    assert_eq!(
+        d.classify(fp.prints(&plan, &rec(&["1", "z", "q"]))),
+        Class::Unchanged
+    );
+    assert_eq!(
+        d.classify(fp.prints(&plan, &rec(&["3", "x", "q"]))),
+        Class::New
+    );
+    let (entries, c) = d.finish();
+    let entries = entries.to_entries();
+    assert_eq!(
+        (c.new, c.changed, c.unchanged, c.rebaselined, c.removed),
+        (1, 0, 1, 1, 1)
+    );
+    // the re-baselined row now carries the fingerprint over the file's columns
+    let e1 = entries
+        .iter()
+        .find(|e| e.key == prints(&old_cols, &["1", "x", "y"], None).key)
+        .unwrap();
+    assert_eq!(e1.content, fp.prints(&plan, &rec(&["1", "z", "q"])).store);
+}
+
+#[test]
+fn classification() {
+    let cols = ["id", "a"];
+    let p = |id: &str, a: &str| prints(&cols, &[id, a], None);
+    let s = snap(
+        vec![
+            (p("1", "x").key, p("1", "x").compare),
+            (p("2", "x").key, p("2", "x").compare),
+            (p("3", "x").key, p("3", "x").compare),
+        ],
+        hdr(&["a"]),
+    );
+    let mut d = Differ::new(Some(&s), 0, true, false);
+    assert_eq!(d.classify(p("1", "x")), Class::Unchanged);
+    assert_eq!(
+        d.classify(p("2", "y")),
+        Class::Changed {
+            previous: p("2", "x").compare,
+            chain: next_chain(None, p("2", "x").compare),
+        }
+    );
+    assert_eq!(d.classify(p("4", "x")), Class::New);
+    assert_eq!(d.classify(p("4", "z")), Class::Duplicate);
+    assert_eq!(d.classify(p("1", "q")), Class::Duplicate);
+    let (entries, c) = d.finish();
+    let entries = entries.to_entries();
+    assert_eq!(
+        c,
+        DiffCounts {
+            new: 1,
+            changed: 1,
+            unchanged: 1,
+            removed: 1,
+            duplicate: 2,
+            rebaselined: 0,
+            known: 0,
+        }
+    );
+    assert_eq!(entries.len(), 3);
+    let has = |k: u64, c: u64| entries.iter().any(|e| e.key == k && e.content == c);
+    assert!(has(p("4", "x").key, p("4", "x").store));
+    assert!(has(p("1", "x").key, p("1", "x").store));
+    let two = entries.iter().find(|e| e.key == p("2", "y").key).unwrap();
+    assert_eq!(
+        two.chain,
+        next_chain(
+            Some(next_chain(None, p("2", "x").compare)),
+            p("2", "y").store
+        )
+    );
+}
+
+#[test]
+fn carried_rows_are_not_removed() {
+    let cols = ["id", "a"];
+    let p = |id: &str, a: &str| prints(&cols, &[id, a], None);
+    let s = snap(vec![(p("1", "x").key, p("1", "x").compare)], hdr(&["a"]));
+    let mut d = Differ::new(Some(&s), 0, true, false);
+    d.carry(p("1", "x").key);
+    d.carry(p("1", "x").key);
+    d.carry(p("9", "x").key);
+    let (entries, c) = d.finish();
+    let entries = entries.to_entries();
+    assert_eq!(c.removed, 0);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0], s.entry(p("1", "x").key).unwrap());
+}
+
+#[test]
+fn no_snapshot_everything_new() {
+    let cols = ["id", "a"];
+    let mut d = Differ::new(None, 2, true, false);
+    assert_eq!(d.classify(prints(&cols, &["1", "x"], None)), Class::New);
+    assert_eq!(d.classify(prints(&cols, &["2", "x"], None)), Class::New);
+    let (_, c) = d.finish();
+    assert_eq!(c.new, 2);
+    assert_eq!(c.removed, 0);
+}
+
+#[test]
+fn batch_classification_matches_one_by_one() {
+    let cols = ["id", "a"];
+    let base: Vec<(u64, u64)> = (0..2000)
+        .map(|i| {
+            let p = prints(&cols, &[&i.to_string(), "x"], None);
+            (p.key, p.compare)
+        })
+        .collect();
+    let s = snap(base, hdr(&["a"]));
+    // known unchanged, changed, new, and duplicates of each, in a scrambled order
+    let rows: Vec<RowPrints> = (0..2300u64)
+        .chain(0..200)
+        .map(|n| {
+            let i = (n * 7919) % 2600;
+            let v = if i % 5 == 0 { "y" } else { "x" };
+            prints(&cols, &[&i.to_string(), v], None)
+        })
+        .collect();
+    let mut one = Differ::new(Some(&s), 0, true, false);
+    let a: Vec<Class> = rows.iter().map(|&p| one.classify(p)).collect();
+    let mut batched = Differ::new(Some(&s), 0, true, false);
+    let mut b = Vec::new();
+    let mut out = Vec::new();
+    for chunk in rows.chunks(256) {
+        batched.classify_batch(chunk, &mut out);
+        b.extend_from_slice(&out);
+    }
+    assert_eq!(a, b);
+    let (ea, ca) = one.finish();
+    let (eb, cb) = batched.finish();
+    assert!(ea.keys.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+    assert_eq!(ca, cb);
+    assert_eq!(ea, eb);
+    assert!(ca.new > 0 && ca.changed > 0 && ca.duplicate > 0 && ca.removed > 0);
+}

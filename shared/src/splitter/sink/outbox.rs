@@ -1,0 +1,146 @@
+//! The outbox: a new or changed row becomes one SQS message (envelope body + attributes),
+//! serialized straight from the CSV record.
+
+use crate::contract::envelope::{
+    idempotency_key, Change, EnvelopeSource, Previous, ENVELOPE_VERSION,
+};
+use crate::ports::queue::OutMessage;
+use crate::splitter::filter::{record_key, ColumnPlan, RowPrints};
+use crate::splitter::source::{Record, Rejected};
+use serde::Serialize;
+
+/// What every message of one run shares.
+pub struct Outbox<'a> {
+    /// The feed.
+    pub feed: &'a str,
+    /// The run.
+    pub run: &'a str,
+    /// The object the rows came from.
+    pub source: &'a EnvelopeSource,
+    /// The file's header: the fields' names.
+    pub header: &'a [String],
+}
+
+impl Outbox<'_> {
+    /// The message of one new or changed row: its envelope (the row's fields, its record
+    /// key, the transition's idempotency key) and the attributes a dead-letter queue can be
+    /// inspected by. A row that cannot be encoded is rejected instead, by line.
+    pub fn message(
+        &self,
+        plan: &ColumnPlan,
+        record: &Record,
+        line: u64,
+        prints: RowPrints,
+        change: Change,
+        previous: Option<Previous>,
+    ) -> Result<OutMessage, Rejected> {
+        let rk = record_key(plan, record);
+        let key_values: Vec<&[u8]> = plan.key_idx.iter().map(|&i| &record[i]).collect();
+        let ikey = idempotency_key(self.feed, &key_values, previous, prints.store);
+        let env = EnvelopeRef {
+            v: ENVELOPE_VERSION,
+            feed: self.feed,
+            run: self.run,
+            source: self.source,
+            change,
+            record_key: &rk,
+            idempotency_key: &ikey,
+            fields: FieldsRef {
+                header: self.header,
+                record,
+            },
+        };
+        let body = serde_json::to_string(&env).map_err(|_| Rejected {
+            line,
+            reason: "row could not be encoded as JSON".into(),
+            fields: Vec::new(),
+        })?;
+        Ok(OutMessage {
+            body: sqs_safe(body),
+            attributes: vec![
+                ("feed", self.feed.to_string()),
+                ("change", change.as_str().to_string()),
+                ("idempotency_key", ikey),
+            ],
+            line,
+            key_fp: prints.key,
+        })
+    }
+}
+
+/// SQS accepts only #x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD #x10000-#x10FFFF; serde_json escapes
+/// control characters but not the two BMP non-characters.
+fn sqs_safe(body: String) -> String {
+    if body.contains(['\u{FFFE}', '\u{FFFF}']) {
+        body.replace('\u{FFFE}', "\\ufffe")
+            .replace('\u{FFFF}', "\\uffff")
+    } else {
+        body
+    }
+}
+
+/// Borrowed form used by the splitter to serialize straight from a CSV record.
+#[derive(Serialize)]
+pub struct EnvelopeRef<'a> {
+    pub v: u32,
+    pub feed: &'a str,
+    pub run: &'a str,
+    pub source: &'a EnvelopeSource,
+    pub change: Change,
+    pub record_key: &'a str,
+    pub idempotency_key: &'a str,
+    pub fields: FieldsRef<'a>,
+}
+
+/// Serializes `header[i] → record[i]` as a JSON object (values are valid UTF-8, checked when
+/// the row was read).
+pub struct FieldsRef<'a> {
+    pub header: &'a [String],
+    pub record: &'a Record,
+}
+
+impl Serialize for FieldsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.header.len()))?;
+        for (name, value) in self.header.iter().zip(self.record.iter()) {
+            m.serialize_entry(name, &String::from_utf8_lossy(value))?;
+        }
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::envelope::{Envelope, ENVELOPE_VERSION};
+
+    #[test]
+    fn envelope_round_trip() {
+        let header = vec!["id".to_string(), "name".to_string()];
+        let record = Record::from_fields(["1", "Zoë \"Z\", Jr"]);
+        let source = EnvelopeSource {
+            bucket: "b".into(),
+            key: "incoming/f/x.csv".into(),
+            etag: "e".into(),
+        };
+        let r = EnvelopeRef {
+            v: ENVELOPE_VERSION,
+            feed: "f",
+            run: "r",
+            source: &source,
+            change: Change::New,
+            record_key: "1",
+            idempotency_key: "abc",
+            fields: FieldsRef {
+                header: &header,
+                record: &record,
+            },
+        };
+        let body = serde_json::to_string(&r).unwrap();
+        assert!(body.starts_with("{\"v\":1,\"feed\":\"f\""));
+        let e = Envelope::decode(&body).unwrap();
+        assert_eq!(e.fields["name"], "Zoë \"Z\", Jr");
+        assert_eq!(e.change, Change::New);
+    }
+}

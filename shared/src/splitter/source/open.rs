@@ -1,0 +1,98 @@
+//! Opening an object's byte stream: gzip by its magic bytes (a corrupt stream is the file's
+//! fault, a failed network read is not), then a UTF-8 byte-order mark skipped.
+
+use super::{FileRejection, ReadError};
+use std::io::{BufRead, BufReader, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Marks an error of the decompressor on intact input: the data itself is bad.
+#[derive(Debug)]
+struct CorruptInput;
+impl std::fmt::Display for CorruptInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("corrupt compressed data")
+    }
+}
+impl std::error::Error for CorruptInput {}
+
+/// Remembers whether the underlying source (the network stream) failed.
+struct Watch<R> {
+    inner: R,
+    failed: Arc<AtomicBool>,
+}
+impl<R: Read> Read for Watch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).inspect_err(|_| {
+            self.failed.store(true, Ordering::SeqCst);
+        })
+    }
+}
+
+/// A decompressor whose errors, when the source itself did not fail, mean corrupt data.
+struct Decoded<R> {
+    inner: R,
+    source_failed: Arc<AtomicBool>,
+}
+impl<R: Read> Read for Decoded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if self.source_failed.load(Ordering::SeqCst) {
+                e
+            } else {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, CorruptInput)
+            }
+        })
+    }
+}
+
+/// Open a byte stream: transparently gunzips (by magic bytes) and skips a UTF-8 BOM.
+pub fn open_stream<R: Read + Send + 'static>(
+    inner: R,
+    buf_size: usize,
+) -> Result<Box<dyn Read + Send>, ReadError> {
+    let failed = Arc::new(AtomicBool::new(false));
+    let watched = Watch {
+        inner,
+        failed: failed.clone(),
+    };
+    let mut br = BufReader::with_capacity(buf_size, watched);
+    let head = fill_at_least(&mut br, 2)?;
+    if head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b {
+        let gz = Decoded {
+            inner: flate2::read::MultiGzDecoder::new(br),
+            source_failed: failed,
+        };
+        let mut inner = BufReader::with_capacity(buf_size, gz);
+        skip_bom(&mut inner).map_err(io_error)?;
+        return Ok(Box::new(inner));
+    }
+    skip_bom(&mut br)?;
+    Ok(Box::new(br))
+}
+
+pub(super) fn io_error(e: std::io::Error) -> ReadError {
+    if e.get_ref().is_some_and(|i| i.is::<CorruptInput>()) {
+        ReadError::Rejected(FileRejection::CorruptCompression)
+    } else {
+        ReadError::Io(e)
+    }
+}
+
+fn fill_at_least<R: Read>(br: &mut BufReader<R>, n: usize) -> std::io::Result<Vec<u8>> {
+    // BufReader::fill_buf may return fewer bytes than available; peek by reading into a small
+    // buffer only when the first fill is short (rare: tiny network chunks).
+    let buf = br.fill_buf()?;
+    if buf.len() >= n || buf.is_empty() {
+        return Ok(buf[..buf.len().min(n)].to_vec());
+    }
+    Ok(buf.to_vec())
+}
+
+fn skip_bom<R: BufRead>(br: &mut R) -> std::io::Result<()> {
+    let buf = br.fill_buf()?;
+    if buf.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        br.consume(3);
+    }
+    Ok(())
+}

@@ -1,0 +1,513 @@
+//! The source stage's tests: the reader against the CSV rules and the `csv` crate, gzip,
+//! whole-file rejections, line prints and known lines.
+
+use super::reader::Read1;
+use super::record::comma_positions;
+use super::*;
+use crate::splitter::state::KnownLines;
+use std::io::Read;
+use std::sync::Arc;
+
+type Parsed = (Vec<String>, Vec<(u64, Vec<String>)>, Vec<Rejected>);
+
+fn rows(data: &[u8]) -> Parsed {
+    let s = open_stream(std::io::Cursor::new(data.to_vec()), 64).unwrap();
+    let mut r = RowReader::new(s, &["id".into()], &["id".into()], 100, 200).unwrap();
+    let mut rec = Record::new();
+    let mut ok = vec![];
+    let mut bad = vec![];
+    while let Some(row) = r.next_row(&mut rec).unwrap() {
+        match row {
+            Row::Ok { line, record } => ok.push((
+                line,
+                record
+                    .iter()
+                    .map(|f| String::from_utf8(f.to_vec()).unwrap())
+                    .collect(),
+            )),
+            Row::Rejected { rejected, .. } => bad.push(rejected),
+            Row::Known { .. } => unreachable!("no known lines were set"),
+        }
+    }
+    (r.header().to_vec(), ok, bad)
+}
+
+#[test]
+fn quoted_commas_newlines_crlf_bom() {
+    let data = b"\xEF\xBB\xBFid,name,addr\r\n1,\"Zo\xC3\xAB, Jr\",\"12 Main St\r\nApt 4\"\r\n2,\"say \"\"hi\"\"\",\r\n";
+    let (h, ok, bad) = rows(data);
+    assert_eq!(h, vec!["id", "name", "addr"]);
+    assert!(bad.is_empty());
+    assert_eq!(ok.len(), 2);
+    assert_eq!(ok[0].1, vec!["1", "Zoë, Jr", "12 Main St\r\nApt 4"]);
+    assert_eq!(ok[0].0, 2);
+    assert_eq!(ok[1].1, vec!["2", "say \"hi\"", ""]);
+    assert_eq!(ok[1].0, 4, "line numbers count embedded newlines");
+}
+
+#[test]
+fn gzip_is_transparent() {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(b"\xEF\xBB\xBFid,v\n1,a\n2,b\n").unwrap();
+    let gz = enc.finish().unwrap();
+    let (h, ok, bad) = rows(&gz);
+    assert_eq!(h, vec!["id", "v"]);
+    assert_eq!(ok.len(), 2);
+    assert!(bad.is_empty());
+}
+
+#[test]
+fn corrupt_gzip_is_a_file_rejection() {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    writeln!(enc, "id,v").unwrap();
+    for i in 0..5000 {
+        writeln!(enc, "{i},value-{i}").unwrap();
+    }
+    let gz = enc.finish().unwrap();
+    let mut cut = b"".to_vec();
+    cut.extend_from_slice(&gz[..gz.len() / 2]);
+    let s = open_stream(std::io::Cursor::new(cut), 64).unwrap();
+    let mut r = RowReader::new(s, &[], &["id".into()], 10, 100).unwrap_or_else(|e| panic!("{e}"));
+    let mut rec = Record::new();
+    let err = loop {
+        match r.next_row(&mut rec) {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a truncated gzip read to the end"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(err, ReadError::Rejected(FileRejection::CorruptCompression)),
+        "{err}"
+    );
+    assert!(!err.retryable());
+}
+
+#[test]
+fn source_failures_stay_retryable() {
+    struct Broken;
+    impl Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("connection reset"))
+        }
+    }
+    let err = open_stream(Broken, 64).err().unwrap();
+    assert!(err.retryable(), "{err}");
+}
+
+#[test]
+fn bad_rows_are_rejected_with_lines() {
+    let data = b"id,v\n1,a\n2\n3,\xFF\xFE\n,x\n4,b,c\n5,ok\n";
+    let (_, ok, bad) = rows(data);
+    assert_eq!(ok.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 7]);
+    let lines: Vec<u64> = bad.iter().map(|b| b.line).collect();
+    assert_eq!(lines, vec![3, 4, 5, 6]);
+    assert!(bad[0].reason.contains("ragged"));
+    assert!(bad[1].reason.contains("UTF-8") && bad[1].reason.contains("`v`"));
+    assert!(bad[2].reason.contains("empty key"));
+    assert!(bad[3].reason.contains("ragged"));
+    for b in &bad {
+        assert!(!b.reason.contains('\u{FFFD}') && !b.reason.contains("x"));
+    }
+}
+
+#[test]
+fn huge_row_is_rejected_without_values() {
+    let mut data = b"id,v\n1,".to_vec();
+    data.extend(std::iter::repeat_n(b'x', 500));
+    data.extend(b"\n2,y\n");
+    let (_, ok, bad) = rows(&data);
+    assert_eq!(ok.len(), 1);
+    assert_eq!(bad.len(), 1);
+    assert!(bad[0].reason.contains("over the feed's limit"));
+    assert!(bad[0].fields.is_empty());
+}
+
+#[test]
+fn whole_file_rejections() {
+    let open = |d: &[u8]| {
+        let s = open_stream(std::io::Cursor::new(d.to_vec()), 64).unwrap();
+        RowReader::new(s, &["id".into(), "v".into()], &["id".into()], 3, 100)
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert!(open(b"").unwrap().contains("empty"));
+    assert!(open(b"\xEF\xBB\xBF").unwrap().contains("empty"));
+    assert!(open(b"\n\n").unwrap().contains("empty"));
+    assert!(open(b"id,w\n1,2\n").unwrap().contains("missing: v"));
+    assert!(open(b"id,v,id\n").unwrap().contains("positions 1 and 3"));
+    assert!(open(b"id,,v\n").unwrap().contains("empty column name"));
+    assert!(open(b"id,v,a,b\n").unwrap().contains("limit of 3"));
+    assert!(open(b"id,\xFF\n").unwrap().contains("UTF-8"));
+    assert!(
+        open(b"id,v\n").is_none(),
+        "header only is a valid empty export"
+    );
+}
+
+/// Hands out at most `n` bytes per read: every buffer boundary gets exercised.
+struct Trickle(std::io::Cursor<Vec<u8>>, usize);
+impl Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.1);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+fn all_records(data: &[u8], per_read: usize, max_row: usize) -> Vec<(u64, Vec<Vec<u8>>)> {
+    let src = Trickle(std::io::Cursor::new(data.to_vec()), per_read);
+    let mut r = match RowReader::new(src, &[], &[], 1_000_000, max_row) {
+        Ok(r) => r,
+        Err(_) => return Vec::new(),
+    };
+    let mut out = vec![(
+        1,
+        r.header().iter().map(|h| h.as_bytes().to_vec()).collect(),
+    )];
+    let mut rec = Record::new();
+    while let Ok(Read1::Record { line, .. }) = r.read_record(&mut rec) {
+        out.push((line, rec.iter().map(|f| f.to_vec()).collect()));
+    }
+    out
+}
+
+/// A seeded xorshift64 generator: the random inputs of these tests, reproducible.
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// The two paths of the reader give what the `csv` crate gives, record by record, on
+/// random input made of CSV's special bytes, whatever the read sizes.
+#[test]
+fn same_records_as_the_csv_crate_on_random_input() {
+    let alphabet: &[&[u8]] = &[
+        b"a",
+        b"bc",
+        b",",
+        b",",
+        b"\"",
+        b"\n",
+        b"\r\n",
+        b"\r",
+        b" ",
+        "é".as_bytes(),
+        b"\"\"",
+    ];
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
+    for case in 0..2000 {
+        let len = (next() % 60) as usize;
+        let mut data = b"h1,h2\n".to_vec();
+        for _ in 0..len {
+            data.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+        }
+        let mut want = Vec::new();
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(&data[..]);
+        let mut rec = csv::ByteRecord::new();
+        while rdr.read_byte_record(&mut rec).unwrap_or(false) {
+            want.push(rec.iter().map(|f| f.to_vec()).collect::<Vec<_>>());
+        }
+        for per_read in [1, 2, 3, 7, 4096] {
+            let got: Vec<Vec<Vec<u8>>> = all_records(&data, per_read, 1 << 16)
+                .into_iter()
+                .map(|(_, f)| f)
+                .collect();
+            assert_eq!(
+                got,
+                want,
+                "case {case}, reads of {per_read}: {:?}",
+                String::from_utf8_lossy(&data)
+            );
+        }
+    }
+}
+
+/// With a snapshot's line hashes set, exactly the plain lines it has come back as known
+/// (at their line numbers, with the row that has them), and every other record comes
+/// back as it did without — whatever the read sizes and wherever the buffer ends.
+#[test]
+fn known_lines_change_nothing_else() {
+    use crate::splitter::state::{Entry, Snapshot, SnapshotHeader, FORMAT_VERSION};
+    let alphabet: &[&[u8]] = &[
+        b"a", b"bc", b",", b",", b"\"", b"\n", b"\n", b"\n", b"\r\n", b"\r", b"x,y",
+    ];
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D);
+    type Got = Vec<(u64, Result<Vec<Vec<u8>>, u32>)>;
+    let read =
+        |data: &[u8], per_read: usize, ignored: &[String], known: Option<Arc<KnownLines>>| -> Got {
+            let src = Trickle(std::io::Cursor::new(data.to_vec()), per_read);
+            let mut r = RowReader::new(src, &[], &[], 1_000_000, 1 << 16).unwrap();
+            r.set_line_ignored(ignored);
+            r.set_known(known);
+            let mut rec = Record::new();
+            let mut out = Vec::new();
+            loop {
+                match r.read_record(&mut rec).unwrap() {
+                    Read1::End => return out,
+                    Read1::Record { line, .. } => {
+                        out.push((line, Ok(rec.iter().map(|f| f.to_vec()).collect())))
+                    }
+                    Read1::Known { line, pos } => out.push((line, Err(pos))),
+                }
+            }
+        };
+    for case in 0..300 {
+        // no column, the last or the first left out of line prints
+        let ignored = [vec![], vec!["h2".to_string()], vec!["h1".to_string()]][case % 3].clone();
+        let mut data = b"h1,h2\n".to_vec();
+        for _ in 0..(next() % 400) {
+            data.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+        }
+        // the plain lines as the reader hashes them, and a random half of them known
+        let plain: Vec<(u64, Vec<Vec<u8>>, u64)> = {
+            let src = std::io::Cursor::new(data.clone());
+            let mut r = RowReader::new(src, &[], &[], 1_000_000, 1 << 16).unwrap();
+            r.set_line_ignored(&ignored);
+            let mut rec = Record::new();
+            let mut v = Vec::new();
+            while let Ok(Read1::Record { line, .. }) = r.read_record(&mut rec) {
+                v.push((
+                    line,
+                    rec.iter().map(|f| f.to_vec()).collect(),
+                    rec.line_hash(),
+                ));
+            }
+            v
+        };
+        let mut chosen = std::collections::BTreeSet::new();
+        for (_, _, h) in &plain {
+            if *h != 0 && next().is_multiple_of(2) {
+                chosen.insert(*h);
+            }
+        }
+        let entries: Vec<Entry> = chosen
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| Entry {
+                key: i as u64,
+                content: 0,
+                chain: 0,
+                line: h,
+            })
+            .collect();
+        let header = SnapshotHeader {
+            format: FORMAT_VERSION,
+            feed: "f".into(),
+            key_columns: vec![],
+            hashed_columns: vec![],
+            source: Default::default(),
+            row_count: 0,
+            created_at: String::new(),
+            run: String::new(),
+            line_context: None,
+        };
+        let snap = Arc::new(Snapshot::from_entries(header, entries));
+        let known = KnownLines::new(snap.clone()).map(Arc::new);
+        let want: Got = plain
+            .iter()
+            .map(|(line, fields, h)| {
+                let pos = (*h != 0 && chosen.contains(h))
+                    .then(|| (0..snap.len()).find(|&p| snap.line_at(p) == *h).unwrap());
+                match pos {
+                    Some(p) => (*line, Err(p as u32)),
+                    None => (*line, Ok(fields.clone())),
+                }
+            })
+            .collect();
+        for per_read in [1, 2, 7, 64, 4096] {
+            let got = read(&data, per_read, &ignored, known.clone());
+            assert_eq!(
+                got,
+                want,
+                "case {case}, reads of {per_read}, {ignored:?} left out: {:?}",
+                String::from_utf8_lossy(&data)
+            );
+        }
+    }
+}
+
+#[test]
+fn line_prints_leave_out_ignored_values_and_nothing_else() {
+    // the field walk only (no column count known)
+    fn p(line: impl AsRef<[u8]>, ig: &[usize]) -> u64 {
+        line_print(
+            line.as_ref(),
+            ig,
+            usize::MAX,
+            100,
+            &mut PrintScratch::default(),
+        )
+    }
+    // with the column count: the last column's shortcut
+    fn pf(line: impl AsRef<[u8]>, ig: &[usize], fields: usize) -> u64 {
+        line_print(line.as_ref(), ig, fields, 100, &mut PrintScratch::default())
+    }
+    assert_eq!(pf("1,a,TS1", &[2], 3), p("1,a,TS1", &[2]));
+    assert_eq!(pf("1,\"a,b\",TS1", &[2], 3), p("1,\"a,b\",TS2", &[2]));
+    assert_eq!(pf("1,a,\"T,S\"", &[2], 3), p("1,a,TS2", &[2]));
+    assert_eq!(pf(b"1,a,\xff", &[2], 3), 0);
+    assert_ne!(pf("1,a,TS,x", &[2], 3), p("1,a,TS", &[2]), "a ragged row");
+    // the last column ignored (an export timestamp)
+    assert_eq!(p("1,a,TS1", &[2]), p("1,a,TS2", &[2]));
+    assert_eq!(p("1,a,TS1", &[2]), p("1,a,\"T,\"\"S\"", &[2]));
+    assert_ne!(p("1,a,TS1", &[2]), p("1,b,TS1", &[2]));
+    assert_ne!(
+        p("1,a,TS1", &[2]),
+        p("1,a,TS1,x", &[2]),
+        "an extra field counts"
+    );
+    assert_ne!(p("1,a,TS1", &[2]), p("1,a,", &[1]));
+    // in the middle, quoted fields around it
+    let a = p("\"1,2\",TS,\"x\"\"y\"", &[1]);
+    assert_ne!(a, 0);
+    assert_eq!(a, p("\"1,2\",\"TS,TS\",\"x\"\"y\"", &[1]));
+    assert_ne!(a, p("\"1,2\",TS,\"x\"\"z\"", &[1]));
+    assert_ne!(a, p("\"1\",TS,\"x\"\"y\"", &[1]));
+    // several ignored
+    assert_eq!(p("k,1,v,2,w", &[1, 3]), p("k,9,v,8,w", &[1, 3]));
+    assert_ne!(p("k,1,v,2,w", &[1, 3]), p("k,1,v,2,x", &[1, 3]));
+    // nothing ignored: the plain line hash
+    assert_eq!(p("1,a,TS1", &[]), line_hash(b"1,a,TS1"));
+    assert_ne!(p("1,a,TS1", &[]), p("1,a,TS2", &[]));
+    // not known by a print: too few fields, unclosed or odd quoting up to the ignored
+    // field, an ignored value that is not UTF-8, a line too long for the limit
+    assert_eq!(p("1,a", &[2]), 0);
+    assert_eq!(p("1,\"a,TS", &[2]), 0);
+    assert_eq!(p("1,\"a\"b,TS", &[2]), 0);
+    assert_eq!(p("1,a,\"TS", &[2]), 0);
+    assert_eq!(p(b"1,a,\xff", &[2]), 0);
+    assert_ne!(p(b"1,\xff,a", &[2]), 0, "the full path checks kept values");
+    assert_eq!(p([b'a'; 100], &[]), 0);
+    assert_ne!(p([b'a'; 99], &[]), 0);
+    assert_eq!(p([b'a'; 100], &[0]), 0);
+    // commas inside quotes before the ignored field are not separators
+    assert_eq!(p("\"a,b\",x,TS", &[2]), p("\"a,b\",x,\"T,S\"", &[2]));
+    assert_eq!(p("\"a,b\",x,TS", &[2]), p("\"a,b\",x,", &[2]));
+    assert_eq!(p("\"a,b\",x", &[2]), 0);
+}
+
+/// The last column's shortcut prints every row of the right width as the field walk
+/// does (stored prints and looked-up prints must agree, whichever way each was made).
+#[test]
+fn the_last_column_shortcut_agrees_with_the_field_walk() {
+    let alphabet: &[&[u8]] = &[
+        b"a",
+        b"bc",
+        b",",
+        b",",
+        b"\"",
+        b"\"\"",
+        b" ",
+        "é".as_bytes(),
+    ];
+    let mut next = xorshift(0x1234_5678_9ABC_DEF1);
+    let mut agreed = 0;
+    for _ in 0..20_000 {
+        let mut line = Vec::new();
+        for _ in 0..(next() % 16) {
+            line.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+        }
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(&line[..]);
+        let mut rec = csv::ByteRecord::new();
+        let fields = match rdr.read_byte_record(&mut rec) {
+            Ok(true) if rdr.read_byte_record(&mut csv::ByteRecord::new()).ok() == Some(false) => {
+                rec.len()
+            }
+            _ => continue,
+        };
+        let walk = line_print(
+            &line,
+            &[fields - 1],
+            usize::MAX,
+            1 << 20,
+            &mut PrintScratch::default(),
+        );
+        let short = line_print(
+            &line,
+            &[fields - 1],
+            fields,
+            1 << 20,
+            &mut PrintScratch::default(),
+        );
+        if walk != 0 {
+            assert_eq!(short, walk, "{:?}", String::from_utf8_lossy(&line));
+            agreed += 1;
+        }
+    }
+    assert!(agreed > 1000, "{agreed}");
+}
+
+#[test]
+fn line_numbers_count_every_line_feed() {
+    let data = b"id,v\n1,a\n\n2,\"x\ny\"\r\n3,b\r\n\r\n4,\"q\"\n5,c";
+    for per_read in [1, 5, 4096] {
+        let got = all_records(data, per_read, 1000);
+        let lines: Vec<u64> = got.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, vec![1, 2, 4, 6, 8, 9], "reads of {per_read}");
+        assert_eq!(got[2].1, vec![b"2".to_vec(), b"x\ny".to_vec()]);
+        assert_eq!(got[5].1, vec![b"5".to_vec(), b"c".to_vec()]);
+    }
+}
+
+/// A record far over the limit (a quote never closed, say) is read with bounded memory,
+/// rejected with its size, its key still readable, and the rows after it are intact.
+#[test]
+fn oversized_records_are_bounded_and_keep_their_key() {
+    for quoted in [false, true] {
+        let mut data = b"id,v,w\n1,a,b\n2,".to_vec();
+        if quoted {
+            data.push(b'"');
+        }
+        data.extend(std::iter::repeat_n(b'x', 300_000));
+        if quoted {
+            data.extend_from_slice(b"\n\"");
+        }
+        data.extend_from_slice(b",z\n3,c,d\n");
+        let src = Trickle(std::io::Cursor::new(data), 1000);
+        let mut r = RowReader::new(src, &[], &["id".into()], 10, 100).unwrap();
+        let mut rec = Record::new();
+        let mut seen = Vec::new();
+        while let Some(row) = r.next_row(&mut rec).unwrap() {
+            match row {
+                Row::Ok { line, record } => seen.push((line, record[0].to_vec(), None)),
+                Row::Rejected { rejected, record } => {
+                    assert!(record.data.len() <= 1000, "kept {}", record.data.len());
+                    seen.push((rejected.line, record[0].to_vec(), Some(rejected.reason)))
+                }
+                Row::Known { .. } => unreachable!("no known lines were set"),
+            }
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[1].1, b"2");
+        let reason = seen[1].2.as_deref().unwrap_or_default();
+        assert!(reason.contains("over the feed's limit of 100"), "{reason}");
+        assert_eq!(seen[2].1, b"3");
+        assert_eq!(seen[2].0, if quoted { 5 } else { 4 });
+    }
+}
+
+#[test]
+fn comma_positions_match_a_plain_scan() {
+    let mut out = Vec::new();
+    for len in 0..100usize {
+        let d: Vec<u8> = (0..len)
+            .map(|i| if (i * 7 + len) % 5 == 0 { b',' } else { b'a' })
+            .collect();
+        comma_positions(&d, &mut out);
+        let want: Vec<u32> = (0..len as u32).filter(|&i| d[i as usize] == b',').collect();
+        assert_eq!(out, want, "length {len}");
+    }
+}
