@@ -1,0 +1,287 @@
+//! The HTTP handlers: `POST /cases` with its checks in order, `/stats`, `/control` and `/reset`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::faults::FaultsPatch;
+use super::net::ConnKill;
+use super::server::{patch_faults, Shared};
+use super::stats::{InFlight, Stats};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Change {
+    New,
+    Changed,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CaseBody {
+    pub(super) feed: String,
+    pub(super) record_key: String,
+    pub(super) change: Change,
+    #[allow(dead_code)] // only checked for shape; never stored or logged
+    fields: serde_json::Map<String, Value>,
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn key_prefix(key: &str) -> String {
+    key.chars().take(8).collect()
+}
+
+fn error_body(status: StatusCode, reason: &str) -> Response {
+    (status, Json(json!({ "error": reason }))).into_response()
+}
+
+fn answer(status: StatusCode, key: &str, resp: Response) -> Response {
+    tracing::debug!(
+        method = "POST",
+        path = "/cases",
+        status = status.as_u16(),
+        key = %key_prefix(key),
+        "answered"
+    );
+    resp
+}
+
+pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> Response {
+    let c = &st.counters;
+    c.requests.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::enter(c);
+
+    let latency = st.faults().faults.latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let fs = st.faults();
+    let f = &fs.faults;
+    let (parts, body) = req.into_parts();
+    let key_header = parts
+        .headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or("");
+
+    if f.outage_active() {
+        c.server_errors_5xx.fetch_add(1, Ordering::SeqCst);
+        let s = StatusCode::SERVICE_UNAVAILABLE;
+        return answer(s, key_header, error_body(s, "service unavailable (outage)"));
+    }
+    if !st.authorized(&parts.headers) {
+        c.unauthorized.fetch_add(1, Ordering::SeqCst);
+        let s = StatusCode::UNAUTHORIZED;
+        let mut resp = error_body(s, "missing or invalid bearer token");
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return answer(s, key_header, resp);
+    }
+
+    // Parse: 400 / 413.
+    let bad = |reason: &str| {
+        c.bad_requests.fetch_add(1, Ordering::SeqCst);
+        answer(
+            StatusCode::BAD_REQUEST,
+            key_header,
+            error_body(StatusCode::BAD_REQUEST, reason),
+        )
+    };
+    if key_header.is_empty() {
+        return bad("missing Idempotency-Key header");
+    }
+    let key = key_header.to_owned();
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        let ok = ct
+            .to_str()
+            .map(|s| {
+                s.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            })
+            .unwrap_or(false);
+        if !ok {
+            return bad("Content-Type must be application/json");
+        }
+    }
+    let too_large = || {
+        c.bad_requests.fetch_add(1, Ordering::SeqCst);
+        let s = StatusCode::PAYLOAD_TOO_LARGE;
+        answer(s, &key, error_body(s, "request body too large"))
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.max_body_bytes as u64) {
+        return too_large();
+    }
+    let bytes = match Limited::new(body, st.max_body_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+        Err(_) => return bad("could not read the request body"),
+    };
+    let case: CaseBody = match serde_json::from_slice(&bytes) {
+        Ok(c) => c,
+        // Only the category and position: serde's own message may quote row values.
+        Err(e) => {
+            let what = match e.classify() {
+                serde_json::error::Category::Data => {
+                    "body does not have the expected shape {feed, record_key, change: \"new\"|\"changed\", fields: {…}}"
+                }
+                _ => "body is not valid JSON",
+            };
+            return bad(&format!(
+                "{what} (line {}, column {})",
+                e.line(),
+                e.column()
+            ));
+        }
+    };
+    if case.feed.is_empty() || case.record_key.is_empty() {
+        return bad("feed and record_key must not be empty");
+    }
+
+    if fs.reject_keys.contains(&key) || fs.reject_record_keys.contains(&case.record_key) {
+        c.rejected_422.fetch_add(1, Ordering::SeqCst);
+        let s = StatusCode::UNPROCESSABLE_ENTITY;
+        let reason = if fs.reject_keys.contains(&key) {
+            "case rejected: the Idempotency-Key is on the reject list"
+        } else {
+            "case rejected: the record is on the reject list"
+        };
+        return answer(s, &key, error_body(s, reason));
+    }
+    if st.draw(f.rate_limit_429, f.seed) {
+        c.rate_limited_429.fetch_add(1, Ordering::SeqCst);
+        let s = StatusCode::TOO_MANY_REQUESTS;
+        let mut resp = error_body(s, "rate limited");
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(f.retry_after_secs));
+        return answer(s, &key, resp);
+    }
+    if st.draw(f.fail_5xx, f.seed) {
+        c.server_errors_5xx.fetch_add(1, Ordering::SeqCst);
+        let s = StatusCode::SERVICE_UNAVAILABLE;
+        return answer(s, &key, error_body(s, "injected server error"));
+    }
+    if st.draw(f.timeout_share, f.seed) {
+        c.timeouts.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(f.timeout_ms)).await;
+        let s = StatusCode::SERVICE_UNAVAILABLE;
+        return answer(s, &key, error_body(s, "injected timeout"));
+    }
+    let drop_after = st.draw(f.apply_then_drop, f.seed);
+
+    let applied = st.ledger().apply(&key, &case);
+    match applied {
+        Ok(true) => {
+            c.applied.fetch_add(1, Ordering::SeqCst);
+            if drop_after {
+                if let Some(kill) = parts.extensions.get::<ConnKill>() {
+                    c.dropped_after_apply.fetch_add(1, Ordering::SeqCst);
+                    tracing::debug!(method = "POST", path = "/cases", key = %key_prefix(&key), "applied; dropping the connection");
+                    kill.0.notify_one();
+                    // The connection task drops this future together with the connection.
+                    return std::future::pending::<Response>().await;
+                }
+            }
+            let s = StatusCode::CREATED;
+            answer(
+                s,
+                &key,
+                (
+                    s,
+                    Json(json!({"status": "applied", "idempotency_key": key})),
+                )
+                    .into_response(),
+            )
+        }
+        Ok(false) => {
+            c.replays.fetch_add(1, Ordering::SeqCst);
+            let s = StatusCode::CONFLICT;
+            answer(
+                s,
+                &key,
+                (
+                    s,
+                    Json(json!({"status": "already_applied", "idempotency_key": key})),
+                )
+                    .into_response(),
+            )
+        }
+        Err(e) => {
+            c.server_errors_5xx.fetch_add(1, Ordering::SeqCst);
+            tracing::error!(error = %e, key = %key_prefix(&key), "ledger write failed");
+            let s = StatusCode::INTERNAL_SERVER_ERROR;
+            answer(s, &key, error_body(s, "could not record the effect"))
+        }
+    }
+}
+
+pub(super) async fn get_stats(State(st): State<Arc<Shared>>) -> Json<Stats> {
+    Json(st.counters.snapshot())
+}
+
+pub(super) async fn get_control(State(st): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !st.authorized(&headers) {
+        return error_body(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+    }
+    Json(st.faults().faults.clone()).into_response()
+}
+
+pub(super) async fn post_control(
+    State(st): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !st.authorized(&headers) {
+        return error_body(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+    }
+    let patch: FaultsPatch = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return error_body(StatusCode::BAD_REQUEST, &format!("bad control body: {e}")),
+    };
+    match patch_faults(&st, &patch) {
+        Ok(f) => {
+            // Shares and list sizes only: the lists hold keys, which are not for the logs.
+            tracing::info!(
+                fail_5xx = f.fail_5xx,
+                rate_limit_429 = f.rate_limit_429,
+                timeout_share = f.timeout_share,
+                apply_then_drop = f.apply_then_drop,
+                latency_ms = f.latency_ms,
+                outage = f.outage_active(),
+                reject_keys = f.reject_keys.len(),
+                reject_record_keys = f.reject_record_keys.len(),
+                "faults changed"
+            );
+            Json(f).into_response()
+        }
+        Err(reason) => error_body(StatusCode::BAD_REQUEST, &reason),
+    }
+}
+
+pub(super) async fn post_reset(State(st): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !st.authorized(&headers) {
+        return error_body(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+    }
+    st.counters.reset();
+    Json(st.counters.snapshot()).into_response()
+}

@@ -1,0 +1,217 @@
+//! The running server: the state its handlers share and `ApiServer`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use axum::http::{header, HeaderMap};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::config::{ApiConfig, ApiError};
+use super::faults::{FaultState, Faults, FaultsPatch};
+use super::handlers::{get_control, get_stats, post_cases, post_control, post_reset};
+use super::ledger::Ledger;
+use super::net::{accept_loop, is_docker_bridge_address};
+use super::stats::{Counters, Stats};
+
+pub(super) struct Shared {
+    token: String,
+    pub(super) max_body_bytes: usize,
+    pub(super) counters: Counters,
+    faults: RwLock<Arc<FaultState>>,
+    draws: AtomicU64,
+    ledger: Mutex<Ledger>,
+}
+
+impl Shared {
+    pub(super) fn faults(&self) -> Arc<FaultState> {
+        self.faults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_faults(&self, f: Faults, restart_rng: bool) {
+        *self.faults.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(FaultState::new(f));
+        if restart_rng {
+            self.draws.store(0, Ordering::SeqCst);
+        }
+    }
+
+    pub(super) fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True with probability `share`: xxh3 of the next draw number, seeded.
+    pub(super) fn draw(&self, share: f64, seed: u64) -> bool {
+        if share <= 0.0 {
+            return false;
+        }
+        if share >= 1.0 {
+            return true;
+        }
+        let n = self.draws.fetch_add(1, Ordering::SeqCst);
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&n.to_le_bytes(), seed);
+        ((h >> 11) as f64 / (1u64 << 53) as f64) < share
+    }
+
+    pub(super) fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(v) = headers.get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let Some(given) = v.as_bytes().strip_prefix(b"Bearer ") else {
+            return false;
+        };
+        let want = self.token.as_bytes();
+        // Constant time in the token's content.
+        given.len() == want.len() && given.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+    }
+}
+
+/// A running server. Dropping it without [`ApiServer::shutdown`] also stops it (without waiting).
+pub struct ApiServer {
+    /// The bound address (the real port when the config asked for port 0).
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    ledger_path: Option<PathBuf>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Binds, loads the ledger, and spawns the server on the current tokio runtime; returns
+    /// once the socket is bound and listening.
+    pub async fn start(cfg: ApiConfig) -> Result<ApiServer, ApiError> {
+        let ip = cfg.listen.ip();
+        let allowed = ip.is_loopback() || (cfg.allow_docker_bridge && is_docker_bridge_address(ip));
+        if !allowed {
+            return Err(ApiError::Config(format!(
+                "listen address {} is not a loopback address{}",
+                cfg.listen,
+                if cfg.allow_docker_bridge {
+                    " nor the address of the docker0 bridge"
+                } else {
+                    ""
+                }
+            )));
+        }
+        if cfg.token.is_empty() {
+            return Err(ApiError::Config("the API token must not be empty".into()));
+        }
+        if cfg.max_body_bytes == 0 {
+            return Err(ApiError::Config("max_body_bytes must be positive".into()));
+        }
+        cfg.faults.validate().map_err(ApiError::Config)?;
+        let ledger = Ledger::open(cfg.ledger.as_deref()).map_err(|source| ApiError::Ledger {
+            path: cfg.ledger.clone().unwrap_or_default(),
+            source,
+        })?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ApiError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ApiError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            token: cfg.token,
+            max_body_bytes: cfg.max_body_bytes,
+            counters: Counters::default(),
+            faults: RwLock::new(Arc::new(FaultState::new(cfg.faults))),
+            draws: AtomicU64::new(0),
+            ledger: Mutex::new(ledger),
+        });
+        let router = Router::new()
+            .route("/cases", post(post_cases))
+            .route("/stats", get(get_stats))
+            .route("/control", post(post_control).get(get_control))
+            .route("/reset", post(post_reset))
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(shared.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, router, stop_rx));
+        tracing::info!(%addr, "stand-in contact-tracing API listening");
+        Ok(ApiServer {
+            addr,
+            shared,
+            ledger_path: cfg.ledger,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Clears the counters (not the ledger), like `POST /reset`.
+    pub fn reset(&self) {
+        self.shared.counters.reset();
+    }
+
+    /// Applied Idempotency-Keys in the order they were applied (ledger entries loaded at start
+    /// first).
+    pub fn applied_keys(&self) -> Vec<String> {
+        self.shared.ledger().order.clone()
+    }
+
+    pub fn ledger_path(&self) -> Option<&Path> {
+        self.ledger_path.as_deref()
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.shared.faults().faults.clone()
+    }
+
+    /// Replaces all faults and restarts the RNG sequence. Shares are clamped to `0.0..=1.0`.
+    pub fn set_faults(&self, mut f: Faults) {
+        for s in [
+            &mut f.fail_5xx,
+            &mut f.rate_limit_429,
+            &mut f.timeout_share,
+            &mut f.apply_then_drop,
+        ] {
+            *s = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
+        }
+        self.shared.set_faults(f, true);
+    }
+
+    /// Applies a partial update, like `POST /control`.
+    pub fn patch_faults(&self, patch: &FaultsPatch) -> Result<Faults, String> {
+        patch_faults(&self.shared, patch)
+    }
+
+    /// Stops accepting, lets open connections finish for up to a second, then drops them.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+pub(super) fn patch_faults(shared: &Shared, patch: &FaultsPatch) -> Result<Faults, String> {
+    let mut f = shared.faults().faults.clone();
+    patch.apply_to(&mut f)?;
+    shared.set_faults(f.clone(), patch.seed.is_some());
+    Ok(f)
+}
