@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
+/// Capped exponential backoff: attempt `n` waits a uniform time up to
+/// `min(cap, base × 2^(n-1))` ("full jitter").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
+    /// The first attempt's ceiling.
     pub base: Duration,
+    /// The largest ceiling.
     pub cap: Duration,
 }
 
@@ -17,17 +21,20 @@ impl Backoff {
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(32);
         let mult = 1u64 << exp;
-        let nanos = (self.base.as_nanos() as u64).saturating_mul(mult);
+        let base = u64::try_from(self.base.as_nanos()).unwrap_or(u64::MAX);
+        let nanos = base.saturating_mul(mult);
         Duration::from_nanos(nanos).min(self.cap)
     }
 
     /// Full jitter: uniform in `[0, ceiling(attempt)]`.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let c = self.ceiling(attempt).as_nanos() as u64;
-        if c == 0 {
-            return Duration::ZERO;
+        let c = u64::try_from(self.ceiling(attempt).as_nanos()).unwrap_or(u64::MAX);
+        match c.checked_add(1) {
+            _ if c == 0 => Duration::ZERO,
+            Some(span) => Duration::from_nanos(random_u64() % span),
+            // the whole range of u64 nanoseconds: any value is in it
+            None => Duration::from_nanos(random_u64()),
         }
-        Duration::from_nanos(random_u64() % (c + 1))
     }
 }
 
@@ -59,5 +66,9 @@ mod tests {
         for a in 1..20 {
             assert!(b.delay(a) <= b.ceiling(a));
         }
+        // a cap beyond u64 nanoseconds (~584 years) saturates instead of overflowing
+        let huge = Backoff::new(Duration::from_secs(5), Duration::MAX);
+        assert_eq!(huge.ceiling(64), Duration::from_nanos(u64::MAX));
+        assert!(huge.delay(64) <= huge.ceiling(64));
     }
 }

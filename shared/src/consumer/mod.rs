@@ -7,6 +7,8 @@
 pub mod answer;
 mod deliver;
 pub mod ledger;
+#[cfg(test)]
+mod tests;
 
 pub use crate::ports::queue::{InMessage, WorkQueue};
 pub use ledger::{Lease, Ledger, LedgerError, LedgerRecord, LedgerState, Take};
