@@ -174,144 +174,16 @@ impl Config {
         let mut names = BTreeSet::new();
         let mut prefixes = BTreeSet::new();
         let mut feeds = Vec::with_capacity(raw.feeds.len());
-        for f in raw.feeds {
-            let feed_err = |field: &'static str, problem: String| ConfigError::Feed {
-                feed: f.name.clone(),
-                field,
-                problem,
-            };
-            if !valid_name(&f.name) {
-                return Err(feed_err(
-                    "name",
-                    "must be 1-128 characters of A-Z a-z 0-9 _ - . (not starting with a dot)"
-                        .into(),
-                ));
+        for f in &raw.feeds {
+            let feed = FeedConfig::from_raw(f, &raw.defaults)?;
+            if !names.insert(feed.name.clone()) {
+                return Err(feed_error(f, "name", "defined twice".into()));
             }
-            if !names.insert(f.name.clone()) {
-                return Err(feed_err("name", "defined twice".into()));
+            if !prefixes.insert(feed.prefix.clone()) {
+                let problem = format!("`{}` is already used by another feed", feed.prefix);
+                return Err(feed_error(f, "prefix", problem));
             }
-            let prefix = f.prefix.clone().unwrap_or_else(|| f.name.clone());
-            if !valid_name(&prefix) {
-                return Err(feed_err(
-                    "prefix",
-                    "must be one path segment of A-Z a-z 0-9 _ - . (no slash)".into(),
-                ));
-            }
-            if !prefixes.insert(prefix.clone()) {
-                return Err(feed_err(
-                    "prefix",
-                    format!("`{prefix}` is already used by another feed"),
-                ));
-            }
-            if f.key_columns.is_empty() {
-                return Err(feed_err(
-                    "key_columns",
-                    "at least one key column is required".into(),
-                ));
-            }
-            let mut seen = BTreeSet::new();
-            for c in &f.key_columns {
-                if c.is_empty() {
-                    return Err(feed_err("key_columns", "empty column name".into()));
-                }
-                if !seen.insert(c) {
-                    return Err(feed_err("key_columns", format!("`{c}` listed twice")));
-                }
-            }
-            for c in &f.ignore_columns {
-                if f.key_columns.contains(c) {
-                    return Err(feed_err(
-                        "ignore_columns",
-                        format!("`{c}` is a key column and cannot be ignored"),
-                    ));
-                }
-                if f.required_columns.contains(c) {
-                    return Err(feed_err(
-                        "ignore_columns",
-                        format!("`{c}` is also a required column"),
-                    ));
-                }
-            }
-            let mut required = f.key_columns.clone();
-            for c in &f.required_columns {
-                if c.is_empty() {
-                    return Err(feed_err("required_columns", "empty column name".into()));
-                }
-                if !required.contains(c) {
-                    required.push(c.clone());
-                }
-            }
-            let max_row_bytes = f
-                .max_row_bytes
-                .or(raw.defaults.max_row_bytes)
-                .unwrap_or(DEFAULT_MAX_ROW_BYTES);
-            if !(64..=64 * 1024 * 1024).contains(&max_row_bytes) {
-                return Err(feed_err(
-                    "max_row_bytes",
-                    format!("{max_row_bytes} is outside 64..=67108864"),
-                ));
-            }
-            let max_columns = f
-                .max_columns
-                .or(raw.defaults.max_columns)
-                .unwrap_or(DEFAULT_MAX_COLUMNS);
-            if !(1..=100_000).contains(&max_columns) {
-                return Err(feed_err(
-                    "max_columns",
-                    format!("{max_columns} is outside 1..=100000"),
-                ));
-            }
-            let d = Guards::default();
-            let guards = Guards {
-                max_object_bytes: f
-                    .max_object_bytes
-                    .or(raw.defaults.max_object_bytes)
-                    .unwrap_or(d.max_object_bytes),
-                max_changes: f
-                    .max_changes
-                    .or(raw.defaults.max_changes)
-                    .unwrap_or(d.max_changes),
-                max_change_share: f
-                    .max_change_share
-                    .or(raw.defaults.max_change_share)
-                    .unwrap_or(d.max_change_share),
-                max_removed_share: f
-                    .max_removed_share
-                    .or(raw.defaults.max_removed_share)
-                    .unwrap_or(d.max_removed_share),
-                guard_floor: f
-                    .guard_floor
-                    .or(raw.defaults.guard_floor)
-                    .unwrap_or(d.guard_floor),
-            };
-            if guards.max_object_bytes == 0 {
-                return Err(feed_err("max_object_bytes", "must be at least 1".into()));
-            }
-            for (field, v) in [
-                ("max_change_share", guards.max_change_share),
-                ("max_removed_share", guards.max_removed_share),
-            ] {
-                if !(v > 0.0 && v <= 1.0) {
-                    return Err(feed_err(
-                        field,
-                        format!("{v} is not a share in (0, 1]; 1 turns the guard off"),
-                    ));
-                }
-            }
-            feeds.push(FeedConfig {
-                name: f.name.clone(),
-                prefix,
-                key_columns: f.key_columns.clone(),
-                ignore_columns: f.ignore_columns.clone(),
-                required_columns: required,
-                first_file: f
-                    .first_file
-                    .or(raw.defaults.first_file)
-                    .unwrap_or(FirstFile::Baseline),
-                max_row_bytes,
-                max_columns,
-                guards,
-            });
+            feeds.push(feed);
         }
         Ok(Config { feeds })
     }
@@ -330,6 +202,176 @@ impl Config {
     pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
         self.feeds.iter().find(|f| f.name == name)
     }
+}
+
+fn feed_error(f: &RawFeed, field: &'static str, problem: String) -> ConfigError {
+    ConfigError::Feed {
+        feed: f.name.clone(),
+        field,
+        problem,
+    }
+}
+
+impl FeedConfig {
+    /// One validated feed: its name and prefix, columns, limits and guards, the feed's own
+    /// settings over the `[defaults]`.
+    fn from_raw(f: &RawFeed, defaults: &RawDefaults) -> Result<FeedConfig, ConfigError> {
+        if !valid_name(&f.name) {
+            return Err(feed_error(
+                f,
+                "name",
+                "must be 1-128 characters of A-Z a-z 0-9 _ - . (not starting with a dot)".into(),
+            ));
+        }
+        let prefix = f.prefix.clone().unwrap_or_else(|| f.name.clone());
+        if !valid_name(&prefix) {
+            return Err(feed_error(
+                f,
+                "prefix",
+                "must be one path segment of A-Z a-z 0-9 _ - . (no slash)".into(),
+            ));
+        }
+        let required_columns = check_columns(f)?;
+        let (max_row_bytes, max_columns) = row_limits(f, defaults)?;
+        Ok(FeedConfig {
+            name: f.name.clone(),
+            prefix,
+            key_columns: f.key_columns.clone(),
+            ignore_columns: f.ignore_columns.clone(),
+            required_columns,
+            first_file: f
+                .first_file
+                .or(defaults.first_file)
+                .unwrap_or(FirstFile::Baseline),
+            max_row_bytes,
+            max_columns,
+            guards: guards(f, defaults)?,
+        })
+    }
+}
+
+/// The key, ignored and required columns, checked; the required columns (keys first).
+fn check_columns(f: &RawFeed) -> Result<Vec<String>, ConfigError> {
+    if f.key_columns.is_empty() {
+        return Err(feed_error(
+            f,
+            "key_columns",
+            "at least one key column is required".into(),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for c in &f.key_columns {
+        if c.is_empty() {
+            return Err(feed_error(f, "key_columns", "empty column name".into()));
+        }
+        if !seen.insert(c) {
+            return Err(feed_error(f, "key_columns", format!("`{c}` listed twice")));
+        }
+    }
+    for c in &f.ignore_columns {
+        if f.key_columns.contains(c) {
+            return Err(feed_error(
+                f,
+                "ignore_columns",
+                format!("`{c}` is a key column and cannot be ignored"),
+            ));
+        }
+        if f.required_columns.contains(c) {
+            return Err(feed_error(
+                f,
+                "ignore_columns",
+                format!("`{c}` is also a required column"),
+            ));
+        }
+    }
+    let mut required = f.key_columns.clone();
+    for c in &f.required_columns {
+        if c.is_empty() {
+            return Err(feed_error(
+                f,
+                "required_columns",
+                "empty column name".into(),
+            ));
+        }
+        if !required.contains(c) {
+            required.push(c.clone());
+        }
+    }
+    Ok(required)
+}
+
+/// `max_row_bytes` and `max_columns`, checked against their ranges.
+fn row_limits(f: &RawFeed, defaults: &RawDefaults) -> Result<(usize, usize), ConfigError> {
+    let max_row_bytes = f
+        .max_row_bytes
+        .or(defaults.max_row_bytes)
+        .unwrap_or(DEFAULT_MAX_ROW_BYTES);
+    if !(64..=64 * 1024 * 1024).contains(&max_row_bytes) {
+        return Err(feed_error(
+            f,
+            "max_row_bytes",
+            format!("{max_row_bytes} is outside 64..=67108864"),
+        ));
+    }
+    let max_columns = f
+        .max_columns
+        .or(defaults.max_columns)
+        .unwrap_or(DEFAULT_MAX_COLUMNS);
+    if !(1..=100_000).contains(&max_columns) {
+        return Err(feed_error(
+            f,
+            "max_columns",
+            format!("{max_columns} is outside 1..=100000"),
+        ));
+    }
+    Ok((max_row_bytes, max_columns))
+}
+
+/// The feed's guards, checked.
+fn guards(f: &RawFeed, defaults: &RawDefaults) -> Result<Guards, ConfigError> {
+    let d = Guards::default();
+    let guards = Guards {
+        max_object_bytes: f
+            .max_object_bytes
+            .or(defaults.max_object_bytes)
+            .unwrap_or(d.max_object_bytes),
+        max_changes: f
+            .max_changes
+            .or(defaults.max_changes)
+            .unwrap_or(d.max_changes),
+        max_change_share: f
+            .max_change_share
+            .or(defaults.max_change_share)
+            .unwrap_or(d.max_change_share),
+        max_removed_share: f
+            .max_removed_share
+            .or(defaults.max_removed_share)
+            .unwrap_or(d.max_removed_share),
+        guard_floor: f
+            .guard_floor
+            .or(defaults.guard_floor)
+            .unwrap_or(d.guard_floor),
+    };
+    if guards.max_object_bytes == 0 {
+        return Err(feed_error(
+            f,
+            "max_object_bytes",
+            "must be at least 1".into(),
+        ));
+    }
+    for (field, v) in [
+        ("max_change_share", guards.max_change_share),
+        ("max_removed_share", guards.max_removed_share),
+    ] {
+        if !(v > 0.0 && v <= 1.0) {
+            return Err(feed_error(
+                f,
+                field,
+                format!("{v} is not a share in (0, 1]; 1 turns the guard off"),
+            ));
+        }
+    }
+    Ok(guards)
 }
 
 /// Where the configuration comes from, parsed from the environment value.

@@ -22,8 +22,8 @@
 //! * [`consumer`] — the sink side: one message, one API call, once in effect.
 //! * [`ports`] — the traits the core needs (object store, queues, the API) and in-memory
 //!   doubles; [`adapters`] — their AWS and HTTP implementations, the Lambda event
-//!   translation and the start-up wiring: the only code that imports the AWS SDK, `reqwest`
-//!   or Lambda event types.
+//!   translation and the start-up wiring: the only code that imports the AWS SDK, the HTTP
+//!   client or Lambda event types.
 //!
 //! Everything that decides something lives here and is unit-tested without AWS; the Lambda
 //! binaries in `functions/` only wire events to [`splitter::Splitter`] and

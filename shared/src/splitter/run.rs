@@ -40,6 +40,16 @@ struct Loaded {
     etag: Option<String>,
 }
 
+/// What the diff pass of an attempt left, with the state it was made against.
+struct Diffed {
+    state: Option<Loaded>,
+    passed: PassOutput,
+    stats: SendStats,
+    mode: SendMode,
+    /// Whether the run sends (a baseline does not).
+    send: bool,
+}
+
 /// How one attempt ended.
 enum Attempt {
     Done(Outcome),
@@ -189,9 +199,10 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         let send = state.is_some() || feed.first_file == FirstFile::Send;
         let mode = self.send_mode(feed, send, job);
         let snapshot = state.as_ref().map(|s| s.snapshot.clone());
+        let previous_rows = snapshot.as_ref().map(|s| s.len() as u64);
         let t = Instant::now();
         let passed = self
-            .pass(feed, &report.run, source, snapshot.clone(), obj.body, mode)
+            .pass(feed, &report.run, source, snapshot, obj.body, mode)
             .await;
         report.timings.diff_and_send_ms += ms(t);
         let (passed, stats) = match passed {
@@ -206,7 +217,6 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         record_pass(report, &passed);
 
         if job.approve.is_none() {
-            let previous_rows = snapshot.as_ref().map(|s| s.len() as u64);
             if let Some(reason) = guard(feed, report, &passed, previous_rows, send) {
                 report.counts.rejected = passed.rejects.len() as u64;
                 self.write_rejects(bucket, feed, report, &passed.rejects)
@@ -217,6 +227,36 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             }
         }
 
+        let diffed = Diffed {
+            state,
+            passed,
+            stats,
+            mode,
+            send,
+        };
+        self.send_and_commit(feed, job, source, diffed, report, started)
+            .await
+    }
+
+    /// After the guards let the file go on: send what the pass kept, settle the rows SQS
+    /// refused, write the rejects report, and commit the next state.
+    async fn send_and_commit(
+        &self,
+        feed: &FeedConfig,
+        job: &Job<'_>,
+        source: &SourceObject,
+        diffed: Diffed,
+        report: &mut RunReport,
+        started: Instant,
+    ) -> Result<Attempt, SplitError> {
+        let Diffed {
+            state,
+            passed,
+            stats,
+            mode,
+            send,
+        } = diffed;
+        let snapshot = state.as_ref().map(|s| s.snapshot.clone());
         let (passed, stats) = self
             .send_kept(feed, job, source, &snapshot, passed, stats, mode, report)
             .await?;
@@ -227,7 +267,8 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         report.send_calls += stats.calls;
         // the rejects report goes first: once the state moves, a retry is a no-op and could
         // never write it again
-        self.write_rejects(bucket, feed, report, &rejects).await?;
+        self.write_rejects(&job.bucket, feed, report, &rejects)
+            .await?;
 
         let header = SnapshotHeader {
             format: FORMAT_VERSION,
