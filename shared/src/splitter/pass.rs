@@ -3,7 +3,7 @@
 //! become messages (the sink stage's outbox) that are streamed to the sender, kept until the
 //! guards decide, or not made at all (a baseline).
 
-use super::filter::{key_print, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter, RowPrints};
+use super::filter::{key_fp, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter, Fingerprints};
 use super::sink::{run_sender, Outbox, SendStats};
 use super::source::{open_stream, Batch, Batches, FileRejection, ReadError, RowReader, Slot};
 use super::source::{Record, Rejected};
@@ -139,9 +139,9 @@ struct Pass<'a> {
     out: Out,
     rejects: Vec<Rejected>,
     read: u64,
-    // per-batch scratch: the lines, prints and batch positions of the rows to classify
+    // per-batch scratch: the lines, fingerprints and batch positions of the rows to classify
     lines: Vec<u64>,
-    prints: Vec<RowPrints>,
+    fps: Vec<Fingerprints>,
     slots: Vec<usize>,
     classes: Vec<Class>,
 }
@@ -151,20 +151,21 @@ impl Pass<'_> {
     /// the sender has stopped.
     fn take(&mut self, batch: &mut Batch) -> ControlFlow<()> {
         self.lines.clear();
-        self.prints.clear();
+        self.fps.clear();
         self.slots.clear();
         for (i, slot) in batch.rows.drain(..).enumerate() {
             self.read += 1;
             match slot {
                 Slot::Rejected(rejected) => {
                     // a readable key keeps its record's state: not "removed"
-                    if let Some(k) = key_print(&self.plan, &batch.recs[i], &mut self.fp) {
+                    if let Some(k) = key_fp(&self.plan, &batch.recs[i], &mut self.fp) {
                         self.differ.carry(k);
                     }
                     self.rejects.push(rejected);
                 }
                 Slot::Ok(line) => {
-                    self.prints.push(self.fp.prints(&self.plan, &batch.recs[i]));
+                    self.fps
+                        .push(self.fp.fingerprints(&self.plan, &batch.recs[i]));
                     self.lines.push(line);
                     self.slots.push(i);
                 }
@@ -173,7 +174,7 @@ impl Pass<'_> {
                 }
             }
         }
-        self.differ.classify_batch(&self.prints, &mut self.classes);
+        self.differ.classify_batch(&self.fps, &mut self.classes);
         for i in 0..self.classes.len() {
             let (change, previous) = match self.classes[i] {
                 Class::New => (Change::New, None),
@@ -191,7 +192,7 @@ impl Pass<'_> {
                 continue;
             }
             let record = &batch.recs[self.slots[i]];
-            self.emit(record, self.lines[i], self.prints[i], change, previous)?;
+            self.emit(record, self.lines[i], self.fps[i], change, previous)?;
         }
         ControlFlow::Continue(())
     }
@@ -200,13 +201,13 @@ impl Pass<'_> {
         &mut self,
         record: &Record,
         line: u64,
-        prints: RowPrints,
+        fps: Fingerprints,
         change: Change,
         previous: Option<Previous>,
     ) -> ControlFlow<()> {
         match self
             .outbox
-            .message(&self.plan, record, line, prints, change, previous)
+            .message(&self.plan, record, line, fps, change, previous)
         {
             Ok(msg) => self.out.push(msg),
             Err(rejected) => {
@@ -292,7 +293,7 @@ fn run_pass(
         rejects: Vec::new(),
         read: 0,
         lines: Vec::with_capacity(Batch::ROWS),
-        prints: Vec::with_capacity(Batch::ROWS),
+        fps: Vec::with_capacity(Batch::ROWS),
         slots: Vec::with_capacity(Batch::ROWS),
         classes: Vec::with_capacity(Batch::ROWS),
     };

@@ -5,7 +5,7 @@
 //! still has; the next state hashes all of the file's compared columns. An added column
 //! therefore never makes a row "changed"; it only enters the fingerprint from then on.
 
-use super::fingerprint::RowPrints;
+use super::fingerprint::Fingerprints;
 use crate::contract::envelope::next_chain;
 use crate::contract::report::Counts;
 use crate::splitter::state::{prefetch, Entry, NextState, Snapshot};
@@ -132,7 +132,7 @@ impl<'a> Differ<'a> {
     }
 
     #[inline]
-    pub fn classify(&mut self, p: RowPrints) -> Class {
+    pub fn classify(&mut self, p: Fingerprints) -> Class {
         let pos = self.snapshot.and_then(|s| s.position(p.key));
         let vals = match (pos, self.snapshot) {
             (Some(pos), Some(s)) => s.vals_at(pos),
@@ -143,14 +143,14 @@ impl<'a> Differ<'a> {
 
     /// Classify a batch of rows (in file order) into `out`; the same answers as calling
     /// [`Differ::classify`] on each, with the snapshot lookups overlapped.
-    pub fn classify_batch(&mut self, prints: &[RowPrints], out: &mut Vec<Class>) {
+    pub fn classify_batch(&mut self, fps: &[Fingerprints], out: &mut Vec<Class>) {
         out.clear();
         let Some(s) = self.snapshot else {
-            out.extend(prints.iter().map(|&p| self.classify_at(p, None, [0, 0])));
+            out.extend(fps.iter().map(|&p| self.classify_at(p, None, [0, 0])));
             return;
         };
         self.scratch_keys.clear();
-        self.scratch_keys.extend(prints.iter().map(|p| p.key));
+        self.scratch_keys.extend(fps.iter().map(|p| p.key));
         s.positions(
             &self.scratch_keys,
             &mut self.scratch_ranges,
@@ -171,7 +171,7 @@ impl<'a> Differ<'a> {
             std::mem::take(&mut self.scratch_pos),
             std::mem::take(&mut self.scratch_vals),
         );
-        for ((&p, &at), &v) in prints.iter().zip(&pos).zip(&vals) {
+        for ((&p, &at), &v) in fps.iter().zip(&pos).zip(&vals) {
             let c = self.classify_at(p, at, v);
             out.push(c);
         }
@@ -211,7 +211,7 @@ impl<'a> Differ<'a> {
     }
 
     #[inline]
-    fn classify_at(&mut self, p: RowPrints, pos: Option<usize>, vals: [u64; 2]) -> Class {
+    fn classify_at(&mut self, p: Fingerprints, pos: Option<usize>, vals: [u64; 2]) -> Class {
         let class = match pos {
             Some(pos) => {
                 let (w, bit) = (pos / 64, 1u64 << (pos % 64));

@@ -36,7 +36,7 @@ fn hash_fields(buf: &mut Vec<u8>, rec: &Record, idx: &[usize], seed: u64) -> u64
 
 /// Fingerprints of one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RowPrints {
+pub struct Fingerprints {
     pub key: u64,
     /// Compared with the snapshot's content fingerprint.
     pub compare: u64,
@@ -48,7 +48,7 @@ pub struct RowPrints {
 
 impl Fingerprinter {
     #[inline]
-    pub fn prints(&mut self, plan: &ColumnPlan, rec: &Record) -> RowPrints {
+    pub fn fingerprints(&mut self, plan: &ColumnPlan, rec: &Record) -> Fingerprints {
         let key = hash_fields(&mut self.buf, rec, &plan.key_idx, KEY_SEED);
         let compare = hash_fields(&mut self.buf, rec, &plan.compare_idx, plan.compare_seed);
         let store = if plan.same_sets() {
@@ -56,7 +56,7 @@ impl Fingerprinter {
         } else {
             hash_fields(&mut self.buf, rec, &plan.store_idx, plan.store_seed)
         };
-        RowPrints {
+        Fingerprints {
             key,
             compare,
             store,
@@ -89,7 +89,7 @@ pub fn record_key(plan: &ColumnPlan, rec: &Record) -> String {
 
 /// The key fingerprint of a record whose key columns are readable (for rows rejected for
 /// other reasons), `None` when a key column is missing or empty.
-pub fn key_print(plan: &ColumnPlan, rec: &Record, fp: &mut Fingerprinter) -> Option<u64> {
+pub fn key_fp(plan: &ColumnPlan, rec: &Record, fp: &mut Fingerprinter) -> Option<u64> {
     if plan
         .key_idx
         .iter()

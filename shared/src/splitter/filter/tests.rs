@@ -19,9 +19,9 @@ fn hdr(cols: &[&str]) -> Vec<String> {
 fn rec(vals: &[&str]) -> Record {
     Record::from_fields(vals)
 }
-fn prints(cols: &[&str], vals: &[&str], prev: Option<&[String]>) -> RowPrints {
+fn fingerprints(cols: &[&str], vals: &[&str], prev: Option<&[String]>) -> Fingerprints {
     let plan = ColumnPlan::new(&hdr(cols), &feed(), prev).unwrap();
-    Fingerprinter::default().prints(&plan, &rec(vals))
+    Fingerprinter::default().fingerprints(&plan, &rec(vals))
 }
 fn snap(entries: Vec<(u64, u64)>, hashed: Vec<String>) -> Snapshot {
     let entries: Vec<Entry> = entries.into_iter().map(Entry::from).collect();
@@ -43,21 +43,21 @@ fn snap(entries: Vec<(u64, u64)>, hashed: Vec<String>) -> Snapshot {
 
 #[test]
 fn reordered_columns_and_ignored_columns_change_nothing() {
-    let a = prints(&["id", "a", "b", "ts"], &["1", "x", "y", "t1"], None);
-    let b = prints(&["b", "ts", "id", "a"], &["y", "t2", "1", "x"], None);
+    let a = fingerprints(&["id", "a", "b", "ts"], &["1", "x", "y", "t1"], None);
+    let b = fingerprints(&["b", "ts", "id", "a"], &["y", "t2", "1", "x"], None);
     assert_eq!(a, b);
-    let c = prints(&["id", "a", "b", "ts"], &["1", "x", "z", "t1"], None);
+    let c = fingerprints(&["id", "a", "b", "ts"], &["1", "x", "z", "t1"], None);
     assert_eq!(a.key, c.key);
     assert_ne!(a.compare, c.compare);
 }
 
 #[test]
 fn field_boundaries_matter() {
-    let a = prints(&["id", "a", "b"], &["1", "ab", "c"], None);
-    let b = prints(&["id", "a", "b"], &["1", "a", "bc"], None);
+    let a = fingerprints(&["id", "a", "b"], &["1", "ab", "c"], None);
+    let b = fingerprints(&["id", "a", "b"], &["1", "a", "bc"], None);
     assert_ne!(a.compare, b.compare);
     // swapping values between columns is a change
-    let c = prints(&["id", "a", "b"], &["1", "c", "ab"], None);
+    let c = fingerprints(&["id", "a", "b"], &["1", "c", "ab"], None);
     assert_ne!(a.compare, c.compare);
 }
 
@@ -67,8 +67,8 @@ fn composite_keys() {
     f.ignore_columns.clear();
     let plan = ColumnPlan::new(&hdr(&["id", "j", "v"]), &f, None).unwrap();
     let mut fp = Fingerprinter::default();
-    let a = fp.prints(&plan, &rec(&["1", "ca", "v"]));
-    let b = fp.prints(&plan, &rec(&["1", "ny", "v"]));
+    let a = fp.fingerprints(&plan, &rec(&["1", "ca", "v"]));
+    let b = fp.fingerprints(&plan, &rec(&["1", "ny", "v"]));
     assert_ne!(a.key, b.key);
     assert_eq!(record_key(&plan, &rec(&["1", "ca", "v"])), "ca|1");
     // separators inside values are escaped: distinct keys, distinct record keys
@@ -77,14 +77,14 @@ fn composite_keys() {
     assert_ne!(ra, rb);
     assert_eq!(ra, "CA\\|LA|7");
     let plan2 = ColumnPlan::new(&hdr(&["v", "j", "id"]), &f, None).unwrap();
-    assert_eq!(fp.prints(&plan2, &rec(&["v", "ca", "1"])), a);
+    assert_eq!(fp.fingerprints(&plan2, &rec(&["v", "ca", "1"])), a);
 }
 
 #[test]
 fn added_column_is_not_a_change() {
     let cols = ["id", "a", "ts"];
     let base = ColumnPlan::new(&hdr(&cols), &feed(), None).unwrap();
-    let p0 = prints(&cols, &["1", "x", "t"], None);
+    let p0 = fingerprints(&cols, &["1", "x", "t"], None);
     let plan = ColumnPlan::new(
         &hdr(&["id", "a", "new", "ts"]),
         &feed(),
@@ -92,7 +92,7 @@ fn added_column_is_not_a_change() {
     )
     .unwrap();
     assert_eq!(plan.added, vec!["new"]);
-    let p1 = Fingerprinter::default().prints(&plan, &rec(&["1", "x", "n", "t"]));
+    let p1 = Fingerprinter::default().fingerprints(&plan, &rec(&["1", "x", "n", "t"]));
     assert_eq!(p1.compare, p0.compare);
     assert_ne!(p1.store, p0.store);
     assert_eq!(plan.hashed_columns, vec!["a", "new"]);
@@ -105,12 +105,12 @@ fn removed_column_rebaselines_known_keys_and_finds_new_ones() {
     let s = snap(
         vec![
             (
-                prints(&old_cols, &["1", "x", "y"], None).key,
-                prints(&old_cols, &["1", "x", "y"], None).compare,
+                fingerprints(&old_cols, &["1", "x", "y"], None).key,
+                fingerprints(&old_cols, &["1", "x", "y"], None).compare,
             ),
             (
-                prints(&old_cols, &["2", "x", "y"], None).key,
-                prints(&old_cols, &["2", "x", "y"], None).compare,
+                fingerprints(&old_cols, &["2", "x", "y"], None).key,
+                fingerprints(&old_cols, &["2", "x", "y"], None).compare,
             ),
         ],
         hdr(&["a", "b"]),
@@ -127,11 +127,11 @@ fn removed_column_rebaselines_known_keys_and_finds_new_ones() {
     let mut d = Differ::new(Some(&s), 0, plan.comparable(), false);
     let mut fp = Fingerprinter::default();
     assert_eq!(
-        d.classify(fp.prints(&plan, &rec(&["1", "z", "q"]))),
+        d.classify(fp.fingerprints(&plan, &rec(&["1", "z", "q"]))),
         Class::Unchanged
     );
     assert_eq!(
-        d.classify(fp.prints(&plan, &rec(&["3", "x", "q"]))),
+        d.classify(fp.fingerprints(&plan, &rec(&["3", "x", "q"]))),
         Class::New
     );
     let (entries, c) = d.finish();
@@ -143,15 +143,18 @@ fn removed_column_rebaselines_known_keys_and_finds_new_ones() {
     // the re-baselined row now carries the fingerprint over the file's columns
     let e1 = entries
         .iter()
-        .find(|e| e.key == prints(&old_cols, &["1", "x", "y"], None).key)
+        .find(|e| e.key == fingerprints(&old_cols, &["1", "x", "y"], None).key)
         .unwrap();
-    assert_eq!(e1.content, fp.prints(&plan, &rec(&["1", "z", "q"])).store);
+    assert_eq!(
+        e1.content,
+        fp.fingerprints(&plan, &rec(&["1", "z", "q"])).store
+    );
 }
 
 #[test]
 fn classification() {
     let cols = ["id", "a"];
-    let p = |id: &str, a: &str| prints(&cols, &[id, a], None);
+    let p = |id: &str, a: &str| fingerprints(&cols, &[id, a], None);
     let s = snap(
         vec![
             (p("1", "x").key, p("1", "x").compare),
@@ -203,7 +206,7 @@ fn classification() {
 #[test]
 fn carried_rows_are_not_removed() {
     let cols = ["id", "a"];
-    let p = |id: &str, a: &str| prints(&cols, &[id, a], None);
+    let p = |id: &str, a: &str| fingerprints(&cols, &[id, a], None);
     let s = snap(vec![(p("1", "x").key, p("1", "x").compare)], hdr(&["a"]));
     let mut d = Differ::new(Some(&s), 0, true, false);
     d.carry(p("1", "x").key);
@@ -220,8 +223,14 @@ fn carried_rows_are_not_removed() {
 fn no_snapshot_everything_new() {
     let cols = ["id", "a"];
     let mut d = Differ::new(None, 2, true, false);
-    assert_eq!(d.classify(prints(&cols, &["1", "x"], None)), Class::New);
-    assert_eq!(d.classify(prints(&cols, &["2", "x"], None)), Class::New);
+    assert_eq!(
+        d.classify(fingerprints(&cols, &["1", "x"], None)),
+        Class::New
+    );
+    assert_eq!(
+        d.classify(fingerprints(&cols, &["2", "x"], None)),
+        Class::New
+    );
     let (_, c) = d.finish();
     assert_eq!(c.new, 2);
     assert_eq!(c.removed, 0);
@@ -232,18 +241,18 @@ fn batch_classification_matches_one_by_one() {
     let cols = ["id", "a"];
     let base: Vec<(u64, u64)> = (0..2000)
         .map(|i| {
-            let p = prints(&cols, &[&i.to_string(), "x"], None);
+            let p = fingerprints(&cols, &[&i.to_string(), "x"], None);
             (p.key, p.compare)
         })
         .collect();
     let s = snap(base, hdr(&["a"]));
     // known unchanged, changed, new, and duplicates of each, in a scrambled order
-    let rows: Vec<RowPrints> = (0..2300u64)
+    let rows: Vec<Fingerprints> = (0..2300u64)
         .chain(0..200)
         .map(|n| {
             let i = (n * 7919) % 2600;
             let v = if i % 5 == 0 { "y" } else { "x" };
-            prints(&cols, &[&i.to_string(), v], None)
+            fingerprints(&cols, &[&i.to_string(), v], None)
         })
         .collect();
     let mut one = Differ::new(Some(&s), 0, true, false);

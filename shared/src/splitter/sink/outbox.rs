@@ -5,7 +5,7 @@ use crate::contract::envelope::{
     idempotency_key, Change, EnvelopeSource, Previous, ENVELOPE_VERSION,
 };
 use crate::ports::queue::OutMessage;
-use crate::splitter::filter::{record_key, ColumnPlan, RowPrints};
+use crate::splitter::filter::{record_key, ColumnPlan, Fingerprints};
 use crate::splitter::source::{Record, Rejected};
 use serde::Serialize;
 
@@ -30,13 +30,13 @@ impl Outbox<'_> {
         plan: &ColumnPlan,
         record: &Record,
         line: u64,
-        prints: RowPrints,
+        fps: Fingerprints,
         change: Change,
         previous: Option<Previous>,
     ) -> Result<OutMessage, Rejected> {
         let rk = record_key(plan, record);
         let key_values: Vec<&[u8]> = plan.key_idx.iter().map(|&i| &record[i]).collect();
-        let ikey = idempotency_key(self.feed, &key_values, previous, prints.store);
+        let ikey = idempotency_key(self.feed, &key_values, previous, fps.store);
         let env = EnvelopeRef {
             v: ENVELOPE_VERSION,
             feed: self.feed,
@@ -63,7 +63,7 @@ impl Outbox<'_> {
                 ("idempotency_key", ikey),
             ],
             line,
-            key_fp: prints.key,
+            key_fp: fps.key,
         })
     }
 }

@@ -17,7 +17,7 @@ use crate::ports::queue::{
 use crate::ports::store::{
     Fetched, MemoryStore, ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError,
 };
-use crate::splitter::filter::{ColumnPlan, Fingerprinter, RowPrints};
+use crate::splitter::filter::{ColumnPlan, Fingerprinter, Fingerprints};
 use crate::splitter::sink::SenderSettings;
 use crate::splitter::state::{Snapshot, SnapshotError};
 use crate::splitter::{Outcome, SplitError, Splitter, SplitterSettings};
@@ -526,20 +526,20 @@ impl Table {
         }
         w.into_inner().unwrap()
     }
-    fn prints(&self, feed: &FeedConfig, key: &str) -> RowPrints {
+    fn fingerprints(&self, feed: &FeedConfig, key: &str) -> Fingerprints {
         let plan = ColumnPlan::new(&self.cols, feed, None).unwrap();
-        Fingerprinter::default().prints(
+        Fingerprinter::default().fingerprints(
             &plan,
             &crate::splitter::source::Record::from_fields(self.row(key)),
         )
     }
     /// The content fingerprint the snapshot stores for a row of this file.
     fn fp(&self, feed: &FeedConfig, key: &str) -> u64 {
-        self.prints(feed, key).store
+        self.fingerprints(feed, key).store
     }
     /// The state `snap` holds for this file's row `key`: its previous state in the next run.
     fn state_in(&self, feed: &FeedConfig, snap: &Snapshot, key: &str) -> Option<Previous> {
-        let e = snap.entry(self.prints(feed, key).key)?;
+        let e = snap.entry(self.fingerprints(feed, key).key)?;
         Some(Previous {
             content: e.content,
             chain: e.chain,
@@ -551,7 +551,7 @@ impl Table {
         let mut fp = Fingerprinter::default();
         let mut out: Vec<(u64, u64)> = Vec::new();
         for r in &self.rows {
-            let p = fp.prints(&plan, &crate::splitter::source::Record::from_fields(r));
+            let p = fp.fingerprints(&plan, &crate::splitter::source::Record::from_fields(r));
             if !out.iter().any(|e| e.0 == p.key) {
                 out.push((p.key, p.store));
             }
@@ -2017,9 +2017,15 @@ async fn rows_the_queue_refuses_are_rejected_and_retried_by_the_next_file() {
         .all(|j| j["reason"].as_str().unwrap().contains("SQS refused")));
     // the refused rows stay at their previous state
     let snap = h.snapshot("labs");
-    assert_eq!(snap.get(t2.prints(&feed, "7").key), Some(t1.fp(&feed, "7")));
-    assert_eq!(snap.get(t2.prints(&feed, "11").key), None);
-    assert_eq!(snap.get(t2.prints(&feed, "3").key), Some(t2.fp(&feed, "3")));
+    assert_eq!(
+        snap.get(t2.fingerprints(&feed, "7").key),
+        Some(t1.fp(&feed, "7"))
+    );
+    assert_eq!(snap.get(t2.fingerprints(&feed, "11").key), None);
+    assert_eq!(
+        snap.get(t2.fingerprints(&feed, "3").key),
+        Some(t2.fp(&feed, "3"))
+    );
     assert_eq!(
         t2.state_in(&feed, &snap, "7"),
         Some(history(t1.fp(&feed, "7"), &[])),
@@ -2718,7 +2724,7 @@ async fn flood_guard_holds_and_approve_sends_each_row_once_and_commits() {
     let snap = h.snapshot("labs");
     assert_eq!(snap.header.source.key, ev.key);
     assert_eq!(
-        snap.get(t2.prints(&h.feed("labs"), "1").key),
+        snap.get(t2.fingerprints(&h.feed("labs"), "1").key),
         Some(t2.fp(&h.feed("labs"), "1"))
     );
     assert!(h.held_keys("labs").is_empty(), "approved files leave held/");
