@@ -23,6 +23,8 @@
 //!
 //! A file that is truncated, has a wrong magic/version/checksum, or belongs to another feed
 //! is an error: it is never treated as empty.
+//!
+//! [`KnownLines`]: super::KnownLines
 
 use super::next_state::NextState;
 use crate::contract::envelope::next_chain;
