@@ -13,6 +13,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Backoff from `base` up to `cap`.
     pub const fn new(base: Duration, cap: Duration) -> Self {
         Backoff { base, cap }
     }

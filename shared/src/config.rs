@@ -10,20 +10,38 @@ use std::collections::BTreeSet;
 /// A configuration problem, found at start-up. Always permanent: a redeploy fixes it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The document does not parse as TOML of the configuration's shape.
     #[error("feed configuration is not valid TOML: {0}")]
     Toml(String),
+    /// The document as a whole is wrong (no feed), or a configuration location is malformed.
     #[error("feed configuration: {0}")]
     Invalid(String),
+    /// One feed's field is wrong.
     #[error("feed `{feed}`: field `{field}`: {problem}")]
     Feed {
+        /// The feed's name.
         feed: String,
+        /// The field.
         field: &'static str,
+        /// What is wrong with it.
         problem: String,
     },
+    /// An environment variable is missing or invalid.
     #[error("environment variable {name}: {problem}")]
-    Env { name: String, problem: String },
+    Env {
+        /// The variable.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The configuration (or a secret) could not be read.
     #[error("could not read feed configuration from {source_ref}: {problem}")]
-    Read { source_ref: String, problem: String },
+    Read {
+        /// Where it was read from: a path, an `s3://` URI or a secret's ARN.
+        source_ref: String,
+        /// What went wrong.
+        problem: String,
+    },
 }
 
 /// What happens to the first file of a feed (when there is no snapshot yet).
@@ -96,6 +114,7 @@ pub struct Guards {
     pub guard_floor: u64,
 }
 
+/// The default object-size limit: 4 GiB.
 pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 impl Default for Guards {
@@ -113,16 +132,24 @@ impl Default for Guards {
 /// One feed, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedConfig {
+    /// The feed's name: in reports, metrics, and the `state/`, `runs/`, `held/` keys.
     pub name: String,
     /// Files of this feed arrive under `incoming/<prefix>/`.
     pub prefix: String,
+    /// The columns whose values identify a record, in key order.
     pub key_columns: Vec<String>,
+    /// Columns left out of the content fingerprints and line prints: a change in them alone
+    /// does not make a row changed.
     pub ignore_columns: Vec<String>,
     /// Key columns are always required; this holds the union.
     pub required_columns: Vec<String>,
+    /// What happens to the feed's first file.
     pub first_file: FirstFile,
+    /// The largest row accepted, in bytes; a longer row is rejected.
     pub max_row_bytes: usize,
+    /// The most columns a header may have.
     pub max_columns: usize,
+    /// The guards' limits.
     pub guards: Guards,
 }
 
@@ -143,7 +170,9 @@ impl FeedConfig {
     }
 }
 
+/// The default row-size limit: 64 KiB.
 pub const DEFAULT_MAX_ROW_BYTES: usize = 64 * 1024;
+/// The default column limit: 1024 columns.
 pub const DEFAULT_MAX_COLUMNS: usize = 1024;
 /// The prefix that triggers the splitter; nothing else may be written there.
 use crate::contract::layout::INCOMING_PREFIX;
@@ -151,6 +180,7 @@ use crate::contract::layout::INCOMING_PREFIX;
 /// All feeds.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The feeds, in the document's order.
     pub feeds: Vec<FeedConfig>,
 }
 
@@ -199,6 +229,7 @@ impl Config {
         self.feeds.iter().find(|f| f.prefix == prefix)
     }
 
+    /// The feed of this name.
     pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
         self.feeds.iter().find(|f| f.name == name)
     }
@@ -377,11 +408,19 @@ fn guards(f: &RawFeed, defaults: &RawDefaults) -> Result<Guards, ConfigError> {
 /// Where the configuration comes from, parsed from the environment value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
+    /// A local file path.
     Path(String),
-    S3 { bucket: String, key: String },
+    /// An S3 object, from `s3://<bucket>/<key>`.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// The object's key.
+        key: String,
+    },
 }
 
 impl ConfigSource {
+    /// Parse a configuration location: `s3://<bucket>/<key>`, or else a local path.
     pub fn parse(value: &str) -> Result<ConfigSource, ConfigError> {
         let v = value.trim();
         if v.is_empty() {

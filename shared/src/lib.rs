@@ -29,6 +29,8 @@
 //! binaries in `functions/` only wire events to [`splitter::Splitter`] and
 //! [`consumer::Consumer`] through [`adapters::lambda`].
 
+#![warn(missing_docs)]
+
 pub mod adapters;
 pub mod backoff;
 pub mod config;

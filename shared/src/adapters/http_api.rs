@@ -5,14 +5,19 @@ use crate::contract::envelope::{Change, Envelope};
 use crate::ports::api::{Api, ApiAnswer};
 use std::time::Duration;
 
+/// Why the API client could not be built at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiConfigError {
+    /// `API_BASE_URL` does not parse as a URL.
     #[error("API_BASE_URL `{0}` is not a valid URL")]
     BadUrl(String),
+    /// `API_BASE_URL` is plain http and `API_ALLOW_HTTP` does not allow it.
     #[error("API_BASE_URL must use https (set API_ALLOW_HTTP=1 only for local runs)")]
     NotHttps,
+    /// `reqwest` could not build its client.
     #[error("building the HTTP client failed: {0}")]
     Client(String),
+    /// The API token is empty or blank.
     #[error("the API token is empty")]
     EmptyToken,
 }
@@ -34,6 +39,8 @@ struct CaseBody<'a> {
 }
 
 impl HttpApi {
+    /// A client for `base_url` with a bearer token; plain http only when `allow_http`. The
+    /// timeouts bound connecting and each whole request.
     pub fn new(
         base_url: &str,
         token: &str,

@@ -1,6 +1,6 @@
 //! The adapters: the only code that talks to AWS or HTTP. Each implements a port
 //! ([`crate::ports`]) over its SDK client; [`lambda`] translates Lambda events to and from the
-//! core's types; [`env`] wires a function from its environment at start-up; [`sdk`] is the
+//! core's types; [`mod@env`] wires a function from its environment at start-up; `sdk` is the
 //! one place an SDK error becomes a message and a retryable/permanent class.
 
 pub mod env;

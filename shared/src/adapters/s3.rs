@@ -8,6 +8,7 @@ use crate::ports::store::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
+/// The data bucket's store over an S3 client.
 #[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
@@ -22,8 +23,11 @@ pub struct S3Store {
 /// the read (retryable) instead of mixing two versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RangedReads {
+    /// Objects of at least this many bytes are read in ranged parts.
     pub min_size: u64,
+    /// Bytes per ranged GET.
     pub part_size: u64,
+    /// Ranged GETs in flight (1 turns ranged reads off).
     pub concurrency: usize,
 }
 
@@ -43,6 +47,7 @@ fn content_range_total(v: &str) -> Option<u64> {
 }
 
 impl S3Store {
+    /// A store over `client`, with the default ranged reads.
     pub fn new(client: aws_sdk_s3::Client) -> Self {
         S3Store {
             client,
@@ -182,6 +187,7 @@ impl S3Store {
         S3Store::new(aws_sdk_s3::Client::from_conf(b.build()))
     }
 
+    /// The SDK client underneath.
     pub fn client(&self) -> &aws_sdk_s3::Client {
         &self.client
     }

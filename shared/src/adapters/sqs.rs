@@ -32,6 +32,7 @@ pub struct SqsQueue {
 }
 
 impl SqsQueue {
+    /// A sender to the work queue at `queue_url`.
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
         SqsQueue {
             client,
@@ -90,8 +91,11 @@ impl MessageQueue for SqsQueue {
 /// `SendMessage` to the DLQ.
 #[derive(Clone)]
 pub struct SqsWork {
+    /// The SDK client.
     pub client: aws_sdk_sqs::Client,
+    /// The work queue's URL (where the consumer's messages come from).
     pub work_queue_url: String,
+    /// The dead-letter queue's URL.
     pub dlq_url: String,
 }
 

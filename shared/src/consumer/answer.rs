@@ -15,16 +15,22 @@ use std::time::Duration;
 /// Why a call is worth retrying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransientKind {
+    /// A 5xx answer.
     ServerError,
+    /// 429: the API asks us to slow down (no sooner than its `Retry-After`).
     RateLimited,
+    /// 401 or 403: the API refused our credentials.
     Auth,
+    /// No answer within the request timeout.
     Timeout,
+    /// The connection failed before an answer.
     Connection,
     /// Unexpected status (e.g. 3xx, other 4xx): retried, then dead-lettered by redrive.
     Unexpected,
 }
 
 impl TransientKind {
+    /// The kind as logs and `Fate::Retry` name it (`server_error`, `rate_limited`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             TransientKind::ServerError => "server_error",
@@ -42,20 +48,32 @@ impl TransientKind {
     }
 }
 
+/// What one call's answer means for the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
+    /// 200 or 201: the API applied the record.
     Applied {
+        /// The HTTP status.
         status: u16,
     },
+    /// 409: the API already applied a call with this idempotency key.
     AlreadyApplied,
+    /// The API refused the record for good (400, 404, 413, 422): dead-letter now.
     Permanent {
+        /// The HTTP status.
         status: u16,
+        /// The status as text (never the API's error body).
         reason: String,
     },
+    /// Worth retrying after a backoff.
     Transient {
+        /// Why.
         kind: TransientKind,
+        /// The HTTP status; `None` for a timeout or a connection failure.
         status: Option<u16>,
+        /// How long the API asked us to wait (`Retry-After`); `None` when it did not say.
         retry_after: Option<Duration>,
+        /// What happened, without the API's error body.
         reason: String,
     },
 }

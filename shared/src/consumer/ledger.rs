@@ -13,25 +13,36 @@ use crate::ports::store::{ObjectStore, PutCondition, StoreError};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// Where an idempotency key's delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LedgerState {
+    /// An attempt holds the key's lease (until `expires_at_ms`).
     InProgress,
+    /// The effect was applied: a later delivery is a duplicate.
     Done,
+    /// The attempt ended without effect and will be retried; the next attempt may take the key.
     Released,
+    /// The API refused the record for good (dead-lettered); a later attempt may take the key.
     Rejected,
 }
 
+/// The ledger's record of one idempotency key: `ledger/<feed>/<key>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerRecord {
+    /// Where the key's delivery stands.
     pub state: LedgerState,
     /// Who holds it: `<message id>:<receive count>`.
     pub owner: String,
     /// Epoch milliseconds after which an `in_progress` record may be taken over.
     pub expires_at_ms: i64,
+    /// When the record was last written (RFC 3339, ms).
     pub updated_at: String,
+    /// The API's HTTP status at the end of the attempt; `None` while in progress or when
+    /// there was no answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
+    /// Attempts at the key so far (at least the message's receive count).
     pub attempts: u32,
 }
 
@@ -49,27 +60,41 @@ pub enum Take {
 /// The lease we took on a key: our record, with the ETag of our write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// The record's key in the bucket (`ledger/<feed>/<key>`).
     pub key: String,
+    /// The ETag of our write: the next write is conditioned on it.
     pub etag: String,
+    /// The record as we wrote it.
     pub record: LedgerRecord,
 }
 
+/// Why a ledger read or write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
+    /// The store failed.
     #[error("ledger storage: {0}")]
     Store(#[from] StoreError),
+    /// A record is not valid JSON of the ledger's shape (its key).
     #[error("ledger record {0} is unreadable")]
     Corrupt(String),
+    /// The store gave no ETag (of a write, or of a record to take over): no write can be
+    /// conditioned on it.
     #[error("ledger write returned no ETag")]
     NoEtag,
+    /// A record could not be encoded as JSON.
     #[error("ledger record could not be encoded: {0}")]
     Encode(String),
 }
 
+/// The consumer's idempotency ledger: one record per idempotency key, written by
+/// conditional puts.
 #[derive(Clone)]
 pub struct Ledger<S: ObjectStore> {
+    /// The store holding the records.
     pub store: S,
+    /// The bucket of `ledger/`.
     pub bucket: String,
+    /// How long a lease lasts before another attempt may take it over.
     pub lease: Duration,
 }
 
@@ -184,6 +209,7 @@ impl<S: ObjectStore> Ledger<S> {
         }
     }
 
+    /// The record of a key, `None` if there is none.
     pub async fn read(&self, feed: &str, ikey: &str) -> Result<Option<LedgerRecord>, LedgerError> {
         let key = ledger_key(feed, ikey);
         match self.store.get_bytes(&self.bucket, &key).await? {

@@ -23,10 +23,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::warn;
 
+/// How the consumer works through a batch (defaults suit a Lambda function).
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     /// Messages of one batch processed at once (= API calls in flight per invocation).
     pub concurrency: usize,
+    /// The waits before a message is retried, by its receive count.
     pub backoff: Backoff,
     /// Consecutive transient API failures that open the circuit for the rest of the batch.
     pub breaker_threshold: u32,
@@ -45,40 +47,62 @@ impl Default for ConsumerSettings {
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fate {
+    /// The API applied the record.
     Applied,
     /// The ledger (or the API's 409) says it was applied before.
     Duplicate,
+    /// Sent to the dead-letter queue now, with the reason.
     DeadLettered {
+        /// Why: `undecodable` (not an envelope) or `permanent` (the API refused it for good).
         class: &'static str,
     },
+    /// Returned to the queue, visible again after a backoff.
     Retry {
+        /// How long the message stays invisible.
         delay: Duration,
+        /// Why: a [`answer::TransientKind`] name, or `circuit_open`, `in_progress_elsewhere`,
+        /// `ledger`, `dead_letter_failed`.
         kind: &'static str,
     },
 }
 
+/// What one batch's messages became, counted.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BatchStats {
+    /// Messages the API applied.
     pub applied: u32,
+    /// Messages applied before (by the ledger or the API's 409).
     pub duplicates: u32,
+    /// Messages sent to the dead-letter queue.
     pub dead_lettered: u32,
+    /// Messages returned for retry.
     pub retried: u32,
+    /// Answers that refused our credentials (401, 403).
     pub auth_failures: u32,
+    /// Whether the circuit breaker opened during the batch.
     pub circuit_opened: bool,
 }
 
+/// The consumer's answer for one batch.
 #[derive(Debug, Default, Clone)]
 pub struct BatchResult {
     /// Message ids to report in `batchItemFailures`.
     pub failures: Vec<String>,
+    /// Each message's id and fate.
     pub fates: Vec<(String, Fate)>,
+    /// The batch's counts.
     pub stats: BatchStats,
 }
 
+/// The consumer: one message, one API call, once in effect.
 pub struct Consumer<S: ObjectStore, A: Api, Q: WorkQueue> {
+    /// The idempotency ledger.
     pub ledger: Ledger<S>,
+    /// The contact-tracing API.
     pub api: A,
+    /// The work queue (backoff) and the dead-letter queue.
     pub queue: Q,
+    /// How it works through a batch.
     pub settings: ConsumerSettings,
 }
 
@@ -99,6 +123,8 @@ impl<S: ObjectStore, A: Api, Q: WorkQueue> Consumer<S, A, Q> {
         (d.min(MAX_VISIBILITY), ceiling)
     }
 
+    /// Process a batch, `concurrency` messages at a time; messages to retry get their backoff
+    /// and are listed in `failures`.
     pub async fn process_batch(&self, messages: Vec<InMessage>) -> BatchResult {
         let breaker = &Breaker::default();
         let fates: Vec<(InMessage, Fate)> = futures_util::stream::iter(messages)

@@ -4,16 +4,21 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// The envelope format this build writes and reads (its `v`).
 pub const ENVELOPE_VERSION: u32 = 1;
 
+/// Why a row is sent: what the state knew of its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Change {
+    /// The state has no record of this key.
     New,
+    /// The state has the record with other content (in the compared columns).
     Changed,
 }
 
 impl Change {
+    /// The change as messages and their attributes name it: `new` or `changed`.
     pub fn as_str(self) -> &'static str {
         match self {
             Change::New => "new",
@@ -22,36 +27,53 @@ impl Change {
     }
 }
 
+/// The export a message's row was read from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvelopeSource {
+    /// The bucket the export was uploaded to.
     pub bucket: String,
+    /// The export's key.
     pub key: String,
+    /// The export's ETag, without quotes (empty when unknown).
     pub etag: String,
 }
 
 /// `{"v":1,"feed":…,"run":…,"source":{…},"change":…,"record_key":…,"idempotency_key":…,"fields":{…}}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// The envelope format ([`ENVELOPE_VERSION`]).
     pub v: u32,
+    /// The feed the row came from.
     pub feed: String,
+    /// The splitter run that sent it.
     pub run: String,
+    /// The export the row was read from.
     pub source: EnvelopeSource,
+    /// Whether the record is new or changed.
     pub change: Change,
+    /// The record's key as the API sees it: the key value, or a composite key's values joined
+    /// with `|` (`|` and `\` escaped with `\`).
     pub record_key: String,
+    /// The transition's key ([`idempotency_key`]), sent to the API as `Idempotency-Key`.
     pub idempotency_key: String,
+    /// The row: each column's name (from the file's header) to its value.
     pub fields: BTreeMap<String, String>,
 }
 
 /// Why a message body could not be decoded. Permanent.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
+    /// The body is not JSON of the envelope's shape; says what kind of error and where, never
+    /// the body's values.
     #[error("message body is not a casefeed envelope: {0}")]
     Undecodable(String),
+    /// The body's `v` is a version this build does not read.
     #[error("unsupported envelope version {0} (this build reads version {ENVELOPE_VERSION})")]
     UnknownVersion(u64),
 }
 
 impl Envelope {
+    /// Decode a message body, its version checked first. An error never quotes the body.
     pub fn decode(body: &str) -> Result<Envelope, EnvelopeError> {
         #[derive(Deserialize)]
         struct V {
@@ -90,7 +112,9 @@ pub fn serde_category(e: &serde_json::Error) -> &'static str {
 /// The record's state before a transition: its content fingerprint and history chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Previous {
+    /// The content fingerprint the state holds for the record.
     pub content: u64,
+    /// The record's history chain ([`next_chain`]).
     pub chain: u64,
 }
 

@@ -3,12 +3,19 @@
 /// One `ObjectCreated` record, with the key already decoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectEvent {
+    /// The bucket the object was created in.
     pub bucket: String,
+    /// The object's key, URL-decoded.
     pub key: String,
+    /// The object's ETag; `None` when the record had none.
     pub etag: Option<String>,
+    /// The object's version id; `None` when the bucket is not versioned.
     pub version_id: Option<String>,
+    /// The event's sequencer (hex): S3's order of events for one key; `None` when absent.
     pub sequencer: Option<String>,
+    /// The object's size in bytes; `None` when absent.
     pub size: Option<u64>,
+    /// The event's name (`ObjectCreated:Put`, …); `None` when not given.
     pub event_name: Option<String>,
     /// When S3 received the request (RFC 3339, millisecond precision).
     pub event_time: Option<String>,

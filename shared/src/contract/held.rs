@@ -15,28 +15,40 @@ use super::report::{Counts, GuardCheck, SchemaReport};
 use super::source::SourceObject;
 use serde::{Deserialize, Serialize};
 
+/// The manifest format this build writes and reads (its `v`).
 pub const MANIFEST_VERSION: u32 = 1;
 
+/// The manifest of a held file: `held/<feed>/<id>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeldManifest {
+    /// The manifest format ([`MANIFEST_VERSION`]).
     pub v: u32,
+    /// The feed the file was uploaded to.
     pub feed: String,
+    /// The held id ([`held_id`]): 16 lowercase hex digits.
     pub id: String,
     /// The run that held the file (its report is `runs/<feed>/<run>.json`).
     pub run: String,
+    /// When the file was held (RFC 3339, ms).
     pub held_at: String,
+    /// Why it was held: the tripped guards' details.
     pub reason: String,
+    /// Every guard's verdict on the file.
     pub guards: Vec<GuardCheck>,
     /// The object as uploaded.
     pub source: SourceObject,
+    /// The held copy's key: `held/<feed>/<id>.source`.
     pub copy_key: String,
+    /// The held copy's ETag, which approving reads it under; `None` when the store gave none.
     pub copy_etag: Option<String>,
     /// ETag of the state snapshot the diff was made against (`None`: the feed had none).
     pub state_etag: Option<String>,
     /// The source of that state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<SourceObject>,
+    /// The held run's counts.
     pub counts: Counts,
+    /// The file's columns and how they compare with the state's.
     pub schema: SchemaReport,
 }
 

@@ -3,6 +3,7 @@
 use super::source::SourceObject;
 use serde::{Deserialize, Serialize};
 
+/// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
@@ -26,6 +27,7 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// The status as the report, logs and metrics spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Applied => "applied",
@@ -40,14 +42,21 @@ impl RunStatus {
     }
 }
 
+/// The rows of one file, by what became of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// Data rows read (accepted or rejected).
     pub read: u64,
+    /// Rows whose key the state did not have (for a feed's first file, every distinct key).
     pub new: u64,
+    /// Rows whose key the state had, with other content in the compared columns.
     pub changed: u64,
+    /// Records of the state whose key the file no longer has (a rejected row keeps its record).
     pub removed: u64,
+    /// Rows whose key the state had, with the same content or taken over uncompared
+    /// (`rebaselined` and `known` included).
     pub unchanged: u64,
+    /// Rows whose key already appeared earlier in the file (the first occurrence counts).
     pub duplicate: u64,
     /// Existing rows taken over without comparison (a compared column was gone).
     #[serde(default)]
@@ -62,73 +71,112 @@ pub struct Counts {
     pub sent: u64,
 }
 
+/// The file's columns, and how they compare with those the state hashed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchemaReport {
+    /// The file's header, in file order.
     pub columns: Vec<String>,
+    /// The columns the next state's content fingerprints cover (neither key nor ignored),
+    /// sorted.
     pub hashed_columns: Vec<String>,
+    /// Columns the state did not hash that the file has: they enter the fingerprints from this
+    /// file on and never make a row changed.
     pub added: Vec<String>,
+    /// Columns the state hashed that the file no longer has (the schema guard).
     pub removed: Vec<String>,
 }
 
+/// How long a run's phases took, in ms (a phase several attempts ran: their sum).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timings {
+    /// Reading and decoding the feed's state.
     pub read_state_ms: u64,
+    /// The diff pass (or passes) and sending.
     pub diff_and_send_ms: u64,
+    /// Writing the next state.
     pub commit_ms: u64,
+    /// The whole run, up to writing its report.
     pub total_ms: u64,
 }
 
 /// Where a held file waits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldRef {
+    /// The held id: 16 lowercase hex digits.
     pub id: String,
+    /// The manifest's key: `held/<feed>/<id>.json`.
     pub manifest_key: String,
+    /// The held copy's key: `held/<feed>/<id>.source`.
     pub copy_key: String,
 }
 
+/// The report of one run: `runs/<feed>/<run>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
+    /// The report format (1).
     pub v: u32,
+    /// The feed.
     pub feed: String,
+    /// The run's id (also the report's file name).
     pub run: String,
+    /// How the run ended.
     pub status: RunStatus,
+    /// Why the run ended so, in words (counts and column names only); `None` for an applied
+    /// file or a baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The object the run read (for an approval or a discard: the held file as uploaded).
     pub source: SourceObject,
     /// The snapshot's source before this run, if there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<SourceObject>,
+    /// The file's rows, by class.
     pub counts: Counts,
+    /// The file's columns.
     #[serde(default)]
     pub schema: SchemaReport,
     /// Every guard's verdict on this file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guards: Vec<GuardCheck>,
+    /// Where the file waits, when it was held; `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<HeldRef>,
     /// For a run that applied a held file: the held id an operator approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_held: Option<String>,
+    /// The rejects report's key (`rejects/<feed>/<run>.jsonl`); `None` when no row was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejects_key: Option<String>,
+    /// The ETag of the state this run committed; `None` when the state did not move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_etag: Option<String>,
+    /// `SendMessageBatch` calls made (by every attempt).
     pub send_calls: u64,
+    /// Attempts of the run, each from a freshly read state: more than 1 after a lost commit
+    /// race.
     pub commit_attempts: u32,
+    /// When the run started (RFC 3339, ms).
     pub started_at: String,
+    /// When the run finished (RFC 3339, ms).
     pub finished_at: String,
+    /// How long its phases took.
     pub timings: Timings,
 }
 
+/// A guard that can hold a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuardKind {
+    /// Too many new and changed rows, in number or as a share of the state.
     Flood,
+    /// Too many of the state's records missing from the file: a truncated upload.
     Shrink,
+    /// A column the state's fingerprints cover is gone from the file.
     Schema,
 }
 
 impl GuardKind {
+    /// The guard's name in reports and reasons: `flood`, `shrink` or `schema`.
     pub fn as_str(self) -> &'static str {
         match self {
             GuardKind::Flood => "flood",
@@ -141,7 +189,9 @@ impl GuardKind {
 /// One guard's verdict, as the run report shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuardCheck {
+    /// Which guard.
     pub guard: GuardKind,
+    /// Whether it stopped the file.
     pub tripped: bool,
     /// What was measured against which limit (counts and column names only).
     pub detail: String,

@@ -6,10 +6,14 @@ use serde::{Deserialize, Serialize};
 /// Identity of the S3 object a snapshot (or a run) came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SourceObject {
+    /// The bucket the export was uploaded to.
     pub bucket: String,
+    /// The object's key (`incoming/<feed>/…`).
     pub key: String,
+    /// The object's ETag as S3 gave it (quotes or not); `None` when the event had none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// The object's version id; `None` when the bucket is not versioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
     /// RFC 3339, as S3 reported it.
@@ -18,6 +22,7 @@ pub struct SourceObject {
     /// The S3 event's sequencer (hex); orders events for the same key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequencer: Option<String>,
+    /// The object's size in bytes; `None` when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     /// The S3 event's time (RFC 3339, ms): breaks last-modified ties (1 s resolution).

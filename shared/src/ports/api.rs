@@ -8,15 +8,20 @@ use std::future::Future;
 /// What the transport saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiAnswer {
+    /// The API answered with an HTTP status.
     Status {
+        /// The HTTP status code.
         code: u16,
+        /// The `Retry-After` header as sent; `None` when there was none.
         retry_after: Option<String>,
     },
+    /// No answer within the request timeout.
     Timeout,
     /// Connection refused/reset, TLS failure, or the connection dropped before an answer.
     Connection(String),
 }
 
+/// The contact-tracing API: one delivery per message.
 pub trait Api: Send + Sync + 'static {
     /// `POST /cases` with the envelope's key as `Idempotency-Key`.
     fn deliver(&self, env: &Envelope) -> impl Future<Output = ApiAnswer> + Send;

@@ -5,17 +5,21 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-/// SQS limits.
+/// Messages one `SendMessageBatch` may carry (an SQS limit).
 pub const MAX_BATCH_ENTRIES: usize = 10;
+/// Bytes one `SendMessageBatch` may carry, its messages together (1 MiB, an SQS limit).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// One row ready to go.
 #[derive(Debug, Clone)]
 pub struct OutMessage {
+    /// The message body: the row's envelope, as JSON.
     pub body: String,
+    /// String message attributes, by name.
     pub attributes: Vec<(&'static str, String)>,
     /// Where the row came from, to report a refusal.
     pub line: u64,
+    /// The row's key fingerprint: a record SQS refuses keeps its previous state.
     pub key_fp: u64,
 }
 
@@ -36,22 +40,29 @@ impl OutMessage {
 pub struct EntryFailure {
     /// Index within the batch that was sent.
     pub index: usize,
+    /// SQS's error code for the entry.
     pub code: String,
     /// SQS says the request itself is wrong: retrying will not help.
     pub sender_fault: bool,
 }
 
+/// Why a queue call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    /// An SQS call failed.
     #[error("SQS {op} failed: {message}")]
     Service {
+        /// The SQS operation (`SendMessageBatch`, `SendMessage`, …).
         op: &'static str,
+        /// What went wrong: the service's code and message, or the transport failure.
         message: String,
+        /// Whether trying again may succeed (a timeout, a throttle, a service fault).
         retryable: bool,
     },
 }
 
 impl QueueError {
+    /// Whether trying again may succeed.
     pub fn retryable(&self) -> bool {
         match self {
             QueueError::Service { retryable, .. } => *retryable,
@@ -59,6 +70,7 @@ impl QueueError {
     }
 }
 
+/// The splitter's queue: where new and changed rows go.
 pub trait MessageQueue: Send + Sync + Clone + 'static {
     /// Send up to 10 messages; returns the entries that failed.
     fn send_batch(
@@ -73,8 +85,11 @@ pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 /// One message of a batch, independent of Lambda types.
 #[derive(Debug, Clone, Default)]
 pub struct InMessage {
+    /// SQS's id of the message.
     pub message_id: String,
+    /// The handle of this receipt of the message, which a visibility change names.
     pub receipt_handle: String,
+    /// The message body (an envelope, unless something else was sent to the queue).
     pub body: String,
     /// `ApproximateReceiveCount` (1 on the first delivery).
     pub receive_count: u32,
@@ -84,11 +99,13 @@ pub struct InMessage {
 
 /// Queue operations the consumer needs.
 pub trait WorkQueue: Send + Sync + Clone + 'static {
+    /// Make the received message visible again after `timeout` (at most [`MAX_VISIBILITY`]).
     fn change_visibility(
         &self,
         receipt_handle: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Send a message (its body, with these string attributes) to the dead-letter queue.
     fn dead_letter(
         &self,
         body: &str,

@@ -7,16 +7,38 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncRead;
 
+/// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The object (or the version asked for) does not exist.
     #[error("object s3://{bucket}/{key} does not exist")]
-    NotFound { bucket: String, key: String },
+    NotFound {
+        /// The bucket.
+        bucket: String,
+        /// The object's key.
+        key: String,
+    },
+    /// A condition did not hold: the object is not the version named (`If-Match`), or it
+    /// exists where only a create was allowed.
     #[error("conditional write/read lost: the object changed (precondition failed)")]
     PreconditionFailed,
+    /// The function may not touch the object (403).
     #[error("access denied to s3://{bucket}/{key}: check the function's IAM policy")]
-    Denied { bucket: String, key: String },
+    Denied {
+        /// The bucket.
+        bucket: String,
+        /// The object's key.
+        key: String,
+    },
+    /// Any other failure of an S3 call.
     #[error("S3 {op} failed: {message}")]
-    Service { op: &'static str, message: String },
+    Service {
+        /// The S3 operation (`GetObject`, `PutObject`, …).
+        op: &'static str,
+        /// What went wrong: the service's code and message, or the transport failure.
+        message: String,
+    },
+    /// Reading a whole object's body failed part way.
     #[error("reading the object body failed: {0}")]
     Body(String),
 }
@@ -35,31 +57,40 @@ impl StoreError {
 /// Metadata of an object being read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectMeta {
+    /// The object's ETag; `None` when the store gave none.
     pub etag: Option<String>,
+    /// The object's version id; `None` when the bucket is not versioned.
     pub version_id: Option<String>,
     /// RFC 3339
     pub last_modified: Option<String>,
+    /// The object's size in bytes; `None` when the store did not say.
     pub size: Option<u64>,
 }
 
+/// An object's body, read as it streams.
 pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
 
 /// An object opened for streaming.
 pub struct OpenObject {
+    /// What the store said of the object.
     pub meta: ObjectMeta,
+    /// Its body.
     pub body: BoxRead,
 }
 
 /// A whole (small) object.
 #[derive(Debug, Clone)]
 pub struct Fetched {
+    /// The object's bytes.
     pub bytes: Vec<u8>,
+    /// Its ETag; `None` when the store gave none.
     pub etag: Option<String>,
 }
 
 /// How a put is conditioned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutCondition {
+    /// Write whatever is there.
     None,
     /// Create only: `If-None-Match: *`.
     IfAbsent,
@@ -70,7 +101,9 @@ pub enum PutCondition {
 /// Which version of an object to open.
 #[derive(Debug, Clone, Default)]
 pub struct OpenSpec {
+    /// The version id to read; `None` for the current version.
     pub version_id: Option<String>,
+    /// Read only if the object's ETag is this (else [`StoreError::PreconditionFailed`]).
     pub if_match: Option<String>,
     /// The object's size as the caller knows it (the S3 event's): large objects may be read
     /// by parallel ranged requests. Only a hint; the store reads what is there.
@@ -94,6 +127,7 @@ impl OpenSpec {
     }
 }
 
+/// The data bucket, as the core uses it.
 pub trait ObjectStore: Send + Sync + Clone + 'static {
     /// A whole small object, `None` if it does not exist.
     fn get_bytes(
@@ -155,6 +189,7 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -164,6 +199,7 @@ impl MemoryStore {
             Err(p) => p.into_inner(),
         }
     }
+    /// Put an object unconditionally; returns its new ETag.
     pub fn insert(&self, bucket: &str, key: &str, body: Vec<u8>) -> String {
         let n = self
             .counter
@@ -173,11 +209,13 @@ impl MemoryStore {
             .insert((bucket.into(), key.into()), (body, etag.clone()));
         etag
     }
+    /// An object's bytes, `None` if it does not exist.
     pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         self.lock()
             .get(&(bucket.to_string(), key.to_string()))
             .map(|v| v.0.clone())
     }
+    /// The keys under `prefix` in any bucket, sorted.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let mut k: Vec<String> = self
             .lock()

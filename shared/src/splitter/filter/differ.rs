@@ -15,23 +15,35 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// How one row compares with the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
+    /// The snapshot has no record of the key.
     New,
-    /// `previous`: the snapshot's content fingerprint; `chain`: its history summary.
+    /// The snapshot has the record with other content.
     Changed {
+        /// The snapshot's content fingerprint for the record.
         previous: u64,
+        /// The record's history chain in the snapshot.
         chain: u64,
     },
+    /// The snapshot has the record with the same content (or it was taken over uncompared).
     Unchanged,
     /// The key already appeared earlier in this file; the first occurrence wins.
     Duplicate,
 }
 
+/// A file's rows by class, as the differ counted them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiffCounts {
+    /// Rows whose key the snapshot does not have (first occurrence).
     pub new: u64,
+    /// Rows whose key the snapshot has, with other content.
     pub changed: u64,
+    /// Rows whose key the snapshot has, with the same content (`rebaselined` and `known`
+    /// included).
     pub unchanged: u64,
+    /// Records of the snapshot whose key the file no longer has (a rejected row keeps its
+    /// record); set by [`Differ::finish`].
     pub removed: u64,
+    /// Rows whose key appeared earlier in the file.
     pub duplicate: u64,
     /// Existing rows taken over without comparison because a compared column is gone
     /// (also counted as unchanged).
@@ -72,6 +84,7 @@ impl Hasher for FpHasher {
         self.0 = n;
     }
 }
+/// A set of fingerprints, hashed by [`FpHasher`].
 pub type FpSet = HashSet<u64, BuildHasherDefault<FpHasher>>;
 
 /// Classifies rows against a snapshot while the file streams, and collects the entries of
@@ -107,6 +120,9 @@ impl<'a> Differ<'a> {
     /// over as unchanged (re-baselined) rather than compared. `same_lines`: the snapshot's
     /// line hashes are valid for this file (same [`line_context`]); when false, rows the file
     /// does not have a plain line for get none in the new state.
+    ///
+    /// [`ColumnPlan::comparable`]: super::ColumnPlan::comparable
+    /// [`line_context`]: crate::splitter::state::line_context
     pub fn new(
         snapshot: Option<&'a Snapshot>,
         expected_rows: usize,
@@ -131,6 +147,7 @@ impl<'a> Differ<'a> {
         }
     }
 
+    /// Classify one row by its fingerprints, and note what the next state keeps of it.
     #[inline]
     pub fn classify(&mut self, p: Fingerprints) -> Class {
         let pos = self.snapshot.and_then(|s| s.position(p.key));
@@ -281,6 +298,7 @@ impl<'a> Differ<'a> {
         }
     }
 
+    /// The counts so far (`removed` is set only by [`Differ::finish`]).
     pub fn counts(&self) -> DiffCounts {
         self.counts
     }

@@ -37,6 +37,7 @@ fn hash_fields(buf: &mut Vec<u8>, rec: &Record, idx: &[usize], seed: u64) -> u64
 /// Fingerprints of one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fingerprints {
+    /// The key fingerprint: which record the row is.
     pub key: u64,
     /// Compared with the snapshot's content fingerprint.
     pub compare: u64,
@@ -47,6 +48,7 @@ pub struct Fingerprints {
 }
 
 impl Fingerprinter {
+    /// The fingerprints of one row under `plan`.
     #[inline]
     pub fn fingerprints(&mut self, plan: &ColumnPlan, rec: &Record) -> Fingerprints {
         let key = hash_fields(&mut self.buf, rec, &plan.key_idx, KEY_SEED);

@@ -23,6 +23,7 @@ use crate::splitter::filter::differ::DiffCounts;
 pub struct GuardInput<'a> {
     /// Rows in the feed's state before this file; `None` for a feed's first file.
     pub previous_rows: Option<u64>,
+    /// The file's rows by class.
     pub counts: DiffCounts,
     /// Whether this run sends its new/changed rows (a baseline does not).
     pub sends: bool,

@@ -9,6 +9,7 @@ use xxhash_rust::xxh3::xxh3_64;
 /// How a file's columns map onto fingerprints.
 #[derive(Debug, Clone)]
 pub struct ColumnPlan {
+    /// File positions of the key columns, in the feed's key order.
     pub key_idx: Vec<usize>,
     /// File positions of the columns compared with the snapshot, in name order.
     pub(super) compare_idx: Vec<usize>,

@@ -82,20 +82,30 @@ fn sqs_safe(body: String) -> String {
 /// Borrowed form used by the splitter to serialize straight from a CSV record.
 #[derive(Serialize)]
 pub struct EnvelopeRef<'a> {
+    /// The envelope format ([`ENVELOPE_VERSION`]).
     pub v: u32,
+    /// The feed the row came from.
     pub feed: &'a str,
+    /// The run sending it.
     pub run: &'a str,
+    /// The export the row was read from.
     pub source: &'a EnvelopeSource,
+    /// Whether the record is new or changed.
     pub change: Change,
+    /// The record's key as the API sees it ([`record_key`]).
     pub record_key: &'a str,
+    /// The transition's key ([`idempotency_key`]).
     pub idempotency_key: &'a str,
+    /// The row's fields by column name.
     pub fields: FieldsRef<'a>,
 }
 
 /// Serializes `header[i] → record[i]` as a JSON object (values are valid UTF-8, checked when
 /// the row was read).
 pub struct FieldsRef<'a> {
+    /// The file's header: the columns' names.
     pub header: &'a [String],
+    /// The row, one value per column.
     pub record: &'a Record,
 }
 

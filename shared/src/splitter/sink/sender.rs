@@ -9,14 +9,21 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+/// Why sending failed the run (Lambda retries the file).
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    /// Messages SQS did not accept within the attempts (or refused with an error not worth
+    /// retrying).
     #[error("{count} message(s) could not be sent after {attempts} attempts (last error: {last})")]
     Exhausted {
+        /// How many messages were left unsent.
         count: usize,
+        /// Attempts made at their batch.
         attempts: u32,
+        /// The last error SQS gave.
         last: String,
     },
+    /// A send task panicked or was cancelled.
     #[error("the sender task failed: {0}")]
     Task(String),
 }
@@ -24,25 +31,39 @@ pub enum SendError {
 /// A row SQS would not take.
 #[derive(Debug, Clone)]
 pub struct Refused {
+    /// The row's 1-based line in the file.
     pub line: u64,
+    /// The row's key fingerprint (its record keeps its previous state).
     pub key_fp: u64,
+    /// Why SQS would not take it (or that it is over the size limit).
     pub reason: String,
 }
 
+/// What a run's sending did.
 #[derive(Debug, Default, Clone)]
 pub struct SendStats {
+    /// Messages SQS accepted.
     pub sent: u64,
+    /// `SendMessageBatch` calls made.
     pub calls: u64,
+    /// Entries sent again after SQS failed them (each retry counts).
     pub retried_entries: u64,
+    /// Rows SQS would not take, for the rejects report.
     pub refused: Vec<Refused>,
+    /// The most `SendMessageBatch` calls that were in flight at once.
     pub max_in_flight: usize,
 }
 
+/// How messages are batched and sent.
 #[derive(Debug, Clone)]
 pub struct SenderSettings {
+    /// `SendMessageBatch` calls in flight at most.
     pub concurrency: usize,
+    /// The largest message sent, in bytes as SQS counts them; a larger row is refused.
     pub max_message_bytes: usize,
+    /// Attempts at one batch before the run fails.
     pub max_attempts: u32,
+    /// The waits between attempts.
     pub backoff: Backoff,
 }
 

@@ -73,19 +73,27 @@ const READ_CHUNK: usize = 1 << 20;
 
 /// One outcome of [`RowReader::next_row`].
 pub enum Row<'a> {
+    /// A usable row: UTF-8, as many fields as the header, within the size limit, its key
+    /// values non-empty.
     Ok {
+        /// The 1-based physical line where the row starts.
         line: u64,
+        /// Its fields.
         record: &'a Record,
     },
     /// A line identical to the line of snapshot position `pos` (see
     /// [`RowReader::set_known`]); not split, the record is untouched.
     Known {
+        /// The 1-based physical line.
         line: u64,
+        /// The snapshot row (by position) whose line it is.
         pos: u32,
     },
     /// A row that cannot be used; `record` is what was read (its key may still be readable).
     Rejected {
+        /// The line and reason, for the rejects report.
         rejected: Rejected,
+        /// What was read of the row.
         record: &'a Record,
     },
 }
@@ -205,6 +213,7 @@ impl<R: Read> RowReader<R> {
         Ok(r)
     }
 
+    /// The file's column names, in file order (trimmed).
     pub fn header(&self) -> &[String] {
         &self.header
     }

@@ -17,6 +17,7 @@ pub struct Record {
 }
 
 impl Record {
+    /// An empty record (no fields).
     pub fn new() -> Record {
         Record::default()
     }
@@ -43,6 +44,7 @@ impl Record {
         self.bounds.len()
     }
 
+    /// Whether the record has no fields.
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.bounds.is_empty()
@@ -55,11 +57,13 @@ impl Record {
         self.data.get(a..b)
     }
 
+    /// The fields' values, in file order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.bounds.iter().map(move |&(a, b)| &self.data[a..b])
     }
 
-    /// The hash of the record's raw line, when [`RowReader`] read it as one line (0 if not).
+    /// The hash of the record's raw line, when [`super::RowReader`] read it as one line
+    /// (0 if not).
     #[inline]
     pub fn line_hash(&self) -> u64 {
         self.line_hash

@@ -5,7 +5,7 @@ use super::snapshot::Entry;
 use std::collections::HashSet;
 
 /// The state a diff leaves: key fingerprints in ascending order (unique) and each row's
-/// `[content, chain]`; becomes the next [`Snapshot`].
+/// `[content, chain]`; becomes the next [`Snapshot`](super::Snapshot).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NextState {
     pub(crate) keys: Vec<u64>,
@@ -15,14 +15,17 @@ pub struct NextState {
 }
 
 impl NextState {
+    /// Rows in the state.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// Whether it has no rows.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
+    /// The rows as snapshot entries, in key order.
     pub fn to_entries(&self) -> Vec<Entry> {
         self.keys
             .iter()

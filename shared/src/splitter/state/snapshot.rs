@@ -23,6 +23,8 @@
 //!
 //! A file that is truncated, has a wrong magic/version/checksum, or belongs to another feed
 //! is an error: it is never treated as empty.
+//!
+//! [`KnownLines`]: super::KnownLines
 
 use super::next_state::NextState;
 use crate::contract::envelope::next_chain;
@@ -30,6 +32,7 @@ use crate::contract::source::SourceObject;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
+/// The first 8 bytes of a snapshot this build writes: `CFSNAP`, 0, the format version.
 pub const MAGIC: &[u8; 8] = b"CFSNAP\x00\x02";
 /// The magic of format 1 snapshots (read, never written).
 const MAGIC_V1: &[u8; 8] = b"CFSNAP\x00\x01";
@@ -39,8 +42,11 @@ const ENTRY_BYTES_V1: usize = 24;
 /// One row of a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
+    /// The record's key fingerprint.
     pub key: u64,
+    /// The record's content fingerprint (of the hashed columns).
     pub content: u64,
+    /// The record's history chain ([`next_chain`]).
     pub chain: u64,
     /// The print of the row's raw line ([`crate::splitter::source::line_print`]), 0 when unknown.
     pub line: u64,
@@ -57,38 +63,66 @@ impl From<(u64, u64)> for Entry {
         }
     }
 }
+/// The snapshot format this build writes (format 1 is still read).
 pub const FORMAT_VERSION: u32 = 2;
 const MAX_HEADER_LEN: usize = 16 * 1024 * 1024;
 
+/// Why a snapshot cannot be read or written. A snapshot that cannot be read is never taken
+/// for an empty state.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
+    /// Not a snapshot, or a format this build does not read.
     #[error("snapshot is not a casefeed snapshot (bad magic or unsupported format version)")]
     BadMagic,
+    /// The bytes end early; says which part is cut.
     #[error("snapshot is truncated ({0})")]
     Truncated(&'static str),
+    /// The checksum does not match: the object is corrupt.
     #[error("snapshot checksum mismatch: the object is corrupt")]
     Checksum,
+    /// The JSON header cannot be read (or its length is implausible).
     #[error("snapshot header is unreadable: {0}")]
     Header(String),
+    /// The snapshot is another feed's state.
     #[error("snapshot belongs to feed `{found}`, expected `{expected}`")]
-    ForeignFeed { expected: String, found: String },
+    ForeignFeed {
+        /// The feed that read it.
+        expected: String,
+        /// The feed it belongs to.
+        found: String,
+    },
+    /// The entries are not sorted by key fingerprint, or a key repeats.
     #[error("snapshot entries are not sorted and unique")]
     Unsorted,
+    /// The header's row count, the count field and the number of entries disagree.
     #[error("snapshot row count {header} does not match {entries} entries")]
-    Count { header: u64, entries: u64 },
+    Count {
+        /// The header's row count.
+        header: u64,
+        /// Entries in the file.
+        entries: u64,
+    },
+    /// The header could not be encoded as JSON.
     #[error("snapshot header could not be encoded: {0}")]
     Encode(String),
 }
 
+/// The snapshot's JSON header: whose state it is and what it was made from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotHeader {
+    /// The snapshot format ([`FORMAT_VERSION`]).
     pub format: u32,
+    /// The feed whose state it is.
     pub feed: String,
+    /// The feed's key columns when it was written, in key order.
     pub key_columns: Vec<String>,
     /// The columns whose values make up each content fingerprint, sorted by name.
     pub hashed_columns: Vec<String>,
+    /// The export the state came from.
     pub source: SourceObject,
+    /// Rows in the snapshot.
     pub row_count: u64,
+    /// When it was written (RFC 3339, ms).
     pub created_at: String,
     /// The run that produced this snapshot.
     pub run: String,
@@ -103,6 +137,7 @@ pub struct SnapshotHeader {
 /// content and chain side by side (one more cache line).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// What the snapshot is of.
     pub header: SnapshotHeader,
     keys: Vec<u64>,
     /// `[content, chain]` per row.
@@ -178,10 +213,12 @@ impl Snapshot {
         encode_parts(&header, &state.keys, &state.vals, &state.lines)
     }
 
+    /// Rows in the snapshot.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// Whether it has no rows.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -230,16 +267,19 @@ impl Snapshot {
         self.vals[pos]
     }
 
+    /// The content fingerprint at a position.
     #[inline]
     pub fn content_at(&self, pos: usize) -> u64 {
         self.vals[pos][0]
     }
 
+    /// The key fingerprint at a position.
     #[inline]
     pub fn keys_at(&self, pos: usize) -> u64 {
         self.keys[pos]
     }
 
+    /// The history chain at a position.
     #[inline]
     pub fn chain_at(&self, pos: usize) -> u64 {
         self.vals[pos][1]
@@ -261,6 +301,7 @@ impl Snapshot {
         self.position(key).map(|p| self.vals[p][0])
     }
 
+    /// The entry of a key fingerprint, if present.
     pub fn entry(&self, key: u64) -> Option<Entry> {
         self.position(key).map(|p| Entry {
             key,
@@ -288,6 +329,7 @@ impl Snapshot {
         })
     }
 
+    /// The snapshot's bytes, in the current format.
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         encode_parts(&self.header, &self.keys, &self.vals, &self.lines)
     }
