@@ -5,6 +5,8 @@
 //! The tests under "further defects" (and a few others) pin down defects that were found
 //! in the library and fixed: they fail if one comes back.
 
+mod faults;
+
 use crate::backoff::Backoff;
 use crate::config::{Config, FeedConfig};
 use crate::contract::envelope::{idempotency_key, next_chain, Change, Envelope, Previous};
@@ -14,13 +16,12 @@ use crate::contract::report::{GuardKind, RunReport, RunStatus};
 use crate::ports::queue::{
     EntryFailure, MessageQueue, OutMessage, QueueError, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES,
 };
-use crate::ports::store::{
-    Fetched, MemoryStore, ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError,
-};
+use crate::ports::store::{MemoryStore, ObjectStore};
 use crate::splitter::filter::{ColumnPlan, Fingerprinter, RowPrints};
 use crate::splitter::sink::SenderSettings;
 use crate::splitter::state::{Snapshot, SnapshotError};
 use crate::splitter::{Outcome, SplitError, Splitter, SplitterSettings};
+use faults::{slow_down, FaultyStore, Keys, Op};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -176,231 +177,6 @@ impl MessageQueue for RecordingQueue {
         }
         Ok(fails)
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// stores with extra behaviour, wrapping MemoryStore
-// ---------------------------------------------------------------------------------------
-
-/// The store methods the wrappers below do not change.
-macro_rules! forward_rest {
-    () => {
-        async fn copy(
-            &self,
-            bucket: &str,
-            from_key: &str,
-            spec: &OpenSpec,
-            to_key: &str,
-        ) -> Result<Option<String>, StoreError> {
-            self.inner.copy(bucket, from_key, spec, to_key).await
-        }
-        async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
-            self.inner.delete(bucket, key).await
-        }
-        async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
-            self.inner.list(bucket, prefix).await
-        }
-    };
-}
-
-/// Fails the next `n` puts of keys starting with a prefix (a transient S3 error).
-#[derive(Clone, Default)]
-struct FailingPutStore {
-    inner: MemoryStore,
-    fail: Arc<Mutex<Option<(String, usize)>>>,
-}
-
-impl ObjectStore for FailingPutStore {
-    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
-        self.inner.get_bytes(bucket, key).await
-    }
-    async fn open(
-        &self,
-        bucket: &str,
-        key: &str,
-        spec: &OpenSpec,
-    ) -> Result<OpenObject, StoreError> {
-        self.inner.open(bucket, key, spec).await
-    }
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        content_type: &str,
-        cond: PutCondition,
-    ) -> Result<Option<String>, StoreError> {
-        let fail = {
-            let mut f = self.fail.lock().unwrap();
-            match f.as_mut() {
-                Some((prefix, n)) if key.starts_with(prefix.as_str()) && *n > 0 => {
-                    *n -= 1;
-                    true
-                }
-                _ => false,
-            }
-        };
-        if fail {
-            return Err(StoreError::Service {
-                op: "PutObject",
-                message: "SlowDown".into(),
-            });
-        }
-        self.inner.put(bucket, key, body, content_type, cond).await
-    }
-    forward_rest!();
-}
-
-/// Holds the next `armed` reads of a feed state at a barrier until as many readers have
-/// read it: the runs that meet there are sure to have read the same state, so their
-/// conditional commits really race.
-#[derive(Clone)]
-struct BarrierStore {
-    inner: MemoryStore,
-    barrier: Arc<tokio::sync::Barrier>,
-    armed: Arc<AtomicUsize>,
-}
-
-impl BarrierStore {
-    fn new(parties: usize) -> Self {
-        BarrierStore {
-            inner: MemoryStore::new(),
-            barrier: Arc::new(tokio::sync::Barrier::new(parties)),
-            armed: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-}
-
-impl ObjectStore for BarrierStore {
-    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
-        let got = self.inner.get_bytes(bucket, key).await;
-        let hold = key.starts_with("state/")
-            && self
-                .armed
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-        if hold {
-            self.barrier.wait().await;
-        }
-        got
-    }
-    async fn open(
-        &self,
-        bucket: &str,
-        key: &str,
-        spec: &OpenSpec,
-    ) -> Result<OpenObject, StoreError> {
-        self.inner.open(bucket, key, spec).await
-    }
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        content_type: &str,
-        cond: PutCondition,
-    ) -> Result<Option<String>, StoreError> {
-        self.inner.put(bucket, key, body, content_type, cond).await
-    }
-    forward_rest!();
-}
-
-/// A body that yields its first `ok` bytes, then fails as a broken network stream does.
-struct BrokenBody {
-    data: Vec<u8>,
-    pos: usize,
-}
-
-impl tokio::io::AsyncRead for BrokenBody {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.pos >= self.data.len() {
-            return std::task::Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionReset,
-                "connection reset by peer",
-            )));
-        }
-        let n = buf.remaining().min(self.data.len() - self.pos).min(4096);
-        let start = self.pos;
-        buf.put_slice(&self.data[start..start + n]);
-        self.pos += n;
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-/// Streams objects whose key contains `broken` only up to `cut` bytes, then fails.
-#[derive(Clone, Default)]
-struct BrokenStreamStore {
-    inner: MemoryStore,
-    cut: usize,
-}
-
-impl ObjectStore for BrokenStreamStore {
-    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
-        self.inner.get_bytes(bucket, key).await
-    }
-    async fn open(
-        &self,
-        bucket: &str,
-        key: &str,
-        spec: &OpenSpec,
-    ) -> Result<OpenObject, StoreError> {
-        let mut o = self.inner.open(bucket, key, spec).await?;
-        if key.contains("broken") {
-            let mut data = self.inner.get(bucket, key).unwrap();
-            data.truncate(self.cut);
-            o.body = Box::pin(BrokenBody { data, pos: 0 });
-        }
-        Ok(o)
-    }
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        content_type: &str,
-        cond: PutCondition,
-    ) -> Result<Option<String>, StoreError> {
-        self.inner.put(bucket, key, body, content_type, cond).await
-    }
-    forward_rest!();
-}
-
-/// Reports a last-modified time for objects (as S3 does), set by the test.
-#[derive(Clone, Default)]
-struct DatedStore {
-    inner: MemoryStore,
-    dates: Arc<Mutex<HashMap<String, String>>>,
-}
-
-impl ObjectStore for DatedStore {
-    async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
-        self.inner.get_bytes(bucket, key).await
-    }
-    async fn open(
-        &self,
-        bucket: &str,
-        key: &str,
-        spec: &OpenSpec,
-    ) -> Result<OpenObject, StoreError> {
-        let mut o = self.inner.open(bucket, key, spec).await?;
-        o.meta.last_modified = self.dates.lock().unwrap().get(key).cloned();
-        Ok(o)
-    }
-    async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-        content_type: &str,
-        cond: PutCondition,
-    ) -> Result<Option<String>, StoreError> {
-        self.inner.put(bucket, key, body, content_type, cond).await
-    }
-    forward_rest!();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1780,21 +1556,23 @@ fn race_scenario() -> (Table, Table, Table) {
     (base, x, y)
 }
 
-fn race_harness() -> Harness<BarrierStore> {
-    let store = BarrierStore::new(2);
+fn race_harness() -> Harness<FaultyStore> {
+    let store = FaultyStore::new();
     Harness::with_store(store.inner.clone(), store)
 }
 
 /// Two files of the same feed processed concurrently against the same store; both first
 /// read the baseline state before either commits.
 async fn race(
-    h: &Harness<BarrierStore>,
+    h: &Harness<FaultyStore>,
 ) -> (ObjectEvent, ObjectEvent, RunReport, RunReport, Vec<Msg>) {
     let (base, x, y) = race_scenario();
     h.run_table("labs", "base.csv", &base).await;
     let ex = h.upload("labs", "x.csv", x.csv());
     let ey = h.upload("labs", "y.csv", y.csv());
-    h.splitter.store.armed.store(2, Ordering::SeqCst);
+    h.splitter
+        .store
+        .meet_at(Op::GetBytes, Keys::Prefix("state/"), 2);
     let (rx, ry) = tokio::join!(h.process(&ex), h.process(&ey));
     let report = |r: Result<Outcome, SplitError>| match r {
         Ok(Outcome::Report(r)) => *r,
@@ -2134,21 +1912,13 @@ async fn an_older_version_of_the_same_key_is_stale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_file_replayed_after_a_newer_one_is_stale() {
-    let store = DatedStore::default();
+    let store = FaultyStore::new();
     let h = Harness::with_store(store.inner.clone(), store.clone());
     let (t1, t2) = diff_scenario();
     let e1 = h.upload("labs", "e1.csv", t1.csv());
-    store
-        .dates
-        .lock()
-        .unwrap()
-        .insert(e1.key.clone(), "2026-03-01T00:00:05Z".into());
+    store.set_last_modified(&e1.key, "2026-03-01T00:00:05Z");
     let e2 = h.upload("labs", "e2.csv", t2.csv());
-    store
-        .dates
-        .lock()
-        .unwrap()
-        .insert(e2.key.clone(), "2026-03-01T00:30:05Z".into());
+    store.set_last_modified(&e2.key, "2026-03-01T00:30:05Z");
     h.run(&e1).await;
     h.run(&e2).await;
     assert_eq!(h.take_sent().len(), 8);
@@ -2165,7 +1935,7 @@ async fn an_older_file_replayed_after_a_newer_one_is_stale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_time_orders_files_modified_in_the_same_second() {
-    let store = DatedStore::default();
+    let store = FaultyStore::new();
     let h = Harness::with_store(store.inner.clone(), store.clone());
     let (t1, t2) = diff_scenario();
     let mut e1 = h.upload("labs", "e1.csv", t1.csv());
@@ -2175,11 +1945,7 @@ async fn event_time_orders_files_modified_in_the_same_second() {
         (&mut e2, "2026-03-01T00:00:05.870Z"),
     ] {
         // S3's last-modified has 1 s resolution: both files carry the same one
-        store
-            .dates
-            .lock()
-            .unwrap()
-            .insert(ev.key.clone(), "2026-03-01T00:00:05Z".into());
+        store.set_last_modified(&ev.key, "2026-03-01T00:00:05Z");
         ev.event_time = Some(at.into());
     }
     let r1 = h.run(&e1).await;
@@ -2447,10 +2213,8 @@ async fn a_truncated_gzip_is_reported() {
 async fn a_broken_stream_fails_the_run_for_retry_with_a_report() {
     let (t1, t2) = diff_scenario();
     for (name, body) in [("broken.csv", t2.csv()), ("broken.csv.gz", gzip(&t2.csv()))] {
-        let store = BrokenStreamStore {
-            cut: body.len() / 2,
-            ..Default::default()
-        };
+        let store = FaultyStore::new();
+        store.break_bodies(Keys::Containing("broken"), body.len() / 2);
         let h = Harness::with_store(store.inner.clone(), store);
         h.run_table("labs", "e1.csv", &t1).await;
         let state = h.snapshot_bytes("labs").unwrap();
@@ -2481,7 +2245,7 @@ async fn a_broken_stream_fails_the_run_for_retry_with_a_report() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_rows_survive_a_failed_rejects_write() {
-    let store = FailingPutStore::default();
+    let store = FaultyStore::new();
     let h = Harness::with_store(store.inner.clone(), store.clone());
     h.run_table("labs", "e1.csv", &Table::labs(1..=5, TS1))
         .await;
@@ -2489,7 +2253,7 @@ async fn rejected_rows_survive_a_failed_rejects_write() {
     bad.extend_from_slice(b"\n1,Patient 1,negative,2026-01-02,T\n2,ragged\n");
     let ev = h.upload("labs", "e2.csv", bad);
     let state = h.snapshot_bytes("labs").unwrap();
-    *store.fail.lock().unwrap() = Some(("rejects/".into(), 1));
+    store.fail(Op::Put, Keys::Prefix("rejects/"), 1, slow_down);
     let first = h.process(&ev).await;
     assert!(first.as_ref().is_err_and(|e| e.retryable()), "{first:?}");
     assert_eq!(
@@ -2732,12 +2496,8 @@ async fn flood_guard_holds_and_approve_sends_each_row_once_and_commits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_that_fails_to_commit_resends_the_same_keys_and_then_commits() {
-    let mem = MemoryStore::new();
-    let store = FailingPutStore {
-        inner: mem.clone(),
-        fail: Arc::default(),
-    };
-    let mut h = Harness::with_store(mem, store.clone());
+    let store = FaultyStore::new();
+    let mut h = Harness::with_store(store.inner.clone(), store.clone());
     let mut c = (*h.splitter.config).clone();
     c.feeds[0].guards.max_changes = 5;
     h.splitter.config = Arc::new(c);
@@ -2750,7 +2510,7 @@ async fn an_approval_that_fails_to_commit_resends_the_same_keys_and_then_commits
     let r = h.run(&h.upload("labs", "e2.csv", t2.csv())).await;
     assert_eq!(r.status, RunStatus::Held);
     let id = r.held.unwrap().id;
-    *store.fail.lock().unwrap() = Some(("state/".into(), 1));
+    store.fail(Op::Put, Keys::Prefix("state/"), 1, slow_down);
     let e = h.approve("labs", &id).await.unwrap_err();
     assert!(e.retryable(), "{e}");
     let first: BTreeMap<String, String> = by_key(&h.take_sent())
