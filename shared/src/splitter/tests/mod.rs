@@ -6,582 +6,31 @@
 //! in the library and fixed: they fail if one comes back.
 
 mod faults;
+mod harness;
 
-use crate::backoff::Backoff;
-use crate::config::{Config, FeedConfig};
-use crate::contract::envelope::{idempotency_key, next_chain, Change, Envelope, Previous};
+use crate::contract::envelope::{idempotency_key, next_chain, Change};
 use crate::contract::event::ObjectEvent;
 use crate::contract::layout::{held_manifest_key, rejects_key, run_report_key, snapshot_key};
 use crate::contract::report::{GuardKind, RunReport, RunStatus};
-use crate::ports::queue::{
-    EntryFailure, MessageQueue, OutMessage, QueueError, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES,
-};
-use crate::ports::store::{MemoryStore, ObjectStore};
-use crate::splitter::filter::{ColumnPlan, Fingerprinter, RowPrints};
-use crate::splitter::sink::SenderSettings;
+use crate::ports::store::ObjectStore;
 use crate::splitter::state::{Snapshot, SnapshotError};
-use crate::splitter::{Outcome, SplitError, Splitter, SplitterSettings};
+use crate::splitter::{Outcome, SplitError};
 use faults::{slow_down, FaultyStore, Keys, Op};
+use harness::{
+    assert_counts, by_key, cases, diff_scenario, gzip, history, ikey, lab_row, Harness, Msg,
+    QueueMode, Table, BUCKET, LAB_COLS, LAB_HASHED, LAB_HEADER, TS1, TS2, TS3, TS4,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-const BUCKET: &str = "bkt";
-const TS1: &str = "2026-03-01T00:00:00Z";
-const TS2: &str = "2026-03-01T00:30:00Z";
-const TS3: &str = "2026-03-01T01:00:00Z";
-const TS4: &str = "2026-03-01T01:30:00Z";
-
-const CONFIG: &str = r#"
-[[feed]]
-name = "labs"
-key_columns = ["record_id"]
-ignore_columns = ["export_timestamp"]
-required_columns = ["patient_name", "result"]
-
-[[feed]]
-name = "cases"
-key_columns = ["case_id"]
-first_file = "send"
-
-[[feed]]
-name = "juris"
-key_columns = ["jurisdiction", "case_id"]
-first_file = "send"
-"#;
-
-const LAB_COLS: [&str; 5] = [
-    "record_id",
-    "patient_name",
-    "result",
-    "collected",
-    "export_timestamp",
-];
-const LAB_HASHED: [&str; 3] = ["collected", "patient_name", "result"];
-
-// ---------------------------------------------------------------------------------------
-// a recording fake queue
-// ---------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Sent {
-    body: String,
-    attrs: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum QueueMode {
-    #[default]
-    Healthy,
-    /// Every call fails as a whole with a retryable service error.
-    CallErr,
-    /// Every entry fails (not the sender's fault).
-    EntryErr,
-    /// Calls #1 and #3 fail as a whole; every entry whose idempotency key starts with
-    /// 0-7 fails its first two attempts.
-    Flaky,
-}
-
-#[derive(Clone, Default)]
-struct RecordingQueue {
-    sent: Arc<Mutex<Vec<Sent>>>,
-    /// Attempts per idempotency key (accepted or not).
-    attempts: Arc<Mutex<HashMap<String, usize>>>,
-    calls: Arc<AtomicUsize>,
-    mode: Arc<Mutex<QueueMode>>,
-    /// Entries whose body contains one of these are refused for good (sender fault).
-    refuse: Arc<Mutex<Vec<String>>>,
-}
-
-fn attr<'a>(m: &'a OutMessage, name: &str) -> &'a str {
-    m.attributes
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
-}
-
-impl RecordingQueue {
-    fn set_mode(&self, m: QueueMode) {
-        *self.mode.lock().unwrap() = m;
-    }
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-    fn attempted_keys(&self) -> BTreeSet<String> {
-        self.attempts.lock().unwrap().keys().cloned().collect()
-    }
-}
-
-impl MessageQueue for RecordingQueue {
-    async fn send_batch(&self, messages: &[OutMessage]) -> Result<Vec<EntryFailure>, QueueError> {
-        assert!(!messages.is_empty() && messages.len() <= MAX_BATCH_ENTRIES);
-        assert!(messages.iter().map(OutMessage::size).sum::<usize>() <= MAX_BATCH_BYTES);
-        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        tokio::task::yield_now().await;
-        let mode = *self.mode.lock().unwrap();
-        let call_err = || QueueError::Service {
-            op: "SendMessageBatch",
-            message: "ServiceUnavailable: try again".into(),
-            retryable: true,
-        };
-        if mode == QueueMode::CallErr || (mode == QueueMode::Flaky && (call == 1 || call == 3)) {
-            for m in messages {
-                *self
-                    .attempts
-                    .lock()
-                    .unwrap()
-                    .entry(attr(m, "idempotency_key").to_string())
-                    .or_default() += 1;
-            }
-            return Err(call_err());
-        }
-        let refuse = self.refuse.lock().unwrap().clone();
-        let mut fails = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
-            let ikey = attr(m, "idempotency_key").to_string();
-            let n = {
-                let mut a = self.attempts.lock().unwrap();
-                let e = a.entry(ikey.clone()).or_default();
-                *e += 1;
-                *e
-            };
-            let flaky = mode == QueueMode::Flaky
-                && ikey.starts_with(['0', '1', '2', '3', '4', '5', '6', '7'])
-                && n <= 2;
-            if mode == QueueMode::EntryErr || flaky {
-                fails.push(EntryFailure {
-                    index: i,
-                    code: "InternalError".into(),
-                    sender_fault: false,
-                });
-                continue;
-            }
-            if refuse.iter().any(|r| m.body.contains(r.as_str())) {
-                fails.push(EntryFailure {
-                    index: i,
-                    code: "InvalidMessageContents".into(),
-                    sender_fault: true,
-                });
-                continue;
-            }
-            self.sent.lock().unwrap().push(Sent {
-                body: m.body.clone(),
-                attrs: m
-                    .attributes
-                    .iter()
-                    .map(|(n, v)| (n.to_string(), v.clone()))
-                    .collect(),
-            });
-        }
-        Ok(fails)
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// CSV tables
-// ---------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Table {
-    key: String,
-    cols: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-fn lab_row(id: u32, ts: &str) -> Vec<String> {
-    vec![
-        id.to_string(),
-        format!("Patient {id}"),
-        "negative".into(),
-        format!("2026-01-{:02}", id % 28 + 1),
-        ts.into(),
-    ]
-}
-
-impl Table {
-    fn new(cols: &[&str], key: &str) -> Table {
-        Table {
-            key: key.into(),
-            cols: cols.iter().map(|c| c.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-    fn labs(ids: impl IntoIterator<Item = u32>, ts: &str) -> Table {
-        let mut t = Table::new(&LAB_COLS, "record_id");
-        for id in ids {
-            t.rows.push(lab_row(id, ts));
-        }
-        t
-    }
-    fn idx(&self, col: &str) -> usize {
-        self.cols
-            .iter()
-            .position(|c| c == col)
-            .unwrap_or_else(|| panic!("no column {col}"))
-    }
-    fn pos(&self, key: &str) -> usize {
-        let k = self.idx(&self.key);
-        self.rows
-            .iter()
-            .position(|r| r[k] == key)
-            .unwrap_or_else(|| panic!("no row {key}"))
-    }
-    fn row(&self, key: &str) -> &Vec<String> {
-        &self.rows[self.pos(key)]
-    }
-    fn has(&self, key: &str) -> bool {
-        let k = self.idx(&self.key);
-        self.rows.iter().any(|r| r[k] == key)
-    }
-    fn set(&mut self, key: &str, col: &str, val: &str) {
-        let (p, c) = (self.pos(key), self.idx(col));
-        self.rows[p][c] = val.into();
-    }
-    fn set_all(&mut self, col: &str, val: &str) {
-        let c = self.idx(col);
-        for r in &mut self.rows {
-            r[c] = val.into();
-        }
-    }
-    fn remove(&mut self, key: &str) {
-        let p = self.pos(key);
-        self.rows.remove(p);
-    }
-    fn push(&mut self, row: Vec<String>) {
-        assert_eq!(row.len(), self.cols.len());
-        self.rows.push(row);
-    }
-    fn keys(&self) -> Vec<String> {
-        let k = self.idx(&self.key);
-        self.rows.iter().map(|r| r[k].clone()).collect()
-    }
-    fn add_column(&mut self, name: &str, f: impl Fn(&str) -> String) {
-        let k = self.idx(&self.key);
-        self.cols.push(name.into());
-        for r in &mut self.rows {
-            let v = f(&r[k]);
-            r.push(v);
-        }
-    }
-    fn drop_column(&self, name: &str) -> Table {
-        let c = self.idx(name);
-        let mut t = self.clone();
-        t.cols.remove(c);
-        for r in &mut t.rows {
-            r.remove(c);
-        }
-        t
-    }
-    fn reorder(&self, order: &[&str]) -> Table {
-        assert_eq!(order.len(), self.cols.len());
-        let idx: Vec<usize> = order.iter().map(|c| self.idx(c)).collect();
-        Table {
-            key: self.key.clone(),
-            cols: order.iter().map(|c| c.to_string()).collect(),
-            rows: self
-                .rows
-                .iter()
-                .map(|r| idx.iter().map(|&i| r[i].clone()).collect())
-                .collect(),
-        }
-    }
-    fn fields(&self, key: &str) -> BTreeMap<String, String> {
-        self.cols
-            .iter()
-            .cloned()
-            .zip(self.row(key).iter().cloned())
-            .collect()
-    }
-    fn csv(&self) -> Vec<u8> {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        w.write_record(&self.cols).unwrap();
-        for r in &self.rows {
-            w.write_record(r).unwrap();
-        }
-        w.into_inner().unwrap()
-    }
-    fn prints(&self, feed: &FeedConfig, key: &str) -> RowPrints {
-        let plan = ColumnPlan::new(&self.cols, feed, None).unwrap();
-        Fingerprinter::default().prints(
-            &plan,
-            &crate::splitter::source::Record::from_fields(self.row(key)),
-        )
-    }
-    /// The content fingerprint the snapshot stores for a row of this file.
-    fn fp(&self, feed: &FeedConfig, key: &str) -> u64 {
-        self.prints(feed, key).store
-    }
-    /// The state `snap` holds for this file's row `key`: its previous state in the next run.
-    fn state_in(&self, feed: &FeedConfig, snap: &Snapshot, key: &str) -> Option<Previous> {
-        let e = snap.entry(self.prints(feed, key).key)?;
-        Some(Previous {
-            content: e.content,
-            chain: e.chain,
-        })
-    }
-    /// The snapshot entries this file should produce (first occurrence of a key wins).
-    fn entries(&self, feed: &FeedConfig) -> Vec<(u64, u64)> {
-        let plan = ColumnPlan::new(&self.cols, feed, None).unwrap();
-        let mut fp = Fingerprinter::default();
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        for r in &self.rows {
-            let p = fp.prints(&plan, &crate::splitter::source::Record::from_fields(r));
-            if !out.iter().any(|e| e.0 == p.key) {
-                out.push((p.key, p.store));
-            }
-        }
-        out.sort();
-        out
-    }
-}
-
-/// The idempotency key of a record of a single-column-key feed.
-fn ikey(feed: &str, key: &str, previous: Option<Previous>, new: u64) -> String {
-    idempotency_key(feed, &[key.as_bytes()], previous, new)
-}
-
-/// The state of a record first seen with content `content` and changed to each of `then`.
-fn history(content: u64, then: &[u64]) -> Previous {
-    let mut p = Previous {
-        content,
-        chain: next_chain(None, content),
-    };
-    for &c in then {
-        p = Previous {
-            content: c,
-            chain: next_chain(Some(p.chain), c),
-        };
-    }
-    p
-}
 
 fn without(mut m: BTreeMap<String, String>, col: &str) -> BTreeMap<String, String> {
     m.remove(col);
     m
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
-}
-
 // ---------------------------------------------------------------------------------------
-// the harness
-// ---------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Msg {
-    env: Envelope,
-    attrs: BTreeMap<String, String>,
-}
-
-fn decode(s: &Sent) -> Msg {
-    let env = Envelope::decode(&s.body).unwrap_or_else(|e| panic!("body does not decode: {e}"));
-    let attrs: BTreeMap<String, String> = s.attrs.iter().cloned().collect();
-    assert_eq!(attrs.len(), s.attrs.len(), "attribute names repeat");
-    assert_eq!(
-        attrs.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["change", "feed", "idempotency_key"]
-    );
-    assert_eq!(attrs["feed"], env.feed);
-    assert_eq!(attrs["change"], env.change.as_str());
-    assert_eq!(attrs["idempotency_key"], env.idempotency_key);
-    assert_eq!(env.v, 1);
-    assert_eq!(env.idempotency_key.len(), 32);
-    Msg { env, attrs }
-}
-
-/// Messages by record key; each record at most once.
-fn by_key(msgs: &[Msg]) -> BTreeMap<String, Msg> {
-    let mut m = BTreeMap::new();
-    for x in msgs {
-        assert!(
-            m.insert(x.env.record_key.clone(), x.clone()).is_none(),
-            "record {} sent twice in one run",
-            x.env.record_key
-        );
-    }
-    m
-}
-
-fn cfg() -> Arc<Config> {
-    Arc::new(Config::from_toml(CONFIG).expect("test config"))
-}
-
-fn settings() -> SplitterSettings {
-    SplitterSettings {
-        sender: SenderSettings {
-            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
-struct Harness<S: ObjectStore = MemoryStore> {
-    mem: MemoryStore,
-    queue: RecordingQueue,
-    splitter: Splitter<S, RecordingQueue>,
-}
-
-impl Harness<MemoryStore> {
-    fn new() -> Self {
-        let mem = MemoryStore::new();
-        Harness::with_store(mem.clone(), mem)
-    }
-}
-
-impl<S: ObjectStore> Harness<S> {
-    fn with_store(mem: MemoryStore, store: S) -> Self {
-        let queue = RecordingQueue::default();
-        Harness {
-            mem,
-            queue: queue.clone(),
-            splitter: Splitter {
-                store,
-                queue,
-                config: cfg(),
-                settings: settings(),
-            },
-        }
-    }
-
-    fn feed(&self, name: &str) -> FeedConfig {
-        self.splitter.config.feed(name).unwrap().clone()
-    }
-
-    fn upload(&self, prefix: &str, name: &str, body: Vec<u8>) -> ObjectEvent {
-        let key = format!("incoming/{prefix}/{name}");
-        let size = body.len() as u64;
-        let etag = self.mem.insert(BUCKET, &key, body);
-        ObjectEvent {
-            bucket: BUCKET.into(),
-            key,
-            etag: Some(etag),
-            size: Some(size),
-            event_name: Some("ObjectCreated:Put".into()),
-            ..Default::default()
-        }
-    }
-
-    async fn process(&self, ev: &ObjectEvent) -> Result<Outcome, SplitError> {
-        tokio::time::timeout(Duration::from_secs(60), self.splitter.process(ev))
-            .await
-            .expect("process hung")
-    }
-
-    /// Process; expect a report, and check the stored copy is the same.
-    async fn run(&self, ev: &ObjectEvent) -> RunReport {
-        match self.process(ev).await {
-            Ok(Outcome::Report(r)) => {
-                assert_eq!(
-                    self.stored_report(&r.feed, &r.run),
-                    *r,
-                    "stored report differs"
-                );
-                assert_eq!(
-                    r.feed,
-                    self.splitter.config.feed_for_key(&ev.key).unwrap().name
-                );
-                assert_eq!(r.source.key, ev.key);
-                assert_eq!(r.source.bucket, BUCKET);
-                *r
-            }
-            other => panic!("expected a report for {}, got {other:?}", ev.key),
-        }
-    }
-
-    async fn run_table(
-        &self,
-        prefix: &str,
-        name: &str,
-        t: &Table,
-    ) -> (ObjectEvent, RunReport, Vec<Msg>) {
-        let ev = self.upload(prefix, name, t.csv());
-        let r = self.run(&ev).await;
-        let msgs = self.take_sent();
-        for m in &msgs {
-            assert_eq!(m.env.run, r.run);
-            assert_eq!(m.env.feed, r.feed);
-            assert_eq!(m.env.source.bucket, BUCKET);
-            assert_eq!(m.env.source.key, ev.key);
-            assert_eq!(
-                m.env.source.etag,
-                ev.etag.as_deref().unwrap().trim_matches('"')
-            );
-        }
-        assert_eq!(r.counts.sent, msgs.len() as u64);
-        (ev, r, msgs)
-    }
-
-    fn stored_report(&self, feed: &str, run: &str) -> RunReport {
-        let bytes = self
-            .mem
-            .get(BUCKET, &run_report_key(feed, run))
-            .unwrap_or_else(|| panic!("no run report for {run}"));
-        serde_json::from_slice(&bytes).expect("run report parses as RunReport")
-    }
-
-    fn reports(&self, feed: &str) -> Vec<RunReport> {
-        self.mem
-            .keys(&format!("runs/{feed}/"))
-            .iter()
-            .map(|k| serde_json::from_slice(&self.mem.get(BUCKET, k).unwrap()).unwrap())
-            .collect()
-    }
-
-    fn take_sent(&self) -> Vec<Msg> {
-        let sent = std::mem::take(&mut *self.queue.sent.lock().unwrap());
-        sent.iter().map(decode).collect()
-    }
-
-    fn snapshot_bytes(&self, feed: &str) -> Option<Vec<u8>> {
-        self.mem.get(BUCKET, &snapshot_key(feed))
-    }
-
-    fn snapshot(&self, feed: &str) -> Snapshot {
-        let b = self.snapshot_bytes(feed).expect("snapshot exists");
-        Snapshot::decode(&b, Some(feed)).expect("snapshot decodes")
-    }
-
-    fn restore_snapshot(&self, feed: &str, bytes: Vec<u8>) {
-        self.mem.insert(BUCKET, &snapshot_key(feed), bytes);
-    }
-
-    fn rejects(&self, key: &str) -> Vec<serde_json::Value> {
-        let b = self.mem.get(BUCKET, key).expect("rejects object");
-        std::str::from_utf8(&b)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("rejects line is JSON"))
-            .collect()
-    }
-}
-
-fn assert_counts(
-    r: &RunReport,
-    read: u64,
-    new: u64,
-    changed: u64,
-    removed: u64,
-    unchanged: u64,
-    sent: u64,
-) {
-    let c = &r.counts;
-    assert_eq!(
-        (c.read, c.new, c.changed, c.removed, c.unchanged, c.sent),
-        (read, new, changed, removed, unchanged, sent),
-        "counts (read, new, changed, removed, unchanged, sent) of {:?}",
-        r.counts
-    );
-}
-
-// ---------------------------------------------------------------------------------------
-// 1. baseline
+// baseline
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -642,20 +91,8 @@ async fn first_file_becomes_the_baseline_and_sends_nothing() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 2. first_file = "send"
+// first_file = "send"
 // ---------------------------------------------------------------------------------------
-
-fn cases(ids: impl IntoIterator<Item = u32>) -> Table {
-    let mut t = Table::new(&["case_id", "status", "name"], "case_id");
-    for i in ids {
-        t.push(vec![
-            format!("C{i:03}"),
-            "open".into(),
-            format!("Person {i}, Jr."),
-        ]);
-    }
-    t
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_file_of_a_send_feed_sends_every_row_as_new() {
@@ -684,26 +121,8 @@ async fn first_file_of_a_send_feed_sends_every_row_as_new() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 3. the diff
+// the diff
 // ---------------------------------------------------------------------------------------
-
-/// Baseline of ids 1..=30; the next file removes 25..=30, changes 3, 7 and 11, adds 31..=35
-/// and moves every row's export timestamp.
-fn diff_scenario() -> (Table, Table) {
-    let t1 = Table::labs(1..=30, TS1);
-    let mut t2 = t1.clone();
-    for id in 25..=30 {
-        t2.remove(&id.to_string());
-    }
-    t2.set("3", "result", "positive");
-    t2.set("7", "patient_name", "Patient 7, renamed");
-    t2.set("11", "collected", "2026-02-11");
-    for id in 31..=35 {
-        t2.push(lab_row(id, TS1));
-    }
-    t2.set_all("export_timestamp", TS2);
-    (t1, t2)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_file_sends_exactly_the_new_and_changed_rows() {
@@ -759,7 +178,7 @@ async fn next_file_sends_exactly_the_new_and_changed_rows() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 4. the same event again
+// the same event again
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -794,7 +213,7 @@ async fn the_same_event_again_is_a_noop() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. reordered columns, shuffled rows
+// reordered columns, shuffled rows
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -833,7 +252,7 @@ async fn reordered_columns_and_shuffled_rows_change_nothing() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 6. an added column
+// an added column
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -892,10 +311,8 @@ async fn an_added_column_changes_nothing_then_counts_from_the_next_file() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 7. malformed rows
+// malformed rows
 // ---------------------------------------------------------------------------------------
-
-const LAB_HEADER: &str = "record_id,patient_name,result,collected,export_timestamp";
 
 /// Baseline ids 1..=10, then a file with bad rows at lines 3, 4, 5 and 9 (`nl` is the line
 /// terminator; line 7 holds a quoted field spanning two lines).
@@ -1183,7 +600,7 @@ async fn the_run_metrics_carry_every_declared_count() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 8. missing required column
+// missing required column
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1233,7 +650,7 @@ async fn missing_required_column_rejects_the_file_and_keeps_the_state() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 9. empty object
+// empty object
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1275,7 +692,7 @@ async fn empty_object_is_rejected() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 10. corrupt snapshot
+// corrupt snapshot
 // ---------------------------------------------------------------------------------------
 
 type IsError = fn(&SnapshotError) -> bool;
@@ -1352,7 +769,7 @@ async fn corrupt_or_foreign_snapshot_fails_the_run_permanently() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 11. idempotency keys
+// idempotency keys
 // ---------------------------------------------------------------------------------------
 
 fn one_key(msgs: &[Msg], record: &str) -> String {
@@ -1453,7 +870,7 @@ async fn a_repeated_transition_gets_a_new_key() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 12. duplicate keys inside one file
+// duplicate keys inside one file
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1531,7 +948,7 @@ async fn duplicate_keys_first_occurrence_wins() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 13. a lost race
+// a lost race
 // ---------------------------------------------------------------------------------------
 
 /// Baseline 1..=40; X changes 1..=10 and adds 41..=45; Y changes 6..=15 and adds 46..=50.
@@ -1660,7 +1077,7 @@ async fn race_reports_count_every_message_sent() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 14. queue failures
+// queue failures
 // ---------------------------------------------------------------------------------------
 
 /// Baseline 1..=30; the next file changes 1..=25 and adds 31..=35: 30 messages.
@@ -1825,7 +1242,7 @@ async fn rows_the_queue_refuses_are_rejected_and_retried_by_the_next_file() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 15. skipped events
+// skipped events
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1967,7 +1384,7 @@ async fn event_time_orders_files_modified_in_the_same_second() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 16. no row values in reasons
+// no row values in reasons
 // ---------------------------------------------------------------------------------------
 
 const PII: [&str; 6] = [
@@ -2099,7 +1516,7 @@ async fn a_headerless_file_does_not_leak_its_first_row() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 17. gzip
+// gzip
 // ---------------------------------------------------------------------------------------
 
 type Normal = BTreeSet<(String, String, String, BTreeMap<String, String>)>;
