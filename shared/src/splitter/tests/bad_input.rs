@@ -279,6 +279,10 @@ async fn a_truncated_gzip_is_reported() {
     assert!(h.take_sent().is_empty());
 }
 
+// ---------------------------------------------------------------------------------------
+// a broken stream
+// ---------------------------------------------------------------------------------------
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_stream_fails_the_run_for_retry_with_a_report() {
     let (t1, t2) = diff_scenario();
@@ -308,6 +312,10 @@ async fn a_broken_stream_fails_the_run_for_retry_with_a_report() {
         assert!(h.mem.keys("rejects/").is_empty());
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// rejected rows: a failed rejects write, a row that recovers, a valid row after a rejected one
+// ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_rows_survive_a_failed_rejects_write() {

@@ -246,6 +246,10 @@ async fn duplicate_keys_first_occurrence_wins() {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// composite keys
+// ---------------------------------------------------------------------------------------
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn composite_keys_with_the_separator_do_not_collide() {
     let h = Harness::new();

@@ -82,8 +82,8 @@ pub(super) struct RecordingQueue {
     sent: Arc<Mutex<Vec<Sent>>>,
     /// Attempts per idempotency key (accepted or not).
     pub(super) attempts: Arc<Mutex<HashMap<String, usize>>>,
-    pub(super) calls: Arc<AtomicUsize>,
-    pub(super) mode: Arc<Mutex<QueueMode>>,
+    calls: Arc<AtomicUsize>,
+    mode: Arc<Mutex<QueueMode>>,
     /// Entries whose body contains one of these are refused for good (sender fault).
     pub(super) refuse: Arc<Mutex<Vec<String>>>,
 }
@@ -179,7 +179,7 @@ impl MessageQueue for RecordingQueue {
 
 #[derive(Debug, Clone)]
 pub(super) struct Table {
-    pub(super) key: String,
+    key: String,
     pub(super) cols: Vec<String>,
     pub(super) rows: Vec<Vec<String>>,
 }
@@ -215,7 +215,7 @@ impl Table {
             .position(|c| c == col)
             .unwrap_or_else(|| panic!("no column {col}"))
     }
-    pub(super) fn pos(&self, key: &str) -> usize {
+    fn pos(&self, key: &str) -> usize {
         let k = self.idx(&self.key);
         self.rows
             .iter()

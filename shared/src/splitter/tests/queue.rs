@@ -174,6 +174,10 @@ async fn rows_the_queue_refuses_are_rejected_and_retried_by_the_next_file() {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// more to send than the buffer holds
+// ---------------------------------------------------------------------------------------
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_to_send_than_the_buffer_holds_streams_in_a_second_pass() {
     let mut h = Harness::new();

@@ -10,11 +10,6 @@ use crate::splitter::state::SnapshotError;
 use crate::splitter::{Outcome, SplitError};
 use std::collections::{BTreeMap, HashMap};
 
-fn without(mut m: BTreeMap<String, String>, col: &str) -> BTreeMap<String, String> {
-    m.remove(col);
-    m
-}
-
 // ---------------------------------------------------------------------------------------
 // the same event again
 // ---------------------------------------------------------------------------------------
@@ -151,6 +146,12 @@ fn race_scenario() -> (Table, Table, Table) {
     }
     y.set_all("export_timestamp", TS3);
     (base, x, y)
+}
+
+/// `m` without its column `col`.
+fn without(mut m: BTreeMap<String, String>, col: &str) -> BTreeMap<String, String> {
+    m.remove(col);
+    m
 }
 
 fn race_harness() -> Harness<FaultyStore> {
