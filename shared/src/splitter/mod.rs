@@ -10,10 +10,11 @@
 //! The stages are folders named by the data flow: [`source`] (bytes → rows), [`filter`]
 //! (rows → new / changed / unchanged, and the guards), [`state`] (the feed's snapshot) and
 //! [`sink`] (rows → messages → the queue). `admit.rs` decides, before any row is read,
-//! whether a run reads its object at all; the run's phases are in `run.rs`, the diff pass in
-//! `pass.rs`, held files in `held.rs`.
+//! whether a run reads its object at all; the run's phases are in `run.rs` (up to the guards)
+//! and `commit.rs` (send, settle, commit), the diff pass in `pass.rs`, held files in `held.rs`.
 
 mod admit;
+mod commit;
 mod error;
 pub mod filter;
 mod held;

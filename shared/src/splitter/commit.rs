@@ -1,0 +1,251 @@
+//! The end of a run that goes on past the guards: send what the pass kept (or read the file
+//! again to stream it), settle the rows SQS refused, write the rejects report, and replace the
+//! feed's state by a conditional write.
+
+use super::error::HeldError;
+use super::pass::{PassFailure, PassOutput, SendMode};
+use super::run::{ms, now_rfc3339, Attempt, Diffed, Job, Loaded};
+use super::sink::SendStats;
+use super::source::Rejected;
+use super::state::{NextState, Snapshot, SnapshotHeader, FORMAT_VERSION};
+use super::{SplitError, Splitter};
+use crate::config::FeedConfig;
+use crate::contract::layout::{rejects_key, snapshot_key};
+use crate::contract::report::{RunReport, RunStatus};
+use crate::contract::source::SourceObject;
+use crate::ports::queue::MessageQueue;
+use crate::ports::store::{ObjectStore, OpenSpec, PutCondition, StoreError};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::warn;
+
+impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
+    /// After the guards let the file go on: send what the pass kept, settle the rows SQS
+    /// refused, write the rejects report, and commit the next state.
+    pub(super) async fn send_and_commit(
+        &self,
+        feed: &FeedConfig,
+        job: &Job<'_>,
+        source: &SourceObject,
+        diffed: Diffed,
+        report: &mut RunReport,
+        started: Instant,
+    ) -> Result<Attempt, SplitError> {
+        let Diffed {
+            state,
+            passed,
+            stats,
+            mode,
+            send,
+        } = diffed;
+        let snapshot = state.as_ref().map(|s| s.snapshot.clone());
+        let (passed, stats) = self
+            .send_kept(feed, job, source, &snapshot, passed, stats, mode, report)
+            .await?;
+        let (entries, rejects) = settle_refused(passed.entries, passed.rejects, &stats, &snapshot);
+        report.counts.rejected = rejects.len() as u64;
+        // attempts that lost a commit race sent messages too: count them all
+        report.counts.sent += stats.sent;
+        report.send_calls += stats.calls;
+        // the rejects report goes first: once the state moves, a retry is a no-op and could
+        // never write it again
+        self.write_rejects(&job.bucket, feed, report, &rejects)
+            .await?;
+
+        let header = SnapshotHeader {
+            format: FORMAT_VERSION,
+            feed: feed.name.clone(),
+            key_columns: feed.key_columns.clone(),
+            hashed_columns: passed.plan.hashed_columns.clone(),
+            source: source.clone(),
+            row_count: 0,
+            created_at: now_rfc3339(),
+            run: report.run.clone(),
+            line_context: Some(passed.line_context.clone()),
+        };
+        let cond = commit_condition(&state)?;
+        // the previous state is no longer needed: free it before the next one is encoded
+        // (peak memory is two states, not three)
+        drop((snapshot, state));
+        let status = if send {
+            RunStatus::Applied
+        } else {
+            RunStatus::Baseline
+        };
+        self.commit(feed, job, &header, entries, cond, status, report, started)
+            .await
+    }
+
+    /// Send what the pass kept; when it kept nothing because there was more than the buffer
+    /// holds, a second pass over the same object version streams them.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_kept(
+        &self,
+        feed: &FeedConfig,
+        job: &Job<'_>,
+        source: &SourceObject,
+        snapshot: &Option<Arc<Snapshot>>,
+        mut passed: PassOutput,
+        stats: SendStats,
+        mode: SendMode,
+        report: &mut RunReport,
+    ) -> Result<(PassOutput, SendStats), SplitError> {
+        let SendMode::Buffer { .. } = mode else {
+            return Ok((passed, stats));
+        };
+        let t = Instant::now();
+        if let Some(kept) = passed.kept.take() {
+            let stats = self.send_all(kept).await?;
+            report.timings.diff_and_send_ms += ms(t);
+            return Ok((passed, stats));
+        }
+        let spec = OpenSpec::pinned(source.version_id.clone(), source.etag.clone(), source.size);
+        let obj = self.store.open(&job.bucket, &job.read_key, &spec).await?;
+        let t = Instant::now();
+        let again = self
+            .pass(
+                feed,
+                &report.run,
+                source,
+                snapshot.clone(),
+                obj.body,
+                SendMode::Stream,
+            )
+            .await;
+        report.timings.diff_and_send_ms += ms(t);
+        match again {
+            Ok((passed, stats)) => {
+                passed.counts.apply_to(&mut report.counts);
+                Ok((passed, stats))
+            }
+            Err(PassFailure::File(rej)) => Err(SplitError::Internal(format!(
+                "the second pass over the file was refused ({rej}) where the first was not"
+            ))),
+            Err(PassFailure::Run(e)) => Err(e),
+        }
+    }
+
+    pub(super) async fn write_rejects(
+        &self,
+        bucket: &str,
+        feed: &FeedConfig,
+        report: &mut RunReport,
+        rejects: &[Rejected],
+    ) -> Result<(), SplitError> {
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        let key = rejects_key(&feed.name, &report.run);
+        let mut body = Vec::new();
+        for r in rejects {
+            serde_json::to_writer(&mut body, r)
+                .map_err(|e| SplitError::Internal(format!("rejects report: {e}")))?;
+            body.push(b'\n');
+        }
+        self.store
+            .put(
+                bucket,
+                &key,
+                body,
+                "application/x-ndjson",
+                PutCondition::None,
+            )
+            .await?;
+        report.rejects_key = Some(key);
+        Ok(())
+    }
+
+    /// Replace the feed's state by a conditional write; then the run is done (or, for an
+    /// upload, lost the race to another run).
+    #[allow(clippy::too_many_arguments)]
+    async fn commit(
+        &self,
+        feed: &FeedConfig,
+        job: &Job<'_>,
+        header: &SnapshotHeader,
+        entries: NextState,
+        cond: PutCondition,
+        status: RunStatus,
+        report: &mut RunReport,
+        started: Instant,
+    ) -> Result<Attempt, SplitError> {
+        let bytes = Snapshot::encode_state(header, &entries)
+            .map_err(|e| SplitError::Internal(format!("encoding the next state: {e}")))?;
+        drop(entries);
+        let t = Instant::now();
+        let put = self
+            .store
+            .put(
+                &job.bucket,
+                &snapshot_key(&feed.name),
+                bytes,
+                "application/octet-stream",
+                cond,
+            )
+            .await;
+        report.timings.commit_ms += ms(t);
+        match put {
+            Ok(etag) => {
+                report.snapshot_etag = etag;
+                if let Some(m) = job.approve {
+                    // the state has moved: a failure here leaves a manifest that a later
+                    // approve recognises as applied and cleans up
+                    if let Err(e) = self.remove_held(&job.bucket, &feed.name, m).await {
+                        warn!(feed = %feed.name, held = %m.id, error = %e, "the held file was applied but could not be removed; approve it again to clean up");
+                    }
+                }
+                self.finish(report, started, status)
+                    .await
+                    .map(Attempt::Done)
+            }
+            Err(StoreError::PreconditionFailed) if job.approve.is_some() => {
+                Err(HeldError::StateChangedWhileApplying {
+                    feed: feed.name.clone(),
+                }
+                .into())
+            }
+            Err(StoreError::PreconditionFailed) => Ok(Attempt::LostRace),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Rows SQS refused stay at their previous state (so a later file retries them) and join
+/// the rejects with SQS's reason.
+fn settle_refused(
+    mut entries: NextState,
+    mut rejects: Vec<Rejected>,
+    stats: &SendStats,
+    snapshot: &Option<Arc<Snapshot>>,
+) -> (NextState, Vec<Rejected>) {
+    if stats.refused.is_empty() {
+        return (entries, rejects);
+    }
+    let refused: HashSet<u64> = stats.refused.iter().map(|r| r.key_fp).collect();
+    entries.revert(&refused, |key| {
+        snapshot
+            .as_ref()
+            .and_then(|s| s.entry(key))
+            .map(|e| [e.content, e.chain])
+    });
+    rejects.extend(stats.refused.iter().map(|r| Rejected {
+        line: r.line,
+        reason: r.reason.clone(),
+        fields: Vec::new(),
+    }));
+    (entries, rejects)
+}
+
+/// The condition the next state is written under: replace exactly the state read, or
+/// create the first one.
+fn commit_condition(state: &Option<Loaded>) -> Result<PutCondition, SplitError> {
+    match state {
+        None => Ok(PutCondition::IfAbsent),
+        Some(st) => st.etag.clone().map(PutCondition::IfMatch).ok_or_else(|| {
+            SplitError::Internal(
+                "the feed's state was read without an ETag; it cannot be replaced safely".into(),
+            )
+        }),
+    }
+}
