@@ -3,7 +3,7 @@
 #
 #   1. sam validate --lint
 #   2. sam build (rust-cargolambda, provided.al2023; cargo-lambda + zig from the venv)
-#   3. if Docker can run here: start our own dockerd (as ../shared/OFFLINE.md describes), build
+#   3. if Docker can run here: start our own dockerd (docs/testing.md, "sam build and sam local invoke"), build
 #      the Lambda base image from local files, start moto_server and the stand-in API on that
 #      dockerd's bridge gateway address, and `sam local invoke` both functions with the files
 #      in events/, checking what they did (tools/sam_test.py):
