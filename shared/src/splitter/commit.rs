@@ -63,6 +63,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             created_at: now_rfc3339(),
             run: report.run.clone(),
             line_context: Some(passed.line_context.clone()),
+            generation: passed.version,
         };
         let cond = commit_condition(&state)?;
         // the previous state is no longer needed: free it before the next one is encoded

@@ -7,7 +7,7 @@ use super::filter::{key_fp, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter
 use super::sink::{run_sender, Outbox, SendStats};
 use super::source::{open_stream, Batch, Batches, FileRejection, ReadError, RowReader, Slot};
 use super::source::{Record, Rejected};
-use super::state::{line_context, KnownLines, NextState, Snapshot};
+use super::state::{line_context, next_generation, KnownLines, NextState, Snapshot};
 use super::{SplitError, Splitter};
 use crate::config::FeedConfig;
 use crate::contract::envelope::{Change, EnvelopeSource, Previous};
@@ -43,6 +43,8 @@ pub(super) struct PassOutput {
     pub read: u64,
     /// The messages kept by [`SendMode::Buffer`], `None` when they did not fit.
     pub kept: Option<Vec<OutMessage>>,
+    /// The version the messages carry: the generation the commit gives the state.
+    pub version: u64,
 }
 
 /// Why a pass ended without an output.
@@ -223,6 +225,7 @@ struct PassInput {
     feed: FeedConfig,
     run: String,
     source: EnvelopeSource,
+    version: u64,
     snapshot: Option<Arc<Snapshot>>,
     read_buffer: usize,
     read_thread: Option<bool>,
@@ -287,6 +290,7 @@ fn run_pass(
             feed: &feed.name,
             run: &input.run,
             source: &input.source,
+            version: input.version,
             header: &header,
         },
         out: Out::new(mode, tx),
@@ -326,6 +330,7 @@ fn run_pass(
         rejects,
         read,
         kept: out.into_kept(),
+        version: input.version,
     })
 }
 
@@ -360,7 +365,9 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                     .unwrap_or_default()
                     .trim_matches('"')
                     .to_string(),
+                version_id: source.version_id.clone(),
             },
+            version: next_generation(snapshot.as_deref()),
             snapshot,
             read_buffer: self.settings.read_buffer,
             read_thread: self.settings.read_thread,

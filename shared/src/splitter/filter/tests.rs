@@ -36,6 +36,7 @@ fn snap(entries: Vec<(u64, u64)>, hashed: Vec<String>) -> Snapshot {
             created_at: String::new(),
             run: String::new(),
             line_context: None,
+            generation: 0,
         },
         entries,
     )

@@ -19,6 +19,8 @@ pub struct Outbox<'a> {
     pub source: &'a EnvelopeSource,
     /// The file's header: the fields' names.
     pub header: &'a [String],
+    /// The version every message of the run carries (the state's next generation).
+    pub version: u64,
 }
 
 impl Outbox<'_> {
@@ -36,7 +38,13 @@ impl Outbox<'_> {
     ) -> Result<OutMessage, Rejected> {
         let rk = record_key(plan, record);
         let key_values: Vec<&[u8]> = plan.key_idx.iter().map(|&i| &record[i]).collect();
-        let ikey = idempotency_key(self.feed, &key_values, previous, fps.store);
+        let ikey = idempotency_key(
+            self.feed,
+            &key_values,
+            previous,
+            Some(fps.store),
+            self.version,
+        );
         let env = EnvelopeRef {
             v: ENVELOPE_VERSION,
             feed: self.feed,
@@ -44,6 +52,7 @@ impl Outbox<'_> {
             source: self.source,
             change,
             record_key: &rk,
+            version: self.version,
             idempotency_key: &ikey,
             fields: FieldsRef {
                 header: self.header,
@@ -94,6 +103,8 @@ pub struct EnvelopeRef<'a> {
     pub change: Change,
     /// The record's key as the API sees it ([`record_key`]).
     pub record_key: &'a str,
+    /// The record's version after the transition.
+    pub version: u64,
     /// The transition's key ([`idempotency_key`]).
     pub idempotency_key: &'a str,
     /// The row's fields by column name.
@@ -133,6 +144,7 @@ mod tests {
             bucket: "b".into(),
             key: "incoming/f/x.csv".into(),
             etag: "e".into(),
+            version_id: None,
         };
         let r = EnvelopeRef {
             v: ENVELOPE_VERSION,
@@ -141,6 +153,7 @@ mod tests {
             source: &source,
             change: Change::New,
             record_key: "1",
+            version: 3,
             idempotency_key: "abc",
             fields: FieldsRef {
                 header: &header,
@@ -148,8 +161,9 @@ mod tests {
             },
         };
         let body = serde_json::to_string(&r).unwrap();
-        assert!(body.starts_with("{\"v\":1,\"feed\":\"f\""));
+        assert!(body.starts_with("{\"v\":2,\"feed\":\"f\""));
         let e = Envelope::decode(&body).unwrap();
+        assert_eq!(e.version, 3);
         assert_eq!(e.fields["name"], "Zoë \"Z\", Jr");
         assert_eq!(e.change, Change::New);
     }

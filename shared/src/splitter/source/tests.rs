@@ -310,6 +310,7 @@ fn known_lines_change_nothing_else() {
             created_at: String::new(),
             run: String::new(),
             line_context: None,
+            generation: 0,
         };
         let snap = Arc::new(Snapshot::from_entries(header, entries));
         let known = KnownLines::new(snap.clone()).map(Arc::new);

@@ -9,4 +9,6 @@ pub(crate) mod snapshot;
 pub use known_lines::{line_context, KnownLines};
 pub use next_state::NextState;
 pub(crate) use snapshot::prefetch;
-pub use snapshot::{Entry, Snapshot, SnapshotError, SnapshotHeader, FORMAT_VERSION, MAGIC};
+pub use snapshot::{
+    next_generation, Entry, Snapshot, SnapshotError, SnapshotHeader, FORMAT_VERSION, MAGIC,
+};

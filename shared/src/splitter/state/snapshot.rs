@@ -63,6 +63,12 @@ impl From<(u64, u64)> for Entry {
         }
     }
 }
+/// The generation the next committed run gives the state, and the version its messages
+/// carry: one more than the state's (1 for a feed's first state).
+pub fn next_generation(state: Option<&Snapshot>) -> u64 {
+    state.map_or(0, |s| s.header.generation).saturating_add(1)
+}
+
 /// The snapshot format this build writes (format 1 is still read).
 pub const FORMAT_VERSION: u32 = 2;
 const MAX_HEADER_LEN: usize = 16 * 1024 * 1024;
@@ -126,6 +132,10 @@ pub struct SnapshotHeader {
     pub created_at: String,
     /// The run that produced this snapshot.
     pub run: String,
+    /// How many runs have committed the feed's state, this one included: the version every
+    /// message of that run carried (0 in snapshots written before versions existed).
+    #[serde(default)]
+    pub generation: u64,
     /// What the entries' line hashes are valid for (see [`crate::splitter::state::line_context`]);
     /// `None` when they are not to be used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -493,6 +503,7 @@ pub(crate) mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             run: "r1".into(),
             line_context: None,
+            generation: 0,
         }
     }
 

@@ -87,11 +87,12 @@ async fn first_file_of_a_send_feed_sends_every_row_as_new() {
     let feed = h.feed("cases");
     for (k, m) in &got {
         assert_eq!(m.env.change, Change::New);
+        assert_eq!(m.env.version, 1, "the first state is generation 1");
         assert_eq!(m.attrs["change"], "new");
         assert_eq!(m.env.fields, t.fields(k));
         assert_eq!(
             m.env.idempotency_key,
-            ikey("cases", k, None, t.fp(&feed, k))
+            ikey("cases", k, None, t.fp(&feed, k), 1)
         );
     }
     assert_eq!(

@@ -57,7 +57,7 @@ async fn next_file_sends_exactly_the_new_and_changed_rows() {
         }
         assert_eq!(
             m.env.idempotency_key,
-            ikey("labs", k, prev, t2.fp(&feed, k))
+            ikey("labs", k, prev, t2.fp(&feed, k), 2)
         );
         assert_eq!(m.env.source.key, ev2.key);
     }
@@ -104,9 +104,13 @@ async fn idempotency_keys_follow_transitions() {
 
     let (fa, fb) = (ta.fp(&feed, "C003"), tb.fp(&feed, "C003"));
     let (pa, pab) = (history(fa, &[]), history(fa, &[fb]));
-    assert_eq!(k1, ikey("cases", "C003", None, fa));
-    assert_eq!(k2, ikey("cases", "C003", Some(pa), fb));
-    assert_eq!(k3, ikey("cases", "C003", Some(pab), fa));
+    assert_eq!(k1, ikey("cases", "C003", None, fa, 1));
+    assert_eq!(k2, ikey("cases", "C003", Some(pa), fb, 2));
+    assert_eq!(k3, ikey("cases", "C003", Some(pab), fa, 3));
+    assert_eq!(
+        [m1[0].env.version, m2[0].env.version, m3[0].env.version],
+        [1, 2, 3]
+    );
     // the states the keys were computed from are the ones the snapshots hold
     let snap = |b: &[u8]| Snapshot::decode(b, Some("cases")).unwrap();
     assert_eq!(ta.state_in(&feed, &snap(&s1), "C003"), Some(pa));
@@ -159,9 +163,12 @@ async fn a_repeated_transition_gets_a_new_key() {
     );
     let feed = h.feed("cases");
     let (fa, fb) = (ta.fp(&feed, "C002"), tb.fp(&feed, "C002"));
-    assert_eq!(k2, ikey("cases", "C002", Some(history(fa, &[])), fb));
-    assert_eq!(k3, ikey("cases", "C002", Some(history(fa, &[fb])), fa));
-    assert_eq!(k4, ikey("cases", "C002", Some(history(fa, &[fb, fa])), fb));
+    assert_eq!(k2, ikey("cases", "C002", Some(history(fa, &[])), fb, 2));
+    assert_eq!(k3, ikey("cases", "C002", Some(history(fa, &[fb])), fa, 3));
+    assert_eq!(
+        k4,
+        ikey("cases", "C002", Some(history(fa, &[fb, fa])), fb, 4)
+    );
     assert_eq!(
         tb.state_in(&feed, &h.snapshot("cases"), "C002"),
         Some(history(fa, &[fb, fa, fb]))
@@ -274,7 +281,8 @@ async fn composite_keys_with_the_separator_do_not_collide() {
             "juris",
             &[jur.as_bytes(), case.as_bytes()],
             None,
-            t.fp(&feed, case),
+            Some(t.fp(&feed, case)),
+            1,
         )
     };
     assert_eq!(got["CA\\|LA|7"].env.idempotency_key, want("CA|LA", "7"));

@@ -100,7 +100,7 @@ async fn an_added_column_changes_nothing_then_counts_from_the_next_file() {
     assert_eq!(m.env.fields, t3.fields("4"));
     assert_eq!(
         m.env.idempotency_key,
-        ikey("labs", "4", Some(p4), t3.fp(&feed, "4"))
+        ikey("labs", "4", Some(p4), t3.fp(&feed, "4"), 3)
     );
 }
 
@@ -149,7 +149,8 @@ async fn missing_required_column_rejects_the_file_and_keeps_the_state() {
             "labs",
             "2",
             Some(history(t1.fp(&feed, "2"), &[])),
-            t3.fp(&feed, "2")
+            t3.fp(&feed, "2"),
+            2
         )
     );
 }

@@ -337,8 +337,14 @@ impl Table {
 }
 
 /// The idempotency key of a record of a single-column-key feed.
-pub(super) fn ikey(feed: &str, key: &str, previous: Option<Previous>, new: u64) -> String {
-    idempotency_key(feed, &[key.as_bytes()], previous, new)
+pub(super) fn ikey(
+    feed: &str,
+    key: &str,
+    previous: Option<Previous>,
+    new: u64,
+    version: u64,
+) -> String {
+    idempotency_key(feed, &[key.as_bytes()], previous, Some(new), version)
 }
 
 /// The state of a record first seen with content `content` and changed to each of `then`.
@@ -384,7 +390,8 @@ fn decode(s: &Sent) -> Msg {
     assert_eq!(attrs["feed"], env.feed);
     assert_eq!(attrs["change"], env.change.as_str());
     assert_eq!(attrs["idempotency_key"], env.idempotency_key);
-    assert_eq!(env.v, 1);
+    assert_eq!(env.v, 2);
+    assert!(env.version >= 1, "every message carries a version");
     assert_eq!(env.idempotency_key.len(), 32);
     Msg { env, attrs }
 }

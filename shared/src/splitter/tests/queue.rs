@@ -175,7 +175,8 @@ async fn rows_the_queue_refuses_are_rejected_and_retried_by_the_next_file() {
             "labs",
             "7",
             Some(history(t1.fp(&feed, "7"), &[])),
-            t3.fp(&feed, "7")
+            t3.fp(&feed, "7"),
+            3
         )
     );
 }
