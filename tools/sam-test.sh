@@ -157,7 +157,7 @@ docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -F "$BASE_I
 
 # ------------------------------------------------------------------ local AWS + API
 step "moto_server and the stand-in API on $GW"
-moto_server -H "$GW" -p "$MOTO_PORT" >"$WORK/moto.log" 2>&1 &
+python tools/moto/serial_dynamodb.py -H "$GW" -p "$MOTO_PORT" >"$WORK/moto.log" 2>&1 &
 PIDS+=($!)
 API_LEDGER=$WORK/api-ledger.jsonl
 target/release/casefeed-api --listen "$GW:$API_PORT" --allow-docker-bridge --token "$API_TOKEN" \

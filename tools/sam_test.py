@@ -31,7 +31,8 @@ from botocore.config import Config
 ROOT = Path(__file__).resolve().parents[1]
 EVENTS = ROOT / "events"
 ENV = json.loads((EVENTS / "env.json").read_text())
-BUCKET = ENV["ConsumerFunction"]["LEDGER_BUCKET"]
+BUCKET = ENV["SplitterFunction"]["CASEFEED_CONFIG"].split("/", 3)[2]
+LEDGER_TABLE = ENV["ConsumerFunction"]["LEDGER_TABLE"]
 WORK = ENV["SplitterFunction"]["WORK_QUEUE_URL"].rsplit("/", 1)[1]
 DLQ = ENV["ConsumerFunction"]["DLQ_URL"].rsplit("/", 1)[1]
 CONFIG_KEY = ENV["SplitterFunction"]["CASEFEED_CONFIG"].split("/", 3)[3]
@@ -59,6 +60,12 @@ def clients():
     kw = dict(endpoint_url=os.environ["MOTO_URL"], region_name="us-east-1", config=cfg,
               aws_access_key_id="test", aws_secret_access_key="test")
     return boto3.client("s3", **kw), boto3.client("sqs", **kw)
+
+
+def dynamodb():
+    cfg = Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30)
+    return boto3.client("dynamodb", endpoint_url=os.environ["MOTO_URL"], region_name="us-east-1",
+                        config=cfg, aws_access_key_id="test", aws_secret_access_key="test")
 
 
 def queue_url(sqs, name: str) -> str:
@@ -95,13 +102,23 @@ def api(path: str, body: dict | None = None) -> dict:
 def cmd_setup(_a) -> None:
     s3, sqs = clients()
     s3.create_bucket(Bucket=BUCKET)
+    # versioned, like production's data bucket: events carry versionId, reads are pinned to it
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    # the consumer's ledger table, as template.yaml declares it
+    ddb = dynamodb()
+    ddb.create_table(TableName=LEDGER_TABLE, BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+    ddb.update_time_to_live(TableName=LEDGER_TABLE, TimeToLiveSpecification={
+        "Enabled": True, "AttributeName": "expires_at"})
     s3.put_object(Bucket=BUCKET, Key=CONFIG_KEY, Body=(EVENTS / "feeds.toml").read_bytes())
     dlq = sqs.create_queue(QueueName=DLQ)["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sqs.create_queue(QueueName=WORK, Attributes={
         "VisibilityTimeout": "60",
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "10"})})
-    print(f"  bucket {BUCKET} (with {CONFIG_KEY}), queues {WORK} and {DLQ}")
+    print(f"  bucket {BUCKET} (versioned, with {CONFIG_KEY}), queues {WORK} and {DLQ}, "
+          f"ledger table {LEDGER_TABLE}")
 
 
 def cmd_upload(a) -> None:
@@ -116,6 +133,7 @@ def cmd_upload(a) -> None:
     obj["key"] = key
     obj["eTag"] = head["ETag"].strip('"')
     obj["size"] = head["ContentLength"]
+    obj["versionId"] = head["VersionId"]
     if a.baseline:
         obj["sequencer"] = BASELINE_SEQUENCER
         rec["eventTime"] = BASELINE_EVENT_TIME

@@ -65,6 +65,7 @@ pub fn emit_batch(stats: &BatchStats) {
                 "Metrics": [
                     {"Name": "Applied", "Unit": "Count"},
                     {"Name": "Duplicates", "Unit": "Count"},
+                    {"Name": "Superseded", "Unit": "Count"},
                     {"Name": "DeadLettered", "Unit": "Count"},
                     {"Name": "Retried", "Unit": "Count"},
                     {"Name": "ApiAuthFailures", "Unit": "Count"},
@@ -74,6 +75,7 @@ pub fn emit_batch(stats: &BatchStats) {
         },
         "Applied": stats.applied,
         "Duplicates": stats.duplicates,
+        "Superseded": stats.superseded,
         "DeadLettered": stats.dead_lettered,
         "Retried": stats.retried,
         "ApiAuthFailures": stats.auth_failures,

@@ -129,8 +129,11 @@ impl Moto {
         let port = free_port()?;
         let log = std::env::temp_dir().join(format!("casefeed-moto-{port}.log"));
         let logf = std::fs::File::create(&log).map_err(|e| setup("moto log file", e))?;
-        let bin = venv().join("bin/moto_server");
+        // moto_server with DynamoDB's conditional writes made atomic (see the script)
+        let bin = venv().join("bin/python");
+        let script = root().join("tools/moto/serial_dynamodb.py");
         let child = Command::new(&bin)
+            .arg(&script)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -166,12 +169,18 @@ pub struct Received {
     pub attributes: std::collections::BTreeMap<String, String>,
 }
 
-/// moto with the data bucket, the work queue (redrive to the DLQ) and the feed config.
+/// The consumer's ledger table in the local stack.
+pub const LEDGER_TABLE: &str = "casefeed-ledger";
+
+/// moto with the data bucket (versioned, like production's), the work queue (redrive to the
+/// DLQ), the consumer's ledger table and the feed config.
 pub struct Stack {
     pub moto: Moto,
     pub s3: aws_sdk_s3::Client,
     pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
     pub bucket: String,
+    pub ledger_table: String,
     pub queue_url: String,
     pub dlq_url: String,
     seq: std::sync::atomic::AtomicU64,
@@ -191,11 +200,23 @@ impl Stack {
                 .build(),
         );
         let sqs = aws_sdk_sqs::Client::new(&conf);
+        let dynamodb = aws_sdk_dynamodb::Client::new(&conf);
         s3.create_bucket()
             .bucket(bucket)
             .send()
             .await
             .map_err(aws("CreateBucket"))?;
+        s3.put_bucket_versioning()
+            .bucket(bucket)
+            .versioning_configuration(
+                aws_sdk_s3::types::VersioningConfiguration::builder()
+                    .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(aws("PutBucketVersioning"))?;
+        create_ledger_table(&dynamodb, LEDGER_TABLE).await?;
         let dlq_url = sqs
             .create_queue()
             .queue_name("casefeed-dlq")
@@ -249,7 +270,9 @@ impl Stack {
             moto,
             s3,
             sqs,
+            dynamodb,
             bucket: bucket.to_string(),
+            ledger_table: LEDGER_TABLE.to_string(),
             queue_url,
             dlq_url,
             seq: std::sync::atomic::AtomicU64::new(0x1000),
@@ -288,7 +311,7 @@ impl Stack {
             ("API_TOKEN".into(), token.into()),
             ("WORK_QUEUE_URL".into(), self.queue_url.clone()),
             ("DLQ_URL".into(), self.dlq_url.clone()),
-            ("LEDGER_BUCKET".into(), self.bucket.clone()),
+            ("LEDGER_TABLE".into(), self.ledger_table.clone()),
             ("RECORD_CONCURRENCY".into(), "2".into()),
             ("BACKOFF_BASE_SECS".into(), "1".into()),
             ("BACKOFF_CAP_SECS".into(), "4".into()),
@@ -320,13 +343,12 @@ impl Stack {
             .trim_matches('"')
             .to_string();
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(s3_event(
-            &self.bucket,
-            key,
-            &etag,
-            size,
-            &format!("00{seq:016X}"),
-        ))
+        let mut event = s3_event(&self.bucket, key, &etag, size, &format!("00{seq:016X}"));
+        // a versioned bucket: the event names the version, and the splitter reads it
+        if let Some(v) = out.version_id() {
+            event["Records"][0]["s3"]["object"]["versionId"] = json!(v);
+        }
+        Ok(event)
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, LocalError> {
@@ -456,6 +478,54 @@ impl Stack {
         }
         Ok(out)
     }
+}
+
+/// Create the consumer's ledger table as template.yaml declares it: partition key `pk`
+/// (string), on-demand, TTL on `expires_at`.
+pub async fn create_ledger_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(), LocalError> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        TimeToLiveSpecification,
+    };
+    let build = |e: aws_sdk_dynamodb::error::BuildError| LocalError::Aws(e.to_string());
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build)?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(build)?,
+        )
+        .send()
+        .await
+        .map_err(aws("CreateTable"))?;
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name("expires_at")
+                .build()
+                .map_err(build)?,
+        )
+        .send()
+        .await
+        .map_err(aws("UpdateTimeToLive"))?;
+    Ok(())
 }
 
 /// An S3 `ObjectCreated:Put` notification as S3 sends it (key URL-encoded, `+` for space).

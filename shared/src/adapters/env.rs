@@ -2,6 +2,7 @@
 //! build AWS clients once, load and validate the feed configuration. Every failure here is
 //! a clear start-up error naming the variable or the feed field.
 
+use super::dynamodb::DynamoLedger;
 use super::http_api::HttpApi;
 use super::s3::{RangedReads, S3Store};
 use super::secrets::read_token_secret;
@@ -114,11 +115,13 @@ pub async fn splitter_from_env(
 /// when `API_ALLOW_HTTP=1` —, `WORK_QUEUE_URL`, `DLQ_URL`, `LEDGER_BUCKET` (required);
 /// `RECORD_CONCURRENCY` (1-10, default 2), `BACKOFF_BASE_SECS` (default 5),
 /// `BACKOFF_CAP_SECS` (default 900, at most 43200), `API_TIMEOUT_MS` (default 10000),
-/// `API_CONNECT_TIMEOUT_MS` (default 2000), `LEDGER_LEASE_SECS` (default 120),
-/// `BREAKER_THRESHOLD` (default 3).
+/// `API_CONNECT_TIMEOUT_MS` (default 2000), `LEDGER_LEASE_SECS` (default 120; longer than
+/// an API call can take), `LEDGER_WAIT_MS` (default 2000: how long a message waits in
+/// process for another attempt's lease on its record), `LEDGER_TTL_DAYS` (default 30; longer
+/// than a message can live in the work queue and the DLQ), `BREAKER_THRESHOLD` (default 3).
 pub async fn consumer_from_env(
     sdk: &aws_config::SdkConfig,
-) -> Result<Consumer<S3Store, HttpApi, SqsWork>, ConfigError> {
+) -> Result<Consumer<DynamoLedger, HttpApi, SqsWork>, ConfigError> {
     let base_url = env_required("API_BASE_URL")?;
     let allow_http = matches!(
         std::env::var("API_ALLOW_HTTP").as_deref(),
@@ -126,7 +129,7 @@ pub async fn consumer_from_env(
     );
     let work_queue_url = env_required("WORK_QUEUE_URL")?;
     let dlq_url = env_required("DLQ_URL")?;
-    let bucket = env_required("LEDGER_BUCKET")?;
+    let table = env_required("LEDGER_TABLE")?;
     let concurrency = env_number("RECORD_CONCURRENCY", 2, 1, 10)? as usize;
     let base = env_number("BACKOFF_BASE_SECS", 5, 1, 3600)?;
     let cap = env_number("BACKOFF_CAP_SECS", 900, 1, 43_200)?;
@@ -139,6 +142,20 @@ pub async fn consumer_from_env(
     let timeout = env_number("API_TIMEOUT_MS", 10_000, 100, 60_000)?;
     let connect = env_number("API_CONNECT_TIMEOUT_MS", 2_000, 100, 30_000)?;
     let lease = env_number("LEDGER_LEASE_SECS", 120, 5, 43_200)?;
+    // a lease must outlast the call it guards: one that expired while its call is in flight
+    // would let a second call for the same record start
+    let longest_call_ms = timeout + connect;
+    if lease * 1000 < longest_call_ms * 2 {
+        return Err(ConfigError::Env {
+            name: "LEDGER_LEASE_SECS".into(),
+            problem: format!(
+                "{lease} s is too short: it must be at least twice the longest API call \
+                 (API_TIMEOUT_MS + API_CONNECT_TIMEOUT_MS = {longest_call_ms} ms)"
+            ),
+        });
+    }
+    let wait = env_number("LEDGER_WAIT_MS", 2_000, 0, 60_000)?;
+    let ttl_days = env_number("LEDGER_TTL_DAYS", 30, 1, 3_650)?;
     let breaker = env_number("BREAKER_THRESHOLD", 3, 1, 1000)? as u32;
 
     let secret_arn = std::env::var("API_TOKEN_SECRET_ARN").unwrap_or_default();
@@ -165,9 +182,13 @@ pub async fn consumer_from_env(
     })?;
     Ok(Consumer {
         ledger: Ledger {
-            store: S3Store::from_conf(sdk),
-            bucket,
+            table: DynamoLedger::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                table,
+                Duration::from_secs(ttl_days * 86_400),
+            ),
             lease: Duration::from_secs(lease),
+            wait: Duration::from_millis(wait),
         },
         api,
         queue: SqsWork {

@@ -6,6 +6,7 @@
 use crate::consumer::{BatchResult, Consumer, InMessage};
 use crate::contract::event::{decode_s3_key, ObjectEvent};
 use crate::ports::api::Api;
+use crate::ports::ledger::LedgerTable;
 use crate::ports::queue::{MessageQueue, WorkQueue};
 use crate::ports::store::ObjectStore;
 use crate::splitter::{Outcome, SplitError, Splitter};
@@ -203,8 +204,8 @@ pub fn batch_response(result: &BatchResult) -> SqsBatchResponse {
 
 /// The consumer's invocation: the batch processed, its metrics emitted, the messages to
 /// retry reported.
-pub async fn handle_sqs<S: ObjectStore, A: Api, Q: WorkQueue>(
-    app: &Consumer<S, A, Q>,
+pub async fn handle_sqs<L: LedgerTable, A: Api, Q: WorkQueue>(
+    app: &Consumer<L, A, Q>,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, EventError> {
     let messages = in_messages(event)?;
@@ -213,6 +214,7 @@ pub async fn handle_sqs<S: ObjectStore, A: Api, Q: WorkQueue>(
     info!(
         applied = result.stats.applied,
         duplicates = result.stats.duplicates,
+        superseded = result.stats.superseded,
         dead_lettered = result.stats.dead_lettered,
         retried = result.stats.retried,
         circuit_opened = result.stats.circuit_opened,

@@ -3,6 +3,7 @@
 //! core's types; [`mod@env`] wires a function from its environment at start-up; `sdk` is the
 //! one place an SDK error becomes a message and a retryable/permanent class.
 
+pub mod dynamodb;
 pub mod env;
 pub mod http_api;
 pub mod lambda;

@@ -1,12 +1,13 @@
-//! One message's flow: decode → ledger (take the key) → the API → classify the answer → a
-//! fate: applied, duplicate, dead-lettered now (permanent), or retried after a backoff.
+//! One message's flow: decode → ledger (the record's lease, or superseded / duplicate) → the
+//! API → classify the answer → a fate: applied (the version acknowledged), duplicate,
+//! superseded, dead-lettered now (permanent), or retried after a backoff.
 
 use super::answer::{classify, Delivery, TransientKind};
-use super::ledger::{Lease, LedgerState, Take};
+use super::ledger::{Lease, Take};
 use super::{Consumer, Fate, InMessage, WorkQueue};
 use crate::contract::envelope::Envelope;
 use crate::ports::api::Api;
-use crate::ports::store::ObjectStore;
+use crate::ports::ledger::{FateItem, LedgerTable};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -40,7 +41,7 @@ impl Breaker {
     }
 }
 
-impl<S: ObjectStore, A: Api, Q: WorkQueue> Consumer<S, A, Q> {
+impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
     fn retry(
         &self,
         m: &InMessage,
@@ -113,42 +114,48 @@ impl<S: ObjectStore, A: Api, Q: WorkQueue> Consumer<S, A, Q> {
                 "the API failed repeatedly in this batch",
             );
         }
-        let lease = match self.take_lease(m, &env).await {
-            Ok(lease) => lease,
-            Err(fate) => return fate,
-        };
-        let answer = self.api.deliver(&env).await;
-        self.settle(m, &lease, classify(&answer), breaker).await
-    }
-
-    /// Take the ledger's lease on the message's key, or the fate of a message that must not
-    /// call the API now: already applied (a duplicate), or another attempt holds the key.
-    async fn take_lease(&self, m: &InMessage, env: &Envelope) -> Result<Lease, Fate> {
         let owner = format!("{}:{}", m.message_id, m.receive_count);
-        match self
+        let lease = match self
             .ledger
-            .take(&env.feed, &env.idempotency_key, &owner, m.receive_count)
+            .take(&env.feed, &env.record_key, env.version, &owner)
             .await
         {
-            Ok(Take::Owned(lease)) => Ok(lease),
-            Ok(Take::Done) => {
-                info!(message_id = %m.message_id, "already applied (ledger): skipped");
-                Err(Fate::Duplicate)
+            Ok(Take::Owned(lease)) => lease,
+            Ok(Take::Superseded { acknowledged }) => {
+                info!(message_id = %m.message_id, version = env.version, acknowledged, "superseded: the API acknowledged a newer version of the record; not sent");
+                self.note(
+                    m,
+                    &env,
+                    "superseded",
+                    Some(format!("acknowledged {acknowledged}")),
+                )
+                .await;
+                return Fate::Superseded;
             }
-            Ok(Take::Busy(remaining)) => Err(self.retry(
-                m,
-                "in_progress_elsewhere",
-                Some(remaining.min(Duration::from_secs(900))),
-                "another attempt holds this key",
-            )),
-            Err(e) => Err(self.retry(m, "ledger", None, &e.to_string())),
-        }
+            Ok(Take::Duplicate) => {
+                info!(message_id = %m.message_id, version = env.version, "already applied (ledger): skipped");
+                return Fate::Duplicate;
+            }
+            Ok(Take::Busy(remaining)) => {
+                return self.retry(
+                    m,
+                    "record_busy",
+                    Some(remaining.min(Duration::from_secs(900))),
+                    "another attempt holds this record's lease",
+                )
+            }
+            Err(e) => return self.retry(m, "ledger", None, &e.to_string()),
+        };
+        let answer = self.api.deliver(&env).await;
+        self.settle(m, &env, &lease, classify(&answer), breaker)
+            .await
     }
 
     /// The fate the API's answer gives the message, with the lease ended to match.
     async fn settle(
         &self,
         m: &InMessage,
+        env: &Envelope,
         lease: &Lease,
         delivery: Delivery,
         breaker: &Breaker,
@@ -156,23 +163,27 @@ impl<S: ObjectStore, A: Api, Q: WorkQueue> Consumer<S, A, Q> {
         match delivery {
             Delivery::Applied { status } => {
                 breaker.success();
-                // applied: the message is done; if the ledger cannot record it, a
-                // redelivery gets the API's 409
-                self.end_lease(m, lease, LedgerState::Done, Some(status))
-                    .await;
+                self.acknowledge(m, env, lease).await;
+                self.note(m, env, "applied", Some(status.to_string())).await;
                 Fate::Applied
             }
             Delivery::AlreadyApplied => {
                 breaker.success();
-                self.end_lease(m, lease, LedgerState::Done, Some(409)).await;
+                self.acknowledge(m, env, lease).await;
+                self.note(m, env, "duplicate", Some("409".into())).await;
                 Fate::Duplicate
             }
             Delivery::Permanent { status, reason } => {
                 breaker.success();
-                self.end_lease(m, lease, LedgerState::Rejected, Some(status))
+                self.release(m, lease).await;
+                let fate = self
+                    .dead_letter(m, "permanent", Some(status), &reason)
                     .await;
-                self.dead_letter(m, "permanent", Some(status), &reason)
-                    .await
+                if matches!(fate, Fate::DeadLettered { .. }) {
+                    self.note(m, env, "dead_lettered", Some(format!("permanent {status}")))
+                        .await;
+                }
+                fate
             }
             Delivery::Transient {
                 kind,
@@ -187,31 +198,66 @@ impl<S: ObjectStore, A: Api, Q: WorkQueue> Consumer<S, A, Q> {
                 if kind.trips_breaker() {
                     breaker.failure(self.settings.breaker_threshold);
                 }
-                self.end_lease(m, lease, LedgerState::Released, status)
-                    .await;
+                self.release(m, lease).await;
                 self.retry(m, kind.as_str(), retry_after, &reason)
             }
         }
     }
 
-    /// Record the end of our attempt in the ledger. A failed write is logged, not fatal: the
-    /// message's fate stands, and the lease expires for the next attempt; a lost condition
-    /// means our lease expired and another attempt took the key over.
-    async fn end_lease(
-        &self,
-        m: &InMessage,
-        lease: &Lease,
-        state: LedgerState,
-        status: Option<u16>,
-    ) {
-        match self.ledger.finish(lease, state, status).await {
+    /// The API holds our version: record it. A failed write is logged, not fatal: the
+    /// message is done, and a redelivery is answered 409 by the API under the same key.
+    async fn acknowledge(&self, m: &InMessage, env: &Envelope, lease: &Lease) {
+        match self
+            .ledger
+            .acknowledge(lease, &env.idempotency_key, &env.run)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
-                info!(message_id = %m.message_id, ?state, "the lease had expired and was taken over; that attempt's outcome stands")
+                info!(message_id = %m.message_id, version = env.version, "a newer version of the record was acknowledged meanwhile; it stands")
             }
             Err(e) => {
-                warn!(message_id = %m.message_id, ?state, error = %e, "the ledger could not record the end of this attempt")
+                warn!(message_id = %m.message_id, error = %e, "the ledger could not record the acknowledged version")
             }
+        }
+    }
+
+    /// End our lease without an acknowledgement. A failed write is logged, not fatal: the
+    /// lease expires for the next attempt.
+    async fn release(&self, m: &InMessage, lease: &Lease) {
+        match self.ledger.release(lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(message_id = %m.message_id, "the lease had expired and was taken over")
+            }
+            Err(e) => {
+                warn!(message_id = %m.message_id, error = %e, "the ledger could not release the lease; it expires")
+            }
+        }
+    }
+
+    /// Record the message's fate under its idempotency key (logged when the write fails:
+    /// the fate itself stands).
+    async fn note(
+        &self,
+        m: &InMessage,
+        env: &Envelope,
+        fate: &'static str,
+        detail: Option<String>,
+    ) {
+        let item = FateItem {
+            feed: env.feed.clone(),
+            idempotency_key: env.idempotency_key.clone(),
+            record_key: env.record_key.clone(),
+            version: env.version,
+            run: env.run.clone(),
+            fate,
+            detail,
+            attempts: m.receive_count,
+            at_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        if let Err(e) = self.ledger.record_fate(&item).await {
+            warn!(message_id = %m.message_id, fate, error = %e, "the ledger could not record the message's fate");
         }
     }
 }

@@ -1,294 +1,327 @@
-//! The consumer's idempotency ledger on S3 conditional writes, one small object per
-//! idempotency key under `ledger/<feed>/<key>`.
+//! The ledger protocol: at most one call per record in flight, never a version at or below
+//! the one the API acknowledged.
 //!
-//! * take: create an `in_progress` record with `If-None-Match: *` (it carries an expiry, so
-//!   a crashed attempt can be taken over with `If-Match` on its ETag);
-//! * a `done` record means the effect was applied: the message is a duplicate, skip it;
-//! * an unexpired `in_progress` record of another attempt: retry later;
-//! * after the call: `done` (applied / already applied), or `released` (retry later) /
-//!   `rejected` (dead-lettered), both of which the next attempt may take over.
+//! Per record the table keeps the highest acknowledged version and a lease (owner, version,
+//! expiry). A message
+//! * whose version is **below** the acknowledged one is *superseded*: never sent;
+//! * whose version **equals** it is a *duplicate* (that transition was applied);
+//! * that finds a live lease of another attempt waits ([`Admit::Busy`]) — briefly in
+//!   process, then with a backoff — without calling the API;
+//! * otherwise takes the lease (a conditional write), calls the API, and then either
+//!   acknowledges its version (applied) or releases the lease (retry, dead letter).
+//!
+//! A crashed holder's lease expires and is taken over. The lease must outlast the API call
+//! (the consumer refuses to start otherwise), so a lease never expires while its call is
+//! in flight. The idempotency key still goes with every call: a call the API applied but
+//! whose acknowledgement was lost is answered 409 on the retry.
+//!
+//! [`admit`] is the one decision; the table implementations ([`crate::ports::ledger`]) apply
+//! it atomically.
 
-use crate::contract::layout::ledger_key;
-use crate::ports::store::{ObjectStore, PutCondition, StoreError};
-use serde::{Deserialize, Serialize};
+use crate::ports::ledger::{
+    Acquired, FateItem, LeaseRequest, LedgerError, LedgerTable, RecordItem,
+};
 use std::time::Duration;
 
-/// Where an idempotency key's delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LedgerState {
-    /// An attempt holds the key's lease (until `expires_at_ms`).
-    InProgress,
-    /// The effect was applied: a later delivery is a duplicate.
-    Done,
-    /// The attempt ended without effect and will be retried; the next attempt may take the key.
-    Released,
-    /// The API refused the record for good (dead-lettered); a later attempt may take the key.
-    Rejected,
+/// What a record's item means for a message of `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Take the lease and call the API.
+    Take,
+    /// The API acknowledged a newer version: this one must never be sent.
+    Superseded {
+        /// The acknowledged version.
+        acknowledged: u64,
+    },
+    /// The API acknowledged this very version: applied before.
+    Duplicate,
+    /// Another attempt holds a live lease.
+    Busy {
+        /// The version it delivers.
+        holder_version: u64,
+        /// Milliseconds until its lease expires.
+        remaining_ms: i64,
+    },
 }
 
-/// The ledger's record of one idempotency key: `ledger/<feed>/<key>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerRecord {
-    /// Where the key's delivery stands.
-    pub state: LedgerState,
-    /// Who holds it: `<message id>:<receive count>`.
-    pub owner: String,
-    /// Epoch milliseconds after which an `in_progress` record may be taken over.
-    pub expires_at_ms: i64,
-    /// When the record was last written (RFC 3339, ms).
-    pub updated_at: String,
-    /// The API's HTTP status at the end of the attempt; `None` while in progress or when
-    /// there was no answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_status: Option<u16>,
-    /// Attempts at the key so far (at least the message's receive count).
-    pub attempts: u32,
+/// The decision: what the record's `item` means for `owner`'s message of `version`, now.
+pub fn admit(item: Option<&RecordItem>, version: u64, owner: &str, now_ms: i64) -> Admit {
+    let Some(item) = item else {
+        return Admit::Take;
+    };
+    match item.acknowledged {
+        Some(a) if a > version => return Admit::Superseded { acknowledged: a },
+        Some(a) if a == version => return Admit::Duplicate,
+        _ => {}
+    }
+    match &item.lease {
+        Some(l) if l.owner != owner && l.until_ms > now_ms => Admit::Busy {
+            holder_version: l.version,
+            remaining_ms: l.until_ms - now_ms,
+        },
+        _ => Admit::Take,
+    }
 }
 
 /// The outcome of [`Ledger::take`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Take {
-    /// Ours: call the API, then finish.
+    /// Ours: call the API, then acknowledge or release.
     Owned(Lease),
-    /// Already applied: a duplicate delivery.
-    Done,
-    /// Another attempt holds it; it expires in this long.
+    /// Never send: a newer version was acknowledged.
+    Superseded {
+        /// The acknowledged version.
+        acknowledged: u64,
+    },
+    /// Applied before (this version was acknowledged).
+    Duplicate,
+    /// Another attempt still holds the record after waiting; its lease expires in this long.
     Busy(Duration),
 }
 
-/// The lease we took on a key: our record, with the ETag of our write.
+/// The lease we hold on a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    /// The record's key in the bucket (`ledger/<feed>/<key>`).
-    pub key: String,
-    /// The ETag of our write: the next write is conditioned on it.
-    pub etag: String,
-    /// The record as we wrote it.
-    pub record: LedgerRecord,
+    /// The feed.
+    pub feed: String,
+    /// The record.
+    pub record_key: String,
+    /// The version we deliver.
+    pub version: u64,
+    /// Us: `<message id>:<receive count>`.
+    pub owner: String,
 }
 
-/// Why a ledger read or write failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    /// The store failed.
-    #[error("ledger storage: {0}")]
-    Store(#[from] StoreError),
-    /// A record is not valid JSON of the ledger's shape (its key).
-    #[error("ledger record {0} is unreadable")]
-    Corrupt(String),
-    /// The store gave no ETag (of a write, or of a record to take over): no write can be
-    /// conditioned on it.
-    #[error("ledger write returned no ETag")]
-    NoEtag,
-    /// A record could not be encoded as JSON.
-    #[error("ledger record could not be encoded: {0}")]
-    Encode(String),
-}
-
-/// The consumer's idempotency ledger: one record per idempotency key, written by
-/// conditional puts.
+/// The ledger: the table and the protocol's timings.
 #[derive(Clone)]
-pub struct Ledger<S: ObjectStore> {
-    /// The store holding the records.
-    pub store: S,
-    /// The bucket of `ledger/`.
-    pub bucket: String,
-    /// How long a lease lasts before another attempt may take it over.
+pub struct Ledger<L: LedgerTable> {
+    /// The table.
+    pub table: L,
+    /// How long a lease lasts before another attempt may take it over (longer than an API
+    /// call can take).
     pub lease: Duration,
+    /// How long a message waits in process for another attempt's lease before it is
+    /// returned to the queue with a backoff.
+    pub wait: Duration,
 }
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-impl<S: ObjectStore> Ledger<S> {
-    fn record(
-        &self,
-        state: LedgerState,
-        owner: &str,
-        attempts: u32,
-        status: Option<u16>,
-    ) -> LedgerRecord {
-        LedgerRecord {
-            state,
-            owner: owner.to_string(),
-            expires_at_ms: now_ms() + self.lease.as_millis() as i64,
-            updated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            http_status: status,
-            attempts,
-        }
-    }
-
-    async fn write(
-        &self,
-        key: &str,
-        rec: &LedgerRecord,
-        cond: PutCondition,
-    ) -> Result<String, LedgerError> {
-        let body = serde_json::to_vec(rec).map_err(|e| LedgerError::Encode(e.to_string()))?;
-        self.store
-            .put(&self.bucket, key, body, "application/json", cond)
-            .await?
-            .ok_or(LedgerError::NoEtag)
-    }
-
-    /// Try to take the key for one attempt.
+impl<L: LedgerTable> Ledger<L> {
+    /// Take the record's lease to deliver `version`, waiting up to [`Ledger::wait`] while
+    /// another attempt holds it.
     pub async fn take(
         &self,
         feed: &str,
-        ikey: &str,
+        record_key: &str,
+        version: u64,
         owner: &str,
-        attempt: u32,
     ) -> Result<Take, LedgerError> {
-        let key = ledger_key(feed, ikey);
-        let mine = self.record(LedgerState::InProgress, owner, attempt, None);
-        for _ in 0..3 {
-            match self.write(&key, &mine, PutCondition::IfAbsent).await {
-                Ok(etag) => {
-                    return Ok(Take::Owned(Lease {
-                        key,
-                        etag,
-                        record: mine,
-                    }))
-                }
-                Err(LedgerError::Store(StoreError::PreconditionFailed)) => {}
-                Err(e) => return Err(e),
-            }
-            let Some(found) = self.store.get_bytes(&self.bucket, &key).await? else {
-                continue; // removed in between: try to create it again
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let now = now_ms();
+            let req = LeaseRequest {
+                feed,
+                record_key,
+                version,
+                owner,
+                now_ms: now,
+                until_ms: now.saturating_add(self.lease.as_millis() as i64),
             };
-            let rec: LedgerRecord = serde_json::from_slice(&found.bytes)
-                .map_err(|_| LedgerError::Corrupt(key.clone()))?;
-            let remaining = rec.expires_at_ms - now_ms();
-            match rec.state {
-                LedgerState::Done => return Ok(Take::Done),
-                LedgerState::InProgress if remaining > 0 => {
-                    return Ok(Take::Busy(Duration::from_millis(remaining as u64)))
-                }
-                _ => {}
-            }
-            // released, rejected, or an expired attempt: take it over
-            let etag = found.etag.ok_or(LedgerError::NoEtag)?;
-            let mut over = mine.clone();
-            over.attempts = over.attempts.max(rec.attempts + 1);
-            match self.write(&key, &over, PutCondition::IfMatch(etag)).await {
-                Ok(etag) => {
+            match self.table.acquire(&req).await? {
+                Acquired::Owned => {
                     return Ok(Take::Owned(Lease {
-                        key,
-                        etag,
-                        record: over,
+                        feed: feed.to_string(),
+                        record_key: record_key.to_string(),
+                        version,
+                        owner: owner.to_string(),
                     }))
                 }
-                Err(LedgerError::Store(StoreError::PreconditionFailed)) => continue,
-                Err(e) => return Err(e),
+                Acquired::Refused(Admit::Superseded { acknowledged }) => {
+                    return Ok(Take::Superseded { acknowledged })
+                }
+                Acquired::Refused(Admit::Duplicate) => return Ok(Take::Duplicate),
+                // the item changed between the condition and the read: ask again
+                Acquired::Refused(Admit::Take) => {}
+                Acquired::Refused(Admit::Busy { remaining_ms, .. }) => {
+                    let remaining = Duration::from_millis(remaining_ms.max(0) as u64);
+                    let waited = started.elapsed();
+                    if waited + pause.min(remaining) > self.wait {
+                        return Ok(Take::Busy(remaining));
+                    }
+                    tokio::time::sleep(pause.min(remaining).max(Duration::from_millis(10))).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
             }
         }
-        Ok(Take::Busy(Duration::from_secs(1)))
     }
 
-    /// Record the end of our attempt. Losing the condition means our lease expired and
-    /// another attempt took over: that attempt's outcome wins (the API dedupes by key).
-    pub async fn finish(
+    /// The API acknowledged our version: record it and end our lease. `false`: a newer
+    /// version was recorded meanwhile.
+    pub async fn acknowledge(
         &self,
         lease: &Lease,
-        state: LedgerState,
-        status: Option<u16>,
+        idempotency_key: &str,
+        run: &str,
     ) -> Result<bool, LedgerError> {
-        let mut rec = lease.record.clone();
-        rec.state = state;
-        rec.http_status = status;
-        rec.updated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        match self
-            .write(&lease.key, &rec, PutCondition::IfMatch(lease.etag.clone()))
+        self.table
+            .acknowledge(
+                &lease.feed,
+                &lease.record_key,
+                lease.version,
+                &lease.owner,
+                idempotency_key,
+                run,
+            )
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(LedgerError::Store(StoreError::PreconditionFailed)) => Ok(false),
-            Err(e) => Err(e),
-        }
     }
 
-    /// The record of a key, `None` if there is none.
-    pub async fn read(&self, feed: &str, ikey: &str) -> Result<Option<LedgerRecord>, LedgerError> {
-        let key = ledger_key(feed, ikey);
-        match self.store.get_bytes(&self.bucket, &key).await? {
-            None => Ok(None),
-            Some(f) => serde_json::from_slice(&f.bytes)
-                .map(Some)
-                .map_err(|_| LedgerError::Corrupt(key)),
-        }
+    /// End our lease without an acknowledgement. `false`: it had expired and was taken over.
+    pub async fn release(&self, lease: &Lease) -> Result<bool, LedgerError> {
+        self.table
+            .release(&lease.feed, &lease.record_key, &lease.owner)
+            .await
+    }
+
+    /// Record a message's fate under its idempotency key.
+    pub async fn record_fate(&self, fate: &FateItem) -> Result<(), LedgerError> {
+        self.table.record_fate(fate).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::store::MemoryStore;
+    use crate::ports::ledger::{LeaseItem, MemoryLedger};
 
-    fn ledger(lease_ms: u64) -> Ledger<MemoryStore> {
+    fn item(acked: Option<u64>, lease: Option<(&str, u64, i64)>) -> RecordItem {
+        RecordItem {
+            acknowledged: acked,
+            lease: lease.map(|(owner, version, until_ms)| LeaseItem {
+                owner: owner.into(),
+                version,
+                until_ms,
+            }),
+            ..RecordItem::default()
+        }
+    }
+
+    #[test]
+    fn a_version_below_the_acknowledged_one_is_superseded_and_equal_is_a_duplicate() {
+        let i = item(Some(5), None);
+        assert_eq!(
+            admit(Some(&i), 4, "m:1", 0),
+            Admit::Superseded { acknowledged: 5 }
+        );
+        assert_eq!(admit(Some(&i), 5, "m:1", 0), Admit::Duplicate);
+        assert_eq!(admit(Some(&i), 6, "m:1", 0), Admit::Take);
+        assert_eq!(admit(None, 1, "m:1", 0), Admit::Take);
+        // superseded wins over a live lease: nothing to wait for
+        let leased = item(Some(5), Some(("other:1", 7, 1_000)));
+        assert_eq!(
+            admit(Some(&leased), 3, "m:1", 0),
+            Admit::Superseded { acknowledged: 5 }
+        );
+    }
+
+    #[test]
+    fn a_live_lease_of_another_attempt_is_busy_an_expired_or_own_one_is_taken() {
+        let leased = item(None, Some(("other:1", 2, 1_000)));
+        assert_eq!(
+            admit(Some(&leased), 3, "m:1", 400),
+            Admit::Busy {
+                holder_version: 2,
+                remaining_ms: 600
+            }
+        );
+        assert_eq!(admit(Some(&leased), 3, "m:1", 1_000), Admit::Take);
+        assert_eq!(admit(Some(&leased), 3, "other:1", 400), Admit::Take);
+    }
+
+    fn ledger(table: MemoryLedger, lease_ms: u64, wait_ms: u64) -> Ledger<MemoryLedger> {
         Ledger {
-            store: MemoryStore::new(),
-            bucket: "b".into(),
+            table,
             lease: Duration::from_millis(lease_ms),
+            wait: Duration::from_millis(wait_ms),
         }
     }
 
     #[tokio::test]
-    async fn take_finish_and_duplicates() {
-        let l = ledger(60_000);
-        let Take::Owned(h) = l.take("f", "k1", "m1:1", 1).await.unwrap() else {
-            panic!("first take must own")
+    async fn an_acknowledged_version_supersedes_older_ones_and_dedupes_itself() {
+        let l = ledger(MemoryLedger::new(), 60_000, 0);
+        let Take::Owned(v2) = l.take("f", "r1", 2, "a:1").await.unwrap() else {
+            panic!("the first take owns the record")
         };
-        assert!(
-            matches!(l.take("f", "k1", "m2:1", 1).await.unwrap(), Take::Busy(d) if d > Duration::from_secs(50))
-        );
-        assert!(l.finish(&h, LedgerState::Done, Some(201)).await.unwrap());
-        assert_eq!(l.take("f", "k1", "m3:1", 1).await.unwrap(), Take::Done);
+        assert!(l.acknowledge(&v2, "k2", "run-2").await.unwrap());
         assert_eq!(
-            l.read("f", "k1").await.unwrap().unwrap().http_status,
-            Some(201)
+            l.take("f", "r1", 1, "b:1").await.unwrap(),
+            Take::Superseded { acknowledged: 2 }
         );
+        assert_eq!(l.take("f", "r1", 2, "c:1").await.unwrap(), Take::Duplicate);
+        assert!(matches!(
+            l.take("f", "r1", 3, "d:1").await.unwrap(),
+            Take::Owned(_)
+        ));
+        let rec = l.table.record("f", "r1").await.unwrap().unwrap();
+        assert_eq!(rec.acknowledged, Some(2));
+        assert_eq!(rec.acknowledged_key.as_deref(), Some("k2"));
+        assert_eq!(rec.acknowledged_run.as_deref(), Some("run-2"));
     }
 
     #[tokio::test]
-    async fn released_and_expired_records_are_taken_over() {
-        let l = ledger(60_000);
-        let Take::Owned(h) = l.take("f", "k", "m:1", 1).await.unwrap() else {
-            panic!()
-        };
-        l.finish(&h, LedgerState::Released, Some(503))
-            .await
-            .unwrap();
-        let Take::Owned(h2) = l.take("f", "k", "m:2", 2).await.unwrap() else {
-            panic!("released is free")
-        };
-        assert_eq!(h2.record.attempts, 2);
-
-        let short = ledger(1);
-        let Take::Owned(old) = short.take("f", "x", "a:1", 1).await.unwrap() else {
+    async fn an_acknowledgement_never_lowers_the_acknowledged_version() {
+        let l = ledger(MemoryLedger::new(), 1, 0);
+        let Take::Owned(v1) = l.take("f", "r", 1, "a:1").await.unwrap() else {
             panic!()
         };
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let Take::Owned(_new) = short.take("f", "x", "b:1", 1).await.unwrap() else {
-            panic!("an expired attempt is taken over")
+        // v1's lease expired; v3 takes the record over and is acknowledged first
+        let Take::Owned(v3) = l.take("f", "r", 3, "b:1").await.unwrap() else {
+            panic!("an expired lease is taken over")
         };
-        // the crashed attempt coming back cannot overwrite the new owner's record
-        assert!(!short
-            .finish(&old, LedgerState::Done, Some(201))
-            .await
-            .unwrap());
-        assert_eq!(short.read("f", "x").await.unwrap().unwrap().owner, "b:1");
+        assert!(l.acknowledge(&v3, "k3", "run-3").await.unwrap());
+        assert!(!l.acknowledge(&v1, "k1", "run-1").await.unwrap());
+        let rec = l.table.record("f", "r").await.unwrap().unwrap();
+        assert_eq!(rec.acknowledged, Some(3));
     }
 
     #[tokio::test]
-    async fn concurrent_takes_have_one_owner() {
-        let l = ledger(60_000);
+    async fn a_busy_record_is_waited_for_in_process_then_taken() {
+        let table = MemoryLedger::new();
+        let holder = ledger(table.clone(), 60_000, 0);
+        let Take::Owned(h) = holder.take("f", "r", 1, "a:1").await.unwrap() else {
+            panic!()
+        };
+        // without waiting: busy, with the holder's remaining lease
+        assert!(matches!(
+            holder.take("f", "r", 2, "b:1").await.unwrap(),
+            Take::Busy(d) if d > Duration::from_secs(50)
+        ));
+        // with a wait: taken as soon as the holder releases
+        let waiter = ledger(table.clone(), 60_000, 5_000);
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            assert!(holder.release(&h).await.unwrap());
+        };
+        let (taken, ()) = tokio::join!(waiter.take("f", "r", 2, "b:1"), release);
+        assert!(matches!(taken.unwrap(), Take::Owned(_)));
+        // a release by someone who no longer holds it changes nothing
+        assert!(!holder.release(&h).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn concurrent_takes_of_one_record_have_one_owner() {
+        let l = ledger(MemoryLedger::new(), 60_000, 0);
         let mut handles = Vec::new();
         for i in 0..16 {
             let l = l.clone();
             handles.push(tokio::spawn(async move {
-                l.take("f", "k", &format!("m{i}:1"), 1).await.unwrap()
+                l.take("f", "r", 1 + i % 3, &format!("m{i}:1"))
+                    .await
+                    .unwrap()
             }));
         }
         let mut owned = 0;

@@ -1,5 +1,6 @@
-//! The consumer's decisions: for each SQS message, decode → idempotency ledger → POST to the
-//! contact-tracing API → classify; applied and duplicate messages are done, permanent
+//! The consumer's decisions: for each SQS message, decode → ledger (the record's lease; a
+//! version at or below the acknowledged one is never sent) → POST to the contact-tracing
+//! API → classify; applied, duplicate and superseded messages are done, permanent
 //! failures go to the dead-letter queue now (with the reason), transient ones get a backoff
 //! (visibility timeout) and are reported as batch item failures so SQS retries them — and
 //! after maxReceiveCount, redrive moves them to the dead-letter queue.
@@ -11,12 +12,12 @@ pub mod ledger;
 mod tests;
 
 pub use crate::ports::queue::{InMessage, WorkQueue};
-pub use ledger::{Lease, Ledger, LedgerError, LedgerRecord, LedgerState, Take};
+pub use ledger::{admit, Admit, Lease, Ledger, Take};
 
 use crate::backoff::Backoff;
 use crate::ports::api::Api;
+use crate::ports::ledger::LedgerTable;
 use crate::ports::queue::MAX_VISIBILITY;
-use crate::ports::store::ObjectStore;
 use deliver::Breaker;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
@@ -51,6 +52,8 @@ pub enum Fate {
     Applied,
     /// The ledger (or the API's 409) says it was applied before.
     Duplicate,
+    /// The API acknowledged a newer version of the record: never sent.
+    Superseded,
     /// Sent to the dead-letter queue now, with the reason.
     DeadLettered {
         /// Why: `undecodable` (not an envelope) or `permanent` (the API refused it for good).
@@ -60,7 +63,7 @@ pub enum Fate {
     Retry {
         /// How long the message stays invisible.
         delay: Duration,
-        /// Why: a [`answer::TransientKind`] name, or `circuit_open`, `in_progress_elsewhere`,
+        /// Why: a [`answer::TransientKind`] name, or `circuit_open`, `record_busy`,
         /// `ledger`, `dead_letter_failed`.
         kind: &'static str,
     },
@@ -73,6 +76,8 @@ pub struct BatchStats {
     pub applied: u32,
     /// Messages applied before (by the ledger or the API's 409).
     pub duplicates: u32,
+    /// Messages whose record the API already holds in a newer version (never sent).
+    pub superseded: u32,
     /// Messages sent to the dead-letter queue.
     pub dead_lettered: u32,
     /// Messages returned for retry.
@@ -94,10 +99,11 @@ pub struct BatchResult {
     pub stats: BatchStats,
 }
 
-/// The consumer: one message, one API call, once in effect.
-pub struct Consumer<S: ObjectStore, A: Api, Q: WorkQueue> {
-    /// The idempotency ledger.
-    pub ledger: Ledger<S>,
+/// The consumer: one message, one API call, once in effect, never older than what the API
+/// holds.
+pub struct Consumer<L: LedgerTable, A: Api, Q: WorkQueue> {
+    /// The ledger: per record, the acknowledged version and the lease.
+    pub ledger: Ledger<L>,
     /// The contact-tracing API.
     pub api: A,
     /// The work queue (backoff) and the dead-letter queue.
@@ -106,7 +112,7 @@ pub struct Consumer<S: ObjectStore, A: Api, Q: WorkQueue> {
     pub settings: ConsumerSettings,
 }
 
-impl<S: ObjectStore, A: Api, Q: WorkQueue> Consumer<S, A, Q> {
+impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
     /// The backoff for a message received `receive_count` times, never sooner than
     /// `retry_after`, never beyond SQS's 12 hours. Returns (delay, ceiling).
     pub fn backoff(
@@ -142,6 +148,7 @@ impl<S: ObjectStore, A: Api, Q: WorkQueue> Consumer<S, A, Q> {
             match &fate {
                 Fate::Applied => result.stats.applied += 1,
                 Fate::Duplicate => result.stats.duplicates += 1,
+                Fate::Superseded => result.stats.superseded += 1,
                 Fate::DeadLettered { .. } => result.stats.dead_lettered += 1,
                 Fate::Retry { delay, .. } => {
                     result.stats.retried += 1;

@@ -1,25 +1,23 @@
 //! Tests of [`Consumer::process_batch`] and [`Consumer::backoff`] over in-memory ports: the
-//! idempotency ledger on [`MemoryStore`], a scripted fake API and a recording fake work
-//! queue. One test per decision: the fate of each API answer, the dead letter's attributes,
-//! the circuit breaker, credentials failures, backoff bounds, the ledger's duplicates and
-//! leases, a failing dead-letter queue, and concurrency.
+//! ledger on [`MemoryLedger`], a scripted fake API and a recording fake work queue. One test
+//! per decision: the fate of each API answer, the dead letter's attributes, the circuit
+//! breaker, credentials failures, backoff bounds, the ledger's versions (duplicates,
+//! superseded messages) and leases, a failing dead-letter queue, and concurrency.
 
 use crate::backoff::Backoff;
 use crate::consumer::{
-    BatchResult, BatchStats, Consumer, ConsumerSettings, Fate, InMessage, Ledger, LedgerState,
-    Take, WorkQueue,
+    BatchResult, BatchStats, Consumer, ConsumerSettings, Fate, InMessage, Ledger, Take, WorkQueue,
 };
 use crate::contract::envelope::Envelope;
 use crate::ports::api::{Api, ApiAnswer};
+use crate::ports::ledger::{LeaseItem, LedgerTable, MemoryLedger, RecordItem};
 use crate::ports::queue::QueueError;
-use crate::ports::store::MemoryStore;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const FEED: &str = "labs";
-const LEDGER_BUCKET: &str = "ledger-bucket";
 /// Row values carried in every envelope's fields: they must never reach a dead letter's
 /// attributes.
 const PATIENT: &str = "Jane Doe";
@@ -30,15 +28,17 @@ const TWELVE_HOURS: Duration = Duration::from_secs(43_200);
 // messages
 // ---------------------------------------------------------------------------------------
 
-/// A version-1 envelope body for `ikey`, with row values in its fields.
-fn body(ikey: &str) -> String {
+/// The envelope body of transition `ikey`: version `version` of `record`, with row values in
+/// its fields.
+fn body_of(ikey: &str, record: &str, version: u64) -> String {
     serde_json::json!({
-        "v": 1,
+        "v": 2,
         "feed": FEED,
-        "run": "run-1",
+        "run": format!("run-{version}"),
         "source": {"bucket": "exports", "key": "incoming/labs/export.csv", "etag": "e1"},
         "change": "new",
-        "record_key": record_key(ikey),
+        "record_key": record,
+        "version": version,
         "idempotency_key": ikey,
         "fields": {"patient_name": PATIENT, "phone": PHONE, "result": "positive"},
     })
@@ -52,6 +52,11 @@ fn record_key(ikey: &str) -> String {
 /// The message `id` carrying the envelope of `ikey`, first delivery, with the splitter's
 /// message attributes.
 fn msg(id: &str, ikey: &str) -> InMessage {
+    msg_of(id, ikey, &record_key(ikey), 1)
+}
+
+/// The message `id` of transition `ikey`: version `version` of `record`.
+fn msg_of(id: &str, ikey: &str, record: &str, version: u64) -> InMessage {
     let attributes: BTreeMap<String, String> = [
         ("feed", FEED.to_string()),
         ("change", "new".to_string()),
@@ -63,7 +68,7 @@ fn msg(id: &str, ikey: &str) -> InMessage {
     InMessage {
         message_id: id.to_string(),
         receipt_handle: receipt(id),
-        body: body(ikey),
+        body: body_of(ikey, record, version),
         receive_count: 1,
         attributes,
     }
@@ -100,6 +105,14 @@ struct FakeApi {
     calls: Mutex<Vec<String>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// `(record key, version)` of every call, in call order.
+    record_calls: Mutex<Vec<(String, u64)>>,
+    /// Calls in flight per record key.
+    record_in_flight: Mutex<HashMap<String, usize>>,
+    /// `(record key, version)` of every call answered 200/201, in answer order.
+    record_applied: Mutex<Vec<(String, u64)>>,
+    /// Calls that started while another call for the same record was in flight.
+    record_overlaps: AtomicUsize,
 }
 
 impl FakeApi {
@@ -110,7 +123,37 @@ impl FakeApi {
             calls: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            record_calls: Mutex::new(Vec::new()),
+            record_in_flight: Mutex::new(HashMap::new()),
+            record_applied: Mutex::new(Vec::new()),
+            record_overlaps: AtomicUsize::new(0),
         }
+    }
+
+    /// The versions called for `record`, in call order.
+    fn versions_called(&self, record: &str) -> Vec<u64> {
+        self.record_calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r == record)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
+    /// The versions of `record` the API applied (answered 200/201), in order.
+    fn versions_applied(&self, record: &str) -> Vec<u64> {
+        self.record_applied
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r == record)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
+    fn record_overlaps(&self) -> usize {
+        self.record_overlaps.load(Ordering::SeqCst)
     }
 
     /// `key` is an idempotency key or a record key.
@@ -154,13 +197,45 @@ impl FakeApi {
 impl Api for FakeApi {
     async fn deliver(&self, env: &Envelope) -> ApiAnswer {
         self.calls.lock().unwrap().push(env.idempotency_key.clone());
+        self.record_calls
+            .lock()
+            .unwrap()
+            .push((env.record_key.clone(), env.version));
+        {
+            let mut per = self.record_in_flight.lock().unwrap();
+            let n = per.entry(env.record_key.clone()).or_default();
+            if *n > 0 {
+                self.record_overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            *n += 1;
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
         let answer = self.next_answer(env);
+        if matches!(
+            answer,
+            ApiAnswer::Status {
+                code: 200 | 201,
+                ..
+            }
+        ) {
+            self.record_applied
+                .lock()
+                .unwrap()
+                .push((env.record_key.clone(), env.version));
+        }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(n) = self
+            .record_in_flight
+            .lock()
+            .unwrap()
+            .get_mut(&env.record_key)
+        {
+            *n -= 1;
+        }
         answer
     }
 }
@@ -248,7 +323,7 @@ impl WorkQueue for FakeQueue {
 // the consumer under test
 // ---------------------------------------------------------------------------------------
 
-type TestConsumer = Consumer<MemoryStore, FakeApi, FakeQueue>;
+type TestConsumer = Consumer<MemoryLedger, FakeApi, FakeQueue>;
 
 /// Backoffs of milliseconds (1 ms doubling to 8 ms).
 fn settings(concurrency: usize, breaker_threshold: u32) -> ConsumerSettings {
@@ -262,9 +337,10 @@ fn settings(concurrency: usize, breaker_threshold: u32) -> ConsumerSettings {
 fn consumer_with(api: FakeApi, settings: ConsumerSettings) -> TestConsumer {
     Consumer {
         ledger: Ledger {
-            store: MemoryStore::new(),
-            bucket: LEDGER_BUCKET.into(),
+            table: MemoryLedger::new(),
             lease: Duration::from_secs(60),
+            // no waiting in process for a busy record (a test that wants it sets it)
+            wait: Duration::ZERO,
         },
         api,
         queue: FakeQueue::default(),
@@ -296,12 +372,49 @@ fn retry_of(r: &BatchResult, id: &str) -> (&'static str, Duration) {
     }
 }
 
-async fn ledger_state(c: &TestConsumer, ikey: &str) -> Option<(LedgerState, Option<u16>)> {
-    c.ledger
-        .read(FEED, ikey)
+/// What the ledger holds for the record of `ikey` (see [`msg`]) and for the key itself.
+#[derive(Debug, PartialEq, Eq)]
+struct Kept {
+    /// The record's acknowledged version.
+    acked: Option<u64>,
+    /// Whether a lease is still on the record.
+    leased: bool,
+    /// The key's recorded fate and its detail.
+    fate: Option<(&'static str, Option<String>)>,
+}
+
+async fn kept(c: &TestConsumer, ikey: &str) -> Kept {
+    let rec = c
+        .ledger
+        .table
+        .record(FEED, &record_key(ikey))
         .await
         .unwrap()
-        .map(|r| (r.state, r.http_status))
+        .unwrap_or_default();
+    let fate = c.ledger.table.fate(FEED, ikey).await.unwrap();
+    Kept {
+        acked: rec.acknowledged,
+        leased: rec.lease.is_some(),
+        fate: fate.map(|f| (f.fate, f.detail)),
+    }
+}
+
+/// Version 1 acknowledged, the lease ended, the fate recorded with its detail.
+fn done(fate: &'static str, detail: &str) -> Kept {
+    Kept {
+        acked: Some(1),
+        leased: false,
+        fate: Some((fate, Some(detail.to_string()))),
+    }
+}
+
+/// The lease ended without an acknowledgement; no fate yet (the message is retried).
+fn released() -> Kept {
+    Kept {
+        acked: None,
+        leased: false,
+        fate: None,
+    }
 }
 
 fn now_ms() -> i64 {
@@ -337,7 +450,7 @@ fn assert_retries_scheduled(c: &TestConsumer, r: &BatchResult) {
 fn assert_stats_add_up(r: &BatchResult, messages: usize) {
     let s = &r.stats;
     assert_eq!(
-        (s.applied + s.duplicates + s.dead_lettered + s.retried) as usize,
+        (s.applied + s.duplicates + s.superseded + s.dead_lettered + s.retried) as usize,
         messages,
         "{s:?}"
     );
@@ -349,7 +462,7 @@ fn assert_stats_add_up(r: &BatchResult, messages: usize) {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn a_200_or_201_is_applied_and_recorded_done_with_its_status_in_the_ledger() {
+async fn a_200_or_201_is_applied_and_its_version_acknowledged_in_the_ledger() {
     let api = FakeApi::new()
         .answering("k1", [status(200)])
         .answering("k2", [status(201)]);
@@ -367,20 +480,14 @@ async fn a_200_or_201_is_applied_and_recorded_done_with_its_status_in_the_ledger
     );
     assert!(r.failures.is_empty());
     assert_eq!(c.api.calls(), ["k1", "k2"]);
-    assert_eq!(
-        ledger_state(&c, "k1").await,
-        Some((LedgerState::Done, Some(200)))
-    );
-    assert_eq!(
-        ledger_state(&c, "k2").await,
-        Some((LedgerState::Done, Some(201)))
-    );
+    assert_eq!(kept(&c, "k1").await, done("applied", "200"));
+    assert_eq!(kept(&c, "k2").await, done("applied", "201"));
     assert!(c.queue.visibility().is_empty());
     assert_eq!(c.queue.dead_letter_calls(), 0);
 }
 
 #[tokio::test]
-async fn a_409_is_a_duplicate_and_recorded_done_in_the_ledger() {
+async fn a_409_is_a_duplicate_and_its_version_acknowledged_in_the_ledger() {
     let c = consumer(FakeApi::new().answering("k1", [status(409)]));
     let r = c.process_batch(msgs(1)).await;
 
@@ -394,16 +501,13 @@ async fn a_409_is_a_duplicate_and_recorded_done_in_the_ledger() {
     );
     assert!(r.failures.is_empty());
     assert_eq!(c.api.calls(), ["k1"]);
-    assert_eq!(
-        ledger_state(&c, "k1").await,
-        Some((LedgerState::Done, Some(409)))
-    );
+    assert_eq!(kept(&c, "k1").await, done("duplicate", "409"));
     assert!(c.queue.visibility().is_empty());
     assert_eq!(c.queue.dead_letter_calls(), 0);
 }
 
 #[tokio::test]
-async fn a_permanent_4xx_is_dead_lettered_once_with_the_original_body_and_rejected_in_the_ledger() {
+async fn a_permanent_4xx_is_dead_lettered_once_with_the_original_body_and_its_fate_recorded() {
     for code in [400u16, 404, 413, 422] {
         let c = consumer(FakeApi::new().answering("k1", [status(code)]));
         let m = msg("m1", "k1");
@@ -422,8 +526,12 @@ async fn a_permanent_4xx_is_dead_lettered_once_with_the_original_body_and_reject
         assert_eq!(dead[0].body, m.body, "{code}: the original body");
         assert_eq!(dead[0].attr("http_status"), Some(code.to_string().as_str()));
         assert_eq!(
-            ledger_state(&c, "k1").await,
-            Some((LedgerState::Rejected, Some(code))),
+            kept(&c, "k1").await,
+            Kept {
+                acked: None,
+                leased: false,
+                fate: Some(("dead_lettered", Some(format!("permanent {code}")))),
+            },
             "{code}"
         );
         assert!(c.queue.visibility().is_empty(), "{code}");
@@ -431,8 +539,7 @@ async fn a_permanent_4xx_is_dead_lettered_once_with_the_original_body_and_reject
 }
 
 #[tokio::test]
-async fn a_5xx_timeout_or_connection_failure_is_retried_with_its_backoff_and_released_in_the_ledger(
-) {
+async fn a_5xx_timeout_or_connection_failure_is_retried_with_its_backoff_and_the_lease_released() {
     let cases = [
         ("k1", status(500), "server_error", Some(500)),
         ("k2", status(503), "server_error", Some(503)),
@@ -454,18 +561,14 @@ async fn a_5xx_timeout_or_connection_failure_is_retried_with_its_backoff_and_rel
     messages[1].receive_count = 3;
     let r = c.process_batch(messages).await;
 
-    for (i, (k, _, kind, http_status)) in cases.iter().enumerate() {
+    for (i, (k, _, kind, _)) in cases.iter().enumerate() {
         let id = format!("m{}", i + 1);
         let (got_kind, delay) = retry_of(&r, &id);
         assert_eq!(got_kind, *kind, "{id}");
         let receive_count = if i == 1 { 3 } else { 1 };
         let (_, ceiling) = c.backoff(receive_count, None);
         assert!(delay <= ceiling, "{id}: {delay:?} > {ceiling:?}");
-        assert_eq!(
-            ledger_state(&c, k).await,
-            Some((LedgerState::Released, *http_status)),
-            "{id}"
-        );
+        assert_eq!(kept(&c, k).await, released(), "{id}");
     }
     assert_eq!(c.api.calls(), ["k1", "k2", "k3", "k4"]);
     assert_eq!(r.stats.retried, 4);
@@ -522,9 +625,10 @@ async fn an_undecodable_body_is_dead_lettered_without_calling_the_api() {
         assert!(!reason.is_empty());
         assert!(!reason.contains(PATIENT), "{reason}");
     }
-    assert!(
-        c.ledger.store.keys("").is_empty(),
-        "no ledger record for an undecodable body"
+    assert_eq!(
+        c.ledger.table.calls(),
+        Default::default(),
+        "no ledger call for an undecodable body"
     );
 }
 
@@ -539,10 +643,7 @@ async fn a_302_is_retried_as_an_unexpected_status() {
     assert_eq!(r.failures, ["m1"]);
     assert_eq!(c.api.calls(), ["k1"]);
     assert_eq!(c.queue.dead_letter_calls(), 0);
-    assert_eq!(
-        ledger_state(&c, "k1").await,
-        Some((LedgerState::Released, Some(302)))
-    );
+    assert_eq!(kept(&c, "k1").await, released());
     assert_retries_scheduled(&c, &r);
 }
 
@@ -627,7 +728,11 @@ async fn consecutive_transient_failures_open_the_circuit_for_the_rest_of_the_bat
         assert_eq!(kind, "circuit_open");
         assert!(delay <= c.backoff(1, None).1);
         assert_eq!(
-            ledger_state(&c, &format!("k{i}")).await,
+            c.ledger
+                .table
+                .record(FEED, &record_key(&format!("k{i}")))
+                .await
+                .unwrap(),
             None,
             "the ledger is not touched while open"
         );
@@ -698,10 +803,7 @@ async fn a_401_or_403_is_retried_as_auth_and_counted() {
     assert_eq!(fate(&r, "m3"), &Fate::Applied);
     assert_eq!(r.stats.auth_failures, 2);
     assert_eq!(r.stats.retried, 2);
-    assert_eq!(
-        ledger_state(&c, "k1").await,
-        Some((LedgerState::Released, Some(401)))
-    );
+    assert_eq!(kept(&c, "k1").await, released());
     assert_eq!(
         c.queue.dead_letter_calls(),
         0,
@@ -825,28 +927,32 @@ async fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
     assert!(delay >= Duration::from_secs(7), "{delay:?}");
     assert!(delay <= TWELVE_HOURS);
     assert_eq!(c.queue.visibility(), [(receipt("m1"), delay)]);
-    assert_eq!(
-        ledger_state(&c, "k1").await,
-        Some((LedgerState::Released, Some(429)))
-    );
+    assert_eq!(kept(&c, "k1").await, released());
     assert_eq!(fate(&r, "m2"), &Fate::Applied);
 }
 
 // ---------------------------------------------------------------------------------------
-// 6. the idempotency ledger
+// 6. the ledger: versions and leases
 // ---------------------------------------------------------------------------------------
 
+/// Record `record`'s acknowledged version as `acked`, as an earlier delivery left it.
+fn acknowledged(c: &TestConsumer, record: &str, acked: u64) {
+    c.ledger.table.put_record(
+        FEED,
+        record,
+        RecordItem {
+            acknowledged: Some(acked),
+            acknowledged_key: Some(format!("k-v{acked}")),
+            acknowledged_run: Some(format!("run-{acked}")),
+            lease: None,
+        },
+    );
+}
+
 #[tokio::test]
-async fn a_key_already_done_in_the_ledger_is_a_duplicate_without_an_api_call() {
+async fn a_version_already_acknowledged_is_a_duplicate_without_an_api_call() {
     let c = consumer(FakeApi::new());
-    let Take::Owned(h) = c.ledger.take(FEED, "k1", "earlier:1", 1).await.unwrap() else {
-        panic!("a fresh key is ours")
-    };
-    assert!(c
-        .ledger
-        .finish(&h, LedgerState::Done, Some(201))
-        .await
-        .unwrap());
+    acknowledged(&c, &record_key("k1"), 1);
     let r = c.process_batch(msgs(1)).await;
 
     assert_eq!(fate(&r, "m1"), &Fate::Duplicate);
@@ -855,30 +961,82 @@ async fn a_key_already_done_in_the_ledger_is_a_duplicate_without_an_api_call() {
     assert!(r.failures.is_empty());
     assert!(c.queue.visibility().is_empty());
     assert_eq!(c.queue.dead_letter_calls(), 0);
-    let rec = c.ledger.read(FEED, "k1").await.unwrap().unwrap();
-    assert_eq!(rec.owner, "earlier:1", "the record is left as it was");
-    assert_eq!(rec.http_status, Some(201));
+    let rec = c
+        .ledger
+        .table
+        .record(FEED, &record_key("k1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rec.acknowledged_key.as_deref(),
+        Some("k-v1"),
+        "left as it was"
+    );
 }
 
 #[tokio::test]
-async fn a_key_held_by_another_attempt_is_retried_after_its_lease_without_an_api_call() {
+async fn a_version_below_the_acknowledged_one_is_superseded_recorded_and_never_sent() {
     let c = consumer(FakeApi::new());
-    let Take::Owned(_) = c.ledger.take(FEED, "k1", "other:1", 1).await.unwrap() else {
-        panic!("a fresh key is ours")
-    };
-    let expires = c
-        .ledger
-        .read(FEED, "k1")
+    acknowledged(&c, "r1", 3);
+    let r = c
+        .process_batch(vec![
+            msg_of("m1", "k-v1", "r1", 1),
+            msg_of("m2", "k-v2", "r1", 2),
+            msg_of("m4", "k-v4", "r1", 4),
+        ])
+        .await;
+
+    assert_eq!(fate(&r, "m1"), &Fate::Superseded);
+    assert_eq!(fate(&r, "m2"), &Fate::Superseded);
+    assert_eq!(fate(&r, "m4"), &Fate::Applied);
+    assert_eq!(r.stats.superseded, 2);
+    assert_eq!(
+        c.api.versions_called("r1"),
+        [4],
+        "only the newer version is sent"
+    );
+    assert!(r.failures.is_empty(), "a superseded message is done");
+    let f = c.ledger.table.fate(FEED, "k-v1").await.unwrap().unwrap();
+    assert_eq!(
+        (f.fate, f.version, f.run.as_str(), f.detail.as_deref()),
+        ("superseded", 1, "run-1", Some("acknowledged 3"))
+    );
+    let rec = c.ledger.table.record(FEED, "r1").await.unwrap().unwrap();
+    assert_eq!(rec.acknowledged, Some(4));
+    assert_eq!(rec.acknowledged_key.as_deref(), Some("k-v4"));
+    assert_eq!(rec.acknowledged_run.as_deref(), Some("run-4"));
+}
+
+async fn lease_of(c: &TestConsumer, record: &str) -> LeaseItem {
+    c.ledger
+        .table
+        .record(FEED, record)
         .await
         .unwrap()
         .unwrap()
-        .expires_at_ms;
-    let remaining_before = expires - now_ms();
+        .lease
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_record_leased_by_another_attempt_is_retried_after_its_lease_without_an_api_call() {
+    let c = consumer(FakeApi::new());
+    let Take::Owned(_) = c
+        .ledger
+        .take(FEED, &record_key("k1"), 2, "other:1")
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh record is ours")
+    };
+    let lease = lease_of(&c, &record_key("k1")).await;
+    let remaining_before = lease.until_ms - now_ms();
     let r = c.process_batch(msgs(1)).await;
-    let remaining_after = expires - now_ms();
+    let remaining_after = lease.until_ms - now_ms();
 
     let (kind, delay) = retry_of(&r, "m1");
-    assert_eq!(kind, "in_progress_elsewhere");
+    assert_eq!(kind, "record_busy");
     let delay_ms = delay.as_millis() as i64;
     assert!(
         delay_ms <= remaining_before,
@@ -889,50 +1047,77 @@ async fn a_key_held_by_another_attempt_is_retried_after_its_lease_without_an_api
         "{delay_ms} ms: sooner than the lease expires ({remaining_after} ms)"
     );
     assert!(c.api.calls().is_empty());
-    let rec = c.ledger.read(FEED, "k1").await.unwrap().unwrap();
-    assert_eq!(rec.owner, "other:1", "the holder keeps its record");
-    assert_eq!(rec.state, LedgerState::InProgress);
+    let held = lease_of(&c, &record_key("k1")).await;
+    assert_eq!(
+        (held.owner.as_str(), held.version),
+        ("other:1", 2),
+        "the holder keeps its lease"
+    );
     assert_retries_scheduled(&c, &r);
 }
 
 #[tokio::test]
-async fn an_expired_lease_is_taken_over_and_the_call_made() {
+async fn a_message_waits_in_process_for_a_short_lease_instead_of_using_a_receive() {
+    let mut c = consumer(FakeApi::new());
+    c.ledger.wait = Duration::from_secs(5);
+    c.ledger.table.put_record(
+        FEED,
+        &record_key("k1"),
+        RecordItem {
+            lease: Some(LeaseItem {
+                owner: "other:1".into(),
+                version: 1,
+                until_ms: now_ms() + 150,
+            }),
+            ..RecordItem::default()
+        },
+    );
+    let r = c.process_batch(msgs(1)).await;
+
+    assert_eq!(
+        fate(&r, "m1"),
+        &Fate::Applied,
+        "taken once the lease ran out"
+    );
+    assert!(r.failures.is_empty());
+    assert!(c.queue.visibility().is_empty(), "no receive was used up");
+}
+
+#[tokio::test]
+async fn an_expired_lease_of_a_crashed_attempt_is_taken_over_and_the_call_made() {
     let c = consumer(FakeApi::new());
-    let crashed = Ledger {
-        store: c.ledger.store.clone(),
-        bucket: LEDGER_BUCKET.into(),
-        lease: Duration::from_millis(1),
-    };
-    let Take::Owned(_) = crashed.take(FEED, "k1", "crashed:1", 1).await.unwrap() else {
-        panic!("a fresh key is ours")
-    };
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    c.ledger.table.put_record(
+        FEED,
+        &record_key("k1"),
+        RecordItem {
+            lease: Some(LeaseItem {
+                owner: "crashed:1".into(),
+                version: 1,
+                until_ms: now_ms() - 1,
+            }),
+            ..RecordItem::default()
+        },
+    );
     let r = c.process_batch(msgs(1)).await;
 
     assert_eq!(fate(&r, "m1"), &Fate::Applied);
     assert_eq!(c.api.calls(), ["k1"]);
-    let rec = c.ledger.read(FEED, "k1").await.unwrap().unwrap();
-    assert_eq!(rec.owner, "m1:1");
-    assert_eq!(rec.state, LedgerState::Done);
-    assert_eq!(rec.http_status, Some(201));
-    assert_eq!(rec.attempts, 2, "the crashed attempt is counted");
+    assert_eq!(kept(&c, "k1").await, done("applied", "201"));
 }
 
 #[tokio::test]
-async fn a_released_key_is_taken_by_the_next_delivery_and_applied_once() {
+async fn a_released_record_is_taken_by_the_next_delivery_and_applied_once() {
     let c = consumer(FakeApi::new().answering("k1", [status(503), status(201), status(201)]));
     let r1 = c.process_batch(msgs(1)).await;
     assert_eq!(retry_of(&r1, "m1").0, "server_error");
+    assert_eq!(kept(&c, "k1").await, released());
 
     let mut again = msg("m1", "k1");
     again.receive_count = 2;
     let r2 = c.process_batch(vec![again.clone()]).await;
     assert_eq!(fate(&r2, "m1"), &Fate::Applied);
-    let rec = c.ledger.read(FEED, "k1").await.unwrap().unwrap();
-    assert_eq!(
-        (rec.state, rec.owner.as_str(), rec.attempts),
-        (LedgerState::Done, "m1:2", 2)
-    );
+    let f = c.ledger.table.fate(FEED, "k1").await.unwrap().unwrap();
+    assert_eq!((f.fate, f.attempts), ("applied", 2));
 
     // a third delivery (e.g. SQS at-least-once) is a duplicate, without a call
     again.receive_count = 3;
@@ -942,7 +1127,7 @@ async fn a_released_key_is_taken_by_the_next_delivery_and_applied_once() {
 }
 
 #[tokio::test]
-async fn the_same_key_twice_in_a_batch_is_applied_once() {
+async fn the_same_transition_twice_in_a_batch_is_applied_once() {
     let c = consumer(FakeApi::new());
     let r = c
         .process_batch(vec![msg("m1", "k1"), msg("m2", "k1")])
@@ -957,20 +1142,127 @@ async fn the_same_key_twice_in_a_batch_is_applied_once() {
 }
 
 #[tokio::test]
-async fn a_corrupt_ledger_record_is_retried_without_an_api_call() {
-    let c = consumer(FakeApi::new());
-    c.ledger.store.insert(
-        LEDGER_BUCKET,
-        &format!("ledger/{FEED}/k1"),
-        b"{not json".to_vec(),
+async fn versions_of_one_record_in_one_batch_never_overlap_and_the_newest_stands() {
+    let api = FakeApi::new().with_latency(Duration::from_millis(20));
+    let mut c = consumer_with(api, settings(4, 100));
+    c.ledger.wait = Duration::from_secs(5);
+    let mut batch = vec![
+        msg_of("a1", "ka1", "A", 1),
+        msg_of("a3", "ka3", "A", 3),
+        msg_of("a2", "ka2", "A", 2),
+    ];
+    batch.extend(msgs(5));
+    let r = c.process_batch(batch).await;
+
+    assert_eq!(c.api.record_overlaps(), 0, "one call per record at a time");
+    let called = c.api.versions_called("A");
+    assert!(
+        called.windows(2).all(|w| w[0] < w[1]),
+        "versions called in increasing order: {called:?}"
     );
+    assert_eq!(called.last(), Some(&3), "the newest version is applied");
+    let rec = c.ledger.table.record(FEED, "A").await.unwrap().unwrap();
+    assert_eq!(rec.acknowledged, Some(3));
+    assert_stats_add_up(&r, 8);
+    assert!(r.failures.is_empty(), "nobody waited out a receive");
+}
+
+#[tokio::test]
+async fn under_transient_faults_and_shuffled_redeliveries_a_record_never_goes_backwards() {
+    // 40 records, three versions each, delivered in a shuffled order with 30% of calls
+    // failing (503), redelivered until every message has a final fate
+    let mut api = FakeApi::new();
+    let mut pending: Vec<InMessage> = Vec::new();
+    for r in 0..40 {
+        for v in 1..=3u64 {
+            let ikey = format!("k{r}-v{v}");
+            // a deterministic 30%: every third-ish transition fails twice, then succeeds
+            if (r * 3 + v as usize) % 10 < 3 {
+                api = api.answering(&ikey, [status(503), status(503), status(201)]);
+            }
+            pending.push(msg_of(&format!("m{r}-{v}"), &ikey, &format!("R{r}"), v));
+        }
+    }
+    let mut c = consumer_with(
+        api.with_latency(Duration::from_millis(1)),
+        settings(6, 1000),
+    );
+    c.ledger.wait = Duration::from_secs(5);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rounds = 0;
+    while !pending.is_empty() {
+        rounds += 1;
+        assert!(rounds < 50, "every message reaches a final fate");
+        // a cheap deterministic shuffle
+        for i in (1..pending.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            pending.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        let r = c.process_batch(std::mem::take(&mut pending)).await;
+        let retried: BTreeSet<String> = r.failures.iter().cloned().collect();
+        for (id, f) in &r.fates {
+            assert!(!matches!(f, Fate::DeadLettered { .. }), "{id}: {f:?}");
+        }
+        // the retried ones come back, received once more
+        let all: Vec<InMessage> = (0..40)
+            .flat_map(|r| (1..=3u64).map(move |v| (r, v)))
+            .map(|(r, v)| {
+                msg_of(
+                    &format!("m{r}-{v}"),
+                    &format!("k{r}-v{v}"),
+                    &format!("R{r}"),
+                    v,
+                )
+            })
+            .collect();
+        pending = all
+            .into_iter()
+            .filter(|m| retried.contains(&m.message_id))
+            .map(|mut m| {
+                m.receive_count = rounds + 1;
+                m
+            })
+            .collect();
+    }
+    assert_eq!(
+        c.api.record_overlaps(),
+        0,
+        "no two calls for one record overlap"
+    );
+    for r in 0..40 {
+        let rec = format!("R{r}");
+        let applied = c.api.versions_applied(&rec);
+        assert!(
+            applied.windows(2).all(|w| w[0] < w[1]),
+            "{rec}: the applied versions {applied:?} go backwards"
+        );
+        assert_eq!(applied.last(), Some(&3), "{rec}: {applied:?}");
+        let acked = c.ledger.table.record(FEED, &rec).await.unwrap().unwrap();
+        assert_eq!(
+            acked.acknowledged,
+            Some(3),
+            "{rec}: the newest version stands"
+        );
+        assert_eq!(acked.lease, None, "{rec}: no lease left behind");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_ledger_is_retried_without_an_api_call() {
+    let c = consumer(FakeApi::new());
+    c.ledger.table.set_failing(true);
     let r = c.process_batch(msgs(2)).await;
 
     assert_eq!(retry_of(&r, "m1").0, "ledger");
-    assert_eq!(fate(&r, "m2"), &Fate::Applied);
-    assert_eq!(c.api.calls(), ["k2"]);
+    assert_eq!(retry_of(&r, "m2").0, "ledger");
+    assert!(c.api.calls().is_empty());
     assert!(!r.stats.circuit_opened);
     assert_retries_scheduled(&c, &r);
+    c.ledger.table.set_failing(false);
+    let r = c.process_batch(msgs(2)).await;
+    assert_eq!(r.stats.applied, 2);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -998,11 +1290,12 @@ async fn a_dead_letter_that_fails_is_retried_so_the_message_is_not_lost() {
     assert!(c.queue.dead().is_empty());
     assert_retries_scheduled(&c, &r);
     assert_eq!(
-        ledger_state(&c, "k1").await,
-        Some((LedgerState::Rejected, Some(422)))
+        kept(&c, "k1").await,
+        released(),
+        "not dead-lettered yet: no fate recorded"
     );
 
-    // the redelivery takes the rejected key over and dead-letters it
+    // the redelivery takes the record again and dead-letters it
     c.queue.fail_dead_letters(false);
     let mut again = msg("m1", "k1");
     again.receive_count = 2;
@@ -1030,10 +1323,7 @@ async fn at_most_concurrency_calls_are_in_flight_and_every_message_is_applied() 
     assert_eq!(called.len(), 12, "each message called once");
     assert_eq!(c.api.calls().len(), 12);
     for i in 1..=12 {
-        assert_eq!(
-            ledger_state(&c, &format!("k{i}")).await,
-            Some((LedgerState::Done, Some(201)))
-        );
+        assert_eq!(kept(&c, &format!("k{i}")).await, done("applied", "201"));
     }
     assert!(r.failures.is_empty());
 }
@@ -1059,6 +1349,7 @@ async fn a_mixed_batch_at_concurrency_three_adds_up() {
         BatchStats {
             applied: 3,
             duplicates: 3,
+            superseded: 0,
             dead_lettered: 3,
             retried: 3,
             auth_failures: 0,

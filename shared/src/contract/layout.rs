@@ -37,9 +37,25 @@ pub fn held_copy_key(feed: &str, id: &str) -> String {
     format!("held/{feed}/{id}.source")
 }
 
-/// The consumer's ledger record of one idempotency key: `ledger/<feed>/<key>`.
-pub fn ledger_key(feed: &str, idempotency_key: &str) -> String {
-    format!("ledger/{feed}/{idempotency_key}")
+/// The longest record key a ledger item's partition key spells out; a longer one is hashed
+/// (DynamoDB allows 2,048 bytes).
+const MAX_SPELLED_RECORD_KEY: usize = 1024;
+
+/// The ledger table's item of one record (partition key `pk`): `rec#<feed>#<record key>`,
+/// or `rec#<feed>#sha256:<hex>` for a record key over 1,024 bytes.
+pub fn ledger_record_pk(feed: &str, record_key: &str) -> String {
+    if record_key.len() <= MAX_SPELLED_RECORD_KEY {
+        format!("rec#{feed}#{record_key}")
+    } else {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(record_key.as_bytes());
+        format!("rec#{feed}#sha256:{}", hex::encode(d))
+    }
+}
+
+/// The ledger table's item of one idempotency key's fate: `key#<feed>#<idempotency key>`.
+pub fn ledger_fate_pk(feed: &str, idempotency_key: &str) -> String {
+    format!("key#{feed}#{idempotency_key}")
 }
 
 #[cfg(test)]
@@ -56,12 +72,22 @@ mod tests {
             held_prefix(Some("f")),
             held_manifest_key("f", "0123456789abcdef"),
             held_copy_key("f", "0123456789abcdef"),
-            ledger_key("f", "k"),
         ] {
             assert!(!k.starts_with(INCOMING_PREFIX), "{k}");
         }
         assert!(held_manifest_key("f", "x").starts_with(&held_prefix(Some("f"))));
         assert!(held_copy_key("f", "x").starts_with(&held_prefix(Some("f"))));
         assert!(held_prefix(Some("f")).starts_with(&held_prefix(None)));
+    }
+
+    #[test]
+    fn ledger_items_of_records_and_keys_never_collide_and_long_keys_are_hashed() {
+        assert_eq!(ledger_record_pk("f", "42"), "rec#f#42");
+        assert_eq!(ledger_fate_pk("f", "abc"), "key#f#abc");
+        assert_ne!(ledger_record_pk("f", "x"), ledger_fate_pk("f", "x"));
+        let long = "k".repeat(5000);
+        let pk = ledger_record_pk("f", &long);
+        assert!(pk.starts_with("rec#f#sha256:") && pk.len() < 100, "{pk}");
+        assert_ne!(pk, ledger_record_pk("f", &"k".repeat(4999)));
     }
 }
