@@ -22,7 +22,8 @@ pub struct Faults {
     pub timeout_share: f64,
     /// How long a "timeout" request sleeps before its 503.
     pub timeout_ms: u64,
-    /// Latency added to every `POST /cases`.
+    /// Latency added to every authorized, well-formed `POST /cases` (after parsing, while the
+    /// call counts as in flight for its record).
     pub latency_ms: u64,
     /// Every `POST /cases` answers 503 until this time (Unix epoch, milliseconds).
     pub outage_until_ms: Option<u64>,

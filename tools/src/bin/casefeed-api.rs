@@ -56,7 +56,7 @@ struct Args {
     timeout_share: f64,
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
-    /// Latency added to every POST /cases.
+    /// Latency added to every authorized, well-formed POST /cases.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
     /// Start with an outage of this many seconds (every POST /cases answers 503).
