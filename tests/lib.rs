@@ -3,6 +3,7 @@
 //! Interface Emulator) plus the project's data generator. Needs `make tools` and
 //! `make build` (both run by `make test`).
 
+pub use casefeed_tools::api::Record;
 use casefeed_tools::local;
 pub use casefeed_tools::local::{Received, REGION};
 use serde::Deserialize;
@@ -161,4 +162,22 @@ pub fn read_rows(
         }
     }
     out
+}
+
+/// `GET {base}/records` of the stand-in API: every record it holds (fields, current version,
+/// every acknowledged version), sorted by feed and record key.
+pub async fn api_records(base: &str, token: &str) -> Vec<Record> {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/records", base.trim_end_matches('/')))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /records");
+    assert!(
+        resp.status().is_success(),
+        "GET /records: {}",
+        resp.status()
+    );
+    let mut body: Value = resp.json().await.expect("GET /records body");
+    serde_json::from_value(body["records"].take()).expect("GET /records shape")
 }

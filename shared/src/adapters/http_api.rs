@@ -1,7 +1,12 @@
 //! The contact-tracing API's client: `POST {API_BASE_URL}/cases` over one `reqwest` client
-//! (rustls) per container, with the envelope's idempotency key as `Idempotency-Key`.
+//! (rustls) per container, with the envelope's idempotency key as `Idempotency-Key` and its
+//! record version as `Casefeed-Version`.
+//!
+//! The body: `{"feed":…,"record_key":…,"change":"new"|"changed"|"removed","version":N,
+//! "source":{"bucket":…,"key":…,"etag":…,"version_id":…},"fields":{…}}` (`version_id` only
+//! in a versioned bucket; `fields` is `{}` for a removal).
 
-use crate::contract::envelope::{Change, Envelope};
+use crate::contract::envelope::{Change, Envelope, EnvelopeSource};
 use crate::ports::api::{Api, ApiAnswer};
 use std::time::Duration;
 
@@ -35,8 +40,14 @@ struct CaseBody<'a> {
     feed: &'a str,
     record_key: &'a str,
     change: Change,
+    version: u64,
+    source: &'a EnvelopeSource,
     fields: &'a std::collections::BTreeMap<String, String>,
 }
+
+/// The header that carries the record's version (the body's `version`, repeated so that a
+/// proxy or the API can refuse a stale call before reading the body).
+pub const VERSION_HEADER: &str = "Casefeed-Version";
 
 impl HttpApi {
     /// A client for `base_url` with a bearer token; plain http only when `allow_http`. The
@@ -79,6 +90,8 @@ impl Api for HttpApi {
             feed: &env.feed,
             record_key: &env.record_key,
             change: env.change,
+            version: env.version,
+            source: &env.source,
             fields: &env.fields,
         };
         let resp = self
@@ -86,6 +99,7 @@ impl Api for HttpApi {
             .post(&self.cases_url)
             .header(reqwest::header::AUTHORIZATION, &self.auth)
             .header("Idempotency-Key", &env.idempotency_key)
+            .header(VERSION_HEADER, env.version)
             .json(&body)
             .send()
             .await;
@@ -122,6 +136,174 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::envelope::ENVELOPE_VERSION;
+    use std::collections::BTreeMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Serves one request on 127.0.0.1 with `answer` (a whole HTTP/1.1 response); the task
+    /// returns the request's head (lowercased) and body.
+    async fn serve_once(
+        answer: &'static str,
+    ) -> (String, tokio::task::JoinHandle<(String, Vec<u8>)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                let n = sock.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the client closed before its request ended");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                let n = sock.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the client closed before its body ended");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            sock.write_all(answer.as_bytes()).await.unwrap();
+            (head, buf[head_end..head_end + len].to_vec())
+        });
+        (base, task)
+    }
+
+    fn envelope(change: Change, version_id: Option<&str>) -> Envelope {
+        let fields: BTreeMap<String, String> = match change {
+            Change::Removed => BTreeMap::new(),
+            _ => [("name".to_string(), "Jane Roe".to_string())].into(),
+        };
+        Envelope {
+            v: ENVELOPE_VERSION,
+            feed: "labs".into(),
+            run: "run-1".into(),
+            source: EnvelopeSource {
+                bucket: "data".into(),
+                key: "incoming/labs/export-0002.csv".into(),
+                etag: "abc123".into(),
+                version_id: version_id.map(str::to_string),
+            },
+            change,
+            record_key: "R1".into(),
+            version: 7,
+            idempotency_key: "ik-0123456789".into(),
+            fields,
+        }
+    }
+
+    fn client(base: &str) -> HttpApi {
+        let t = Duration::from_secs(5);
+        HttpApi::new(base, "secret-token", true, t, t).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_delivery_posts_the_version_2_body_with_key_and_version_headers() {
+        let (base, task) =
+            serve_once("HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        let answer = client(&format!("{base}/"))
+            .deliver(&envelope(Change::Changed, Some("v9")))
+            .await;
+        assert_eq!(
+            answer,
+            ApiAnswer::Status {
+                code: 201,
+                retry_after: None
+            }
+        );
+        let (head, body) = task.await.unwrap();
+        assert!(head.starts_with("post /cases http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nauthorization: bearer secret-token\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("\r\nidempotency-key: ik-0123456789\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\ncasefeed-version: 7\r\n"), "{head}");
+        assert!(
+            head.contains("\r\ncontent-type: application/json\r\n"),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "feed": "labs",
+                "record_key": "R1",
+                "change": "changed",
+                "version": 7,
+                "source": {"bucket": "data", "key": "incoming/labs/export-0002.csv",
+                           "etag": "abc123", "version_id": "v9"},
+                "fields": {"name": "Jane Roe"}
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_removal_is_sent_with_empty_fields_and_no_version_id_outside_a_versioned_bucket() {
+        let (base, task) = serve_once(
+            "HTTP/1.1 409 Conflict\r\ncontent-length: 19\r\nconnection: close\r\n\r\n\
+             {\"outcome\":\"stale\"}",
+        )
+        .await;
+        let answer = client(&base)
+            .deliver(&envelope(Change::Removed, None))
+            .await;
+        assert_eq!(
+            answer,
+            ApiAnswer::Status {
+                code: 409,
+                retry_after: None
+            }
+        );
+        let (_, body) = task.await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["change"], "removed");
+        assert_eq!(body["fields"], serde_json::json!({}));
+        assert_eq!(
+            body["source"],
+            serde_json::json!({"bucket": "data", "key": "incoming/labs/export-0002.csv",
+                               "etag": "abc123"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_429_answer_keeps_its_retry_after() {
+        let (base, task) = serve_once(
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: 0\r\n\
+             connection: close\r\n\r\n",
+        )
+        .await;
+        let answer = client(&base).deliver(&envelope(Change::New, None)).await;
+        assert_eq!(
+            answer,
+            ApiAnswer::Status {
+                code: 429,
+                retry_after: Some("7".into())
+            }
+        );
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connection_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let answer = client(&base).deliver(&envelope(Change::New, None)).await;
+        assert!(matches!(answer, ApiAnswer::Connection(_)), "{answer:?}");
+    }
 
     #[test]
     fn client_requires_https_unless_allowed() {

@@ -39,8 +39,9 @@ pub struct ApiConfig {
     pub allow_docker_bridge: bool,
     /// The Bearer token every `POST /cases`, `/control` and `/reset` must carry.
     pub token: String,
-    /// Append-only JSON-lines ledger of applied effects; keys already in it count as applied
-    /// (a restarted server still answers 409). `None`: in memory only.
+    /// Append-only JSON-lines ledger of applied effects; a restarted server rebuilds from it
+    /// the applied keys (it still answers 409) and the records (their fields and versions).
+    /// `None`: in memory only.
     pub ledger: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub faults: Faults,

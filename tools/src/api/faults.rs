@@ -1,6 +1,6 @@
 //! Fault injection: `Faults`, the `FaultsPatch` of `POST /control`, and the faults in effect.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,8 @@ pub struct Faults {
     pub timeout_share: f64,
     /// How long a "timeout" request sleeps before its 503.
     pub timeout_ms: u64,
-    /// Latency added to every `POST /cases`.
+    /// Latency added to every authorized, well-formed `POST /cases` (after parsing, while the
+    /// call counts as in flight for its record).
     pub latency_ms: u64,
     /// Every `POST /cases` answers 503 until this time (Unix epoch, milliseconds).
     pub outage_until_ms: Option<u64>,
@@ -32,6 +33,9 @@ pub struct Faults {
     pub reject_keys: Vec<String>,
     /// `record_key` values answered 422, permanently.
     pub reject_record_keys: Vec<String>,
+    /// `record_key` → version: a call for that record with a version *below* the value is
+    /// answered 503 (its old versions keep failing); its newer versions pass.
+    pub fail_records: BTreeMap<String, u64>,
     /// Seed of the RNG deciding the shares.
     pub seed: u64,
 }
@@ -49,6 +53,7 @@ impl Default for Faults {
             apply_then_drop: 0.0,
             reject_keys: Vec::new(),
             reject_record_keys: Vec::new(),
+            fail_records: BTreeMap::new(),
             seed: 0,
         }
     }
@@ -86,8 +91,9 @@ impl Faults {
 
 /// A partial update of [`Faults`], the body of `POST /control`: absent fields are unchanged.
 /// `outage_secs` starts an outage of that many seconds now (`0` ends it); `outage_until_ms`
-/// sets the window's end as Unix epoch milliseconds (`0` ends it). Setting `seed` restarts the
-/// RNG's sequence.
+/// sets the window's end as Unix epoch milliseconds (`0` ends it). A list or map given
+/// (`reject_keys`, `reject_record_keys`, `fail_records`) replaces the whole one. Setting
+/// `seed` restarts the RNG's sequence.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultsPatch {
@@ -102,6 +108,7 @@ pub struct FaultsPatch {
     pub apply_then_drop: Option<f64>,
     pub reject_keys: Option<Vec<String>>,
     pub reject_record_keys: Option<Vec<String>>,
+    pub fail_records: Option<BTreeMap<String, u64>>,
     pub seed: Option<u64>,
 }
 
@@ -122,6 +129,7 @@ impl FaultsPatch {
             apply_then_drop,
             reject_keys,
             reject_record_keys,
+            fail_records,
             seed
         );
         if let Some(until) = self.outage_until_ms {

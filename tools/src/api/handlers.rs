@@ -1,5 +1,6 @@
 //! The HTTP handlers: `POST /cases` with its checks in order, `/stats`, `/control` and `/reset`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,29 +11,54 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::faults::FaultsPatch;
+use super::ledger::Outcome;
 use super::net::ConnKill;
 use super::server::{patch_faults, Shared};
-use super::stats::{InFlight, Stats};
+use super::stats::{InFlight, RecordInFlight, Stats};
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// What a `POST /cases` says happened to the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum Change {
     New,
     Changed,
+    /// The record left the export: it keeps its versions, loses its fields.
+    Removed,
 }
 
+/// The export a write came from, as the client says (`source` of the body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseSource {
+    pub bucket: String,
+    pub key: String,
+    pub etag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+/// The body of `POST /cases`. `version` (0 when absent: an old client) and `source` are
+/// optional; `fields` is required for `new` and `changed` and must be absent or empty for
+/// `removed`. Field values are strings (a CSV row's cells).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CaseBody {
     pub(super) feed: String,
     pub(super) record_key: String,
     pub(super) change: Change,
-    #[allow(dead_code)] // only checked for shape; never stored or logged
-    fields: serde_json::Map<String, Value>,
+    #[serde(default)]
+    pub(super) version: u64,
+    #[serde(default)]
+    pub(super) source: Option<CaseSource>,
+    #[serde(default)]
+    pub(super) fields: Option<BTreeMap<String, String>>,
 }
+
+/// The header that repeats the body's `version`.
+const VERSION_HEADER: &str = "casefeed-version";
 
 pub(super) fn now_ms() -> u64 {
     SystemTime::now()
@@ -65,12 +91,6 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
     c.requests.fetch_add(1, Ordering::SeqCst);
     let _in_flight = InFlight::enter(c);
 
-    let latency = st.faults().faults.latency_ms;
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
-    }
-    let fs = st.faults();
-    let f = &fs.faults;
     let (parts, body) = req.into_parts();
     let key_header = parts
         .headers
@@ -79,7 +99,7 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
         .map(str::trim)
         .unwrap_or("");
 
-    if f.outage_active() {
+    if st.faults().faults.outage_active() {
         c.server_errors_5xx.fetch_add(1, Ordering::SeqCst);
         let s = StatusCode::SERVICE_UNAVAILABLE;
         return answer(s, key_header, error_body(s, "service unavailable (outage)"));
@@ -119,6 +139,13 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
             return bad("Content-Type must be application/json");
         }
     }
+    let header_version = match parts.headers.get(VERSION_HEADER) {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+            Some(n) => Some(n),
+            None => return bad("Casefeed-Version must be a non-negative integer"),
+        },
+    };
     let too_large = || {
         c.bad_requests.fetch_add(1, Ordering::SeqCst);
         let s = StatusCode::PAYLOAD_TOO_LARGE;
@@ -143,7 +170,7 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
         Err(e) => {
             let what = match e.classify() {
                 serde_json::error::Category::Data => {
-                    "body does not have the expected shape {feed, record_key, change: \"new\"|\"changed\", fields: {…}}"
+                    "body does not have the expected shape {feed, record_key, change: \"new\"|\"changed\"|\"removed\", version, source: {bucket, key, etag, version_id?}, fields: {name: string}}"
                 }
                 _ => "body is not valid JSON",
             };
@@ -157,6 +184,27 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
     if case.feed.is_empty() || case.record_key.is_empty() {
         return bad("feed and record_key must not be empty");
     }
+    match (case.change, &case.fields) {
+        (Change::New | Change::Changed, None) => {
+            return bad("a new or changed record must carry fields");
+        }
+        (Change::Removed, Some(f)) if !f.is_empty() => {
+            return bad("a removed record carries no fields");
+        }
+        _ => {}
+    }
+    if header_version.is_some_and(|h| h != case.version) {
+        return bad("the Casefeed-Version header and the body's version disagree");
+    }
+
+    // From here on the call is in flight for its record, until it is answered or dropped.
+    let _record_in_flight = RecordInFlight::enter(c, &case.feed, &case.record_key);
+    let latency = st.faults().faults.latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let fs = st.faults();
+    let f = &fs.faults;
 
     if fs.reject_keys.contains(&key) || fs.reject_record_keys.contains(&case.record_key) {
         c.rejected_422.fetch_add(1, Ordering::SeqCst);
@@ -167,6 +215,18 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
             "case rejected: the record is on the reject list"
         };
         return answer(s, &key, error_body(s, reason));
+    }
+    if f.fail_records
+        .get(&case.record_key)
+        .is_some_and(|&below| case.version < below)
+    {
+        c.server_errors_5xx.fetch_add(1, Ordering::SeqCst);
+        let s = StatusCode::SERVICE_UNAVAILABLE;
+        return answer(
+            s,
+            &key,
+            error_body(s, "injected failure for this version of the record"),
+        );
     }
     if st.draw(f.rate_limit_429, f.seed) {
         c.rate_limited_429.fetch_add(1, Ordering::SeqCst);
@@ -189,9 +249,9 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
     }
     let drop_after = st.draw(f.apply_then_drop, f.seed);
 
-    let applied = st.ledger().apply(&key, &case);
-    match applied {
-        Ok(true) => {
+    let outcome = st.ledger().apply(&key, &case);
+    match outcome {
+        Ok(Outcome::Applied) => {
             c.applied.fetch_add(1, Ordering::SeqCst);
             if drop_after {
                 if let Some(kill) = parts.extensions.get::<ConnKill>() {
@@ -203,28 +263,20 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
                 }
             }
             let s = StatusCode::CREATED;
-            answer(
-                s,
-                &key,
-                (
-                    s,
-                    Json(json!({"status": "applied", "idempotency_key": key})),
-                )
-                    .into_response(),
-            )
+            let body = json!({"outcome": "applied", "version": case.version});
+            answer(s, &key, (s, Json(body)).into_response())
         }
-        Ok(false) => {
+        Ok(Outcome::Duplicate) => {
             c.replays.fetch_add(1, Ordering::SeqCst);
             let s = StatusCode::CONFLICT;
-            answer(
-                s,
-                &key,
-                (
-                    s,
-                    Json(json!({"status": "already_applied", "idempotency_key": key})),
-                )
-                    .into_response(),
-            )
+            let body = json!({"outcome": "duplicate"});
+            answer(s, &key, (s, Json(body)).into_response())
+        }
+        Ok(Outcome::Stale { current_version }) => {
+            c.stale_409.fetch_add(1, Ordering::SeqCst);
+            let s = StatusCode::CONFLICT;
+            let body = json!({"outcome": "stale", "current_version": current_version});
+            answer(s, &key, (s, Json(body)).into_response())
         }
         Err(e) => {
             c.server_errors_5xx.fetch_add(1, Ordering::SeqCst);
@@ -270,6 +322,7 @@ pub(super) async fn post_control(
                 outage = f.outage_active(),
                 reject_keys = f.reject_keys.len(),
                 reject_record_keys = f.reject_record_keys.len(),
+                fail_records = f.fail_records.len(),
                 "faults changed"
             );
             Json(f).into_response()
@@ -278,10 +331,24 @@ pub(super) async fn post_control(
     }
 }
 
+pub(super) async fn get_records(State(st): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !st.authorized(&headers) {
+        return error_body(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+    }
+    let records = st.ledger().records();
+    Json(json!({"count": records.len(), "records": records})).into_response()
+}
+
 pub(super) async fn post_reset(State(st): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if !st.authorized(&headers) {
         return error_body(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
     }
-    st.counters.reset();
+    if let Err(e) = st.reset() {
+        tracing::error!(error = %e, "ledger write failed (reset)");
+        return error_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not record the reset",
+        );
+    }
     Json(st.counters.snapshot()).into_response()
 }

@@ -1,25 +1,45 @@
 //! The stand-in contact-tracing API: a real HTTP/1.1 server (axum on hyper/tokio) bound to a
-//! loopback address, with an append-only ledger of applied effects and runtime fault injection.
+//! loopback address, modelling a versioned contact-tracing system, with an append-only ledger
+//! of applied effects and runtime fault injection.
 //!
 //! ```text
-//! POST /cases     Authorization: Bearer <token>, Idempotency-Key: <key>, JSON body
-//!                 {"feed":…, "record_key":…, "change":"new"|"changed", "fields":{…}}
-//!   201 applied the first time for that key     409 already applied (replay, no second effect)
-//!   400 bad request / missing key                413 body over max_body_bytes
+//! POST /cases     Authorization: Bearer <token>, Idempotency-Key: <key>,
+//!                 Casefeed-Version: <version> (optional; must equal the body's), JSON body
+//!                 {"feed":…, "record_key":…, "change":"new"|"changed"|"removed",
+//!                  "version":N (0 when absent), "source":{"bucket","key","etag","version_id"?}
+//!                  (optional), "fields":{name: string} (none or {} for "removed")}
+//!   201 applied {"outcome":"applied","version":N}
+//!   409 {"outcome":"duplicate"}                  the key was applied before: no second effect
+//!   409 {"outcome":"stale","current_version":N}  a new key at or below the record's version:
+//!                                                nothing applied (the API never goes backwards)
+//!   400 bad request / missing key / Casefeed-Version disagrees   413 body over max_body_bytes
 //!   401 wrong or missing token                   422 key or record key on a reject list
-//!   429 + Retry-After                            503 outage / injected failure / after a "timeout"
+//!   429 + Retry-After                            503 outage / injected failure / fail_records
+//!                                                (a listed record below its version) / after
+//!                                                a "timeout"
 //!   (no answer at all)                           apply_then_drop: applied, connection dropped
-//! GET  /stats     counters as JSON                POST /reset   clears counters (Bearer token)
+//! GET  /records   {"count":N,"records":[{feed, record_key, version, versions, removed,
+//!                 fields|null, source|null}]} sorted by feed and record key (Bearer token)
+//! GET  /stats     counters as JSON                POST /reset   clears counters and records
+//!                                                               (not the keys; Bearer token)
 //! POST /control   patch the faults (Bearer token) GET  /control current faults (Bearer token)
 //! GET  /healthz   200
 //! ```
 //!
-//! Order of checks for `POST /cases`: in-flight guard → latency → outage → auth → parse (400/413)
-//! → reject lists (422) → 429 share → 5xx share → timeout share → apply (atomic check-and-record:
-//! already applied → 409, else record → 201, or record and then drop the connection).
+//! Per (feed, record_key) the API keeps the record's current fields (none after a `removed`),
+//! its current version and every version it acknowledged, in order. A restarted server
+//! rebuilds them, and the applied keys, from its ledger file (lines of older servers, without
+//! a version, load as version 0).
+//!
+//! Order of checks for `POST /cases`: in-flight guard → outage → auth → parse (400/413, the
+//! version header) → per-record in-flight guard → latency → reject lists (422) →
+//! fail_records (503) → 429 share → 5xx share → timeout share → apply (atomic
+//! check-and-record under one lock: key applied before → 409 duplicate, version at or below
+//! the record's → 409 stale, else record → 201, or record and then drop the connection).
 //!
 //! Only the method, path, status and an 8-character key prefix are ever logged; row field values
 //! never appear in a log line or an error body (parse errors report line and column only).
+//! The ledger file is the API's store: it holds the fields of the records it applied.
 //!
 //! The server runs its own accept loop (hyper `http1` per connection) instead of `axum::serve` so
 //! that a handler can make its connection be dropped without any response bytes: the handler
@@ -41,6 +61,8 @@ mod tests;
 
 pub use config::{ApiConfig, ApiError, DEFAULT_MAX_BODY_BYTES};
 pub use faults::{Faults, FaultsPatch};
+pub use handlers::CaseSource;
+pub use ledger::Record;
 pub use net::{is_docker_bridge_address, DOCKER_BRIDGE_INTERFACE};
 pub use server::ApiServer;
 pub use stats::Stats;

@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 
 use super::config::{ApiConfig, ApiError};
 use super::faults::{FaultState, Faults, FaultsPatch};
-use super::handlers::{get_control, get_stats, post_cases, post_control, post_reset};
-use super::ledger::Ledger;
+use super::handlers::{get_control, get_records, get_stats, post_cases, post_control, post_reset};
+use super::ledger::{Ledger, Record};
 use super::net::{accept_loop, is_docker_bridge_address};
 use super::stats::{Counters, Stats};
 
@@ -45,6 +45,14 @@ impl Shared {
 
     pub(super) fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `POST /reset`: forgets the records (a `reset` line in the ledger file), then clears
+    /// the counters. A file error changes nothing.
+    pub(super) fn reset(&self) -> Result<(), std::io::Error> {
+        self.ledger().clear_records()?;
+        self.counters.reset();
+        Ok(())
     }
 
     /// True with probability `share`: xxh3 of the next draw number, seeded.
@@ -133,6 +141,7 @@ impl ApiServer {
             .route("/cases", post(post_cases))
             .route("/stats", get(get_stats))
             .route("/control", post(post_control).get(get_control))
+            .route("/records", get(get_records))
             .route("/reset", post(post_reset))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(shared.clone());
@@ -157,9 +166,15 @@ impl ApiServer {
         self.shared.counters.snapshot()
     }
 
-    /// Clears the counters (not the ledger), like `POST /reset`.
-    pub fn reset(&self) {
-        self.shared.counters.reset();
+    /// Clears the counters and the records (not the applied keys), like `POST /reset`; an
+    /// error writing the ledger file's `reset` line changes nothing.
+    pub fn reset(&self) -> Result<(), std::io::Error> {
+        self.shared.reset()
+    }
+
+    /// Every record the API holds, sorted by feed and record key, like `GET /records`.
+    pub fn records(&self) -> Vec<Record> {
+        self.shared.ledger().records()
     }
 
     /// Applied Idempotency-Keys in the order they were applied (ledger entries loaded at start

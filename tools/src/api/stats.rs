@@ -1,22 +1,35 @@
-//! The counters `GET /stats` answers with, and the in-flight guard of a `POST /cases`.
+//! The counters `GET /stats` answers with, and the in-flight guards of a `POST /cases`: one
+//! for the whole server, one per record.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
 /// Counters, as answered by `GET /stats`.
 ///
 /// `applied` counts first-time applies (= new ledger entries), including the
-/// `dropped_after_apply` ones. `server_errors_5xx` counts 503/500 answers that were really
-/// sent (outage, `fail_5xx`, ledger write failures); `timeouts` counts requests chosen to
-/// sleep `timeout_ms` (their late 503 is not counted again). Every finished `POST /cases`
-/// falls in exactly one of applied, replays, rejected_422, rate_limited_429,
-/// server_errors_5xx, unauthorized, bad_requests, timeouts.
+/// `dropped_after_apply` ones. `replays` counts 409 `duplicate` answers (an Idempotency-Key
+/// applied before), `stale_409` counts 409 `stale` answers (a new key whose version is at or
+/// below the record's current one: nothing applied). `server_errors_5xx` counts 503/500
+/// answers that were really sent (outage, `fail_5xx`, `fail_records`, ledger write failures);
+/// `timeouts` counts requests chosen to sleep `timeout_ms` (their late 503 is not counted
+/// again). Every finished `POST /cases` falls in exactly one of applied, replays, stale_409,
+/// rejected_422, rate_limited_429, server_errors_5xx, unauthorized, bad_requests, timeouts.
+///
+/// `in_flight` and `peak_in_flight` count every `POST /cases` from its arrival. The per-record
+/// counts start once a request is authorized and parsed (its feed and record key known) and
+/// last until it is answered, dropped or abandoned by its client, latency and timeout sleeps
+/// included: `peak_in_flight_per_record` is the most calls one (feed, record_key) had in
+/// flight at once, over all records, and `overlapping_record_calls` counts the calls that
+/// started while another call for the same record was in flight.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub requests: u64,
     pub applied: u64,
     pub replays: u64,
+    pub stale_409: u64,
     pub rejected_422: u64,
     pub rate_limited_429: u64,
     pub server_errors_5xx: u64,
@@ -26,6 +39,8 @@ pub struct Stats {
     pub timeouts: u64,
     pub in_flight: u64,
     pub peak_in_flight: u64,
+    pub peak_in_flight_per_record: u64,
+    pub overlapping_record_calls: u64,
 }
 
 #[derive(Default)]
@@ -33,6 +48,7 @@ pub(super) struct Counters {
     pub(super) requests: AtomicU64,
     pub(super) applied: AtomicU64,
     pub(super) replays: AtomicU64,
+    pub(super) stale_409: AtomicU64,
     pub(super) rejected_422: AtomicU64,
     pub(super) rate_limited_429: AtomicU64,
     pub(super) server_errors_5xx: AtomicU64,
@@ -42,6 +58,10 @@ pub(super) struct Counters {
     pub(super) timeouts: AtomicU64,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
+    /// Calls in flight per (feed, record_key); a record with none has no entry.
+    per_record: Mutex<HashMap<(String, String), u64>>,
+    peak_in_flight_per_record: AtomicU64,
+    overlapping_record_calls: AtomicU64,
 }
 
 impl Counters {
@@ -51,6 +71,7 @@ impl Counters {
             requests: g(&self.requests),
             applied: g(&self.applied),
             replays: g(&self.replays),
+            stale_409: g(&self.stale_409),
             rejected_422: g(&self.rejected_422),
             rate_limited_429: g(&self.rate_limited_429),
             server_errors_5xx: g(&self.server_errors_5xx),
@@ -60,15 +81,19 @@ impl Counters {
             timeouts: g(&self.timeouts),
             in_flight: g(&self.in_flight),
             peak_in_flight: g(&self.peak_in_flight),
+            peak_in_flight_per_record: g(&self.peak_in_flight_per_record),
+            overlapping_record_calls: g(&self.overlapping_record_calls),
         }
     }
 
-    /// Clears every counter but `in_flight`; the peak restarts from the current in-flight count.
+    /// Clears every counter but the in-flight counts; the peaks restart from what is in
+    /// flight now.
     pub(super) fn reset(&self) {
         for a in [
             &self.requests,
             &self.applied,
             &self.replays,
+            &self.stale_409,
             &self.rejected_422,
             &self.rate_limited_429,
             &self.server_errors_5xx,
@@ -76,11 +101,19 @@ impl Counters {
             &self.bad_requests,
             &self.dropped_after_apply,
             &self.timeouts,
+            &self.overlapping_record_calls,
         ] {
             a.store(0, Ordering::SeqCst);
         }
         self.peak_in_flight
             .store(self.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+        let per_record = self.per_record();
+        let now = per_record.values().copied().max().unwrap_or(0);
+        self.peak_in_flight_per_record.store(now, Ordering::SeqCst);
+    }
+
+    fn per_record(&self) -> MutexGuard<'_, HashMap<(String, String), u64>> {
+        self.per_record.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -98,5 +131,43 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts a `POST /cases` as in flight for its record for as long as it lives: every return,
+/// and a future dropped with its connection (an apply-then-drop, a client that gave up),
+/// ends the count.
+pub(super) struct RecordInFlight<'a> {
+    counters: &'a Counters,
+    record: (String, String),
+}
+
+impl<'a> RecordInFlight<'a> {
+    pub(super) fn enter(c: &'a Counters, feed: &str, record_key: &str) -> Self {
+        let record = (feed.to_owned(), record_key.to_owned());
+        let mut per_record = c.per_record();
+        let n = per_record.entry(record.clone()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            c.overlapping_record_calls.fetch_add(1, Ordering::SeqCst);
+        }
+        c.peak_in_flight_per_record.fetch_max(*n, Ordering::SeqCst);
+        drop(per_record);
+        RecordInFlight {
+            counters: c,
+            record,
+        }
+    }
+}
+
+impl Drop for RecordInFlight<'_> {
+    fn drop(&mut self) {
+        let mut per_record = self.counters.per_record();
+        if let Some(n) = per_record.get_mut(&self.record) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_record.remove(&self.record);
+            }
+        }
     }
 }

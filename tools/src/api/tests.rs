@@ -1,4 +1,5 @@
-//! Tests of the stand-in API over real HTTP: every answer code, the ledger, faults and shutdown.
+//! Tests of the stand-in API over real HTTP: every answer code, the record model (versions,
+//! stale writes, removals), the ledger and restarts, faults, per-record concurrency and shutdown.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,10 +96,13 @@ async fn api_applies_once_then_409_with_one_ledger_line() {
     assert_eq!(lines[0]["feed"], "labs");
     assert_eq!(lines[0]["record_key"], "R1");
     assert_eq!(lines[0]["change"], "new");
+    assert_eq!(
+        lines[0]["version"], 0,
+        "a body without a version is version 0"
+    );
     assert!(lines[0]["at"].as_str().unwrap().ends_with('Z'));
-    // No field value is stored in the ledger.
-    let raw = std::fs::read_to_string(&path).unwrap();
-    assert!(!raw.contains("Jane") && !raw.contains("555-0100"));
+    // The ledger is the API's store: it keeps the record's fields to rebuild it on restart.
+    assert_eq!(lines[0]["fields"]["name"], "Jane Roe");
     let st = s.stats();
     assert_eq!((st.requests, st.applied, st.replays), (3, 1, 2));
     assert_eq!(s.applied_keys(), vec!["k-1".to_string()]);
@@ -408,7 +412,8 @@ async fn api_peak_in_flight_with_latency() {
     }
     let st = s.stats();
     assert_eq!((st.peak_in_flight, st.in_flight, st.applied), (8, 0, 8));
-    // Reset clears counters but not the ledger.
+    // Reset clears counters and records but not the applied keys.
+    assert_eq!(s.records().len(), 8);
     let r = c
         .post(format!("{}/reset", s.url()))
         .bearer_auth(TOKEN)
@@ -418,6 +423,7 @@ async fn api_peak_in_flight_with_latency() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(s.stats(), Stats::default());
     assert_eq!(s.applied_keys().len(), 8);
+    assert!(s.records().is_empty());
     s.shutdown().await;
 }
 
@@ -501,7 +507,7 @@ async fn api_shares_are_deterministic_by_seed() {
         let s = server_with(faults.clone(), None).await;
         let mut codes = Vec::new();
         for i in 0..40 {
-            codes.push(status(&c, &s, &format!("k{i}"), "R").await);
+            codes.push(status(&c, &s, &format!("k{i}"), &format!("R{i}")).await);
         }
         s.shutdown().await;
         runs.push(codes);
@@ -530,6 +536,7 @@ async fn api_healthz_stats_shape_and_loopback_only() {
         "requests",
         "applied",
         "replays",
+        "stale_409",
         "rejected_422",
         "rate_limited_429",
         "server_errors_5xx",
@@ -539,6 +546,8 @@ async fn api_healthz_stats_shape_and_loopback_only() {
         "timeouts",
         "in_flight",
         "peak_in_flight",
+        "peak_in_flight_per_record",
+        "overlapping_record_calls",
     ] {
         assert!(v[k].is_u64(), "missing {k} in {v}");
     }
@@ -558,4 +567,605 @@ async fn api_healthz_stats_shape_and_loopback_only() {
     assert!(!is_docker_bridge_address("127.0.0.1".parse().unwrap()));
     assert!(!is_docker_bridge_address("0.0.0.0".parse().unwrap()));
     assert!(!is_docker_bridge_address("::1".parse().unwrap()));
+}
+
+// ---- the record model: versions, stale writes, removals, restarts ----
+
+/// A version-2 body: `change` at `version`, from export `etag`; a removal has no fields.
+fn versioned(record_key: &str, change: &str, version: u64, name: &str) -> Value {
+    let mut body = json!({"feed": "labs", "record_key": record_key, "change": change,
+        "version": version,
+        "source": {"bucket": "data", "key": "incoming/labs/export.csv", "etag": format!("e{version}")},
+        "fields": {"name": name}});
+    if change == "removed" {
+        body["fields"] = json!({});
+    }
+    body
+}
+
+/// Posts `body` with `key` (and `Casefeed-Version` when given); the status and JSON answer.
+async fn post_json(
+    c: &reqwest::Client,
+    s: &ApiServer,
+    key: &str,
+    version_header: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let mut rb = c
+        .post(format!("{}/cases", s.url()))
+        .bearer_auth(TOKEN)
+        .header("Idempotency-Key", key)
+        .json(body);
+    if let Some(v) = version_header {
+        rb = rb.header("Casefeed-Version", v);
+    }
+    let r = rb.send().await.expect("answer");
+    let code = r.status().as_u16();
+    (code, r.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET /records` over HTTP.
+async fn get_records(c: &reqwest::Client, s: &ApiServer) -> Value {
+    let r = c
+        .get(format!("{}/records", s.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn api_refuses_a_version_at_or_below_the_records_with_409_stale_and_applies_nothing() {
+    let path = temp_ledger("stale");
+    let s = server_with(Faults::default(), Some(path.clone())).await;
+    let c = client();
+    let (code, body) = post_json(&c, &s, "k5", None, &versioned("R1", "new", 5, "Ann")).await;
+    assert_eq!(
+        (code, body),
+        (201, json!({"outcome": "applied", "version": 5}))
+    );
+    for (key, version) in [("k4", 4), ("k5-again", 5)] {
+        let (code, body) = post_json(
+            &c,
+            &s,
+            key,
+            None,
+            &versioned("R1", "changed", version, "Old"),
+        )
+        .await;
+        assert_eq!(
+            (code, body),
+            (409, json!({"outcome": "stale", "current_version": 5})),
+            "version {version}"
+        );
+    }
+    // Nothing applied: the record, the keys and the file are as after the first write.
+    let r = s.records();
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].version, &r[0].versions), (5, &vec![5]));
+    assert_eq!(r[0].fields.as_ref().unwrap()["name"], "Ann");
+    assert_eq!(s.applied_keys(), vec!["k5".to_string()]);
+    assert_eq!(ledger_lines(&path).len(), 1);
+    let st = s.stats();
+    assert_eq!((st.applied, st.stale_409, st.replays), (1, 2, 0));
+    // A newer version passes; the same record in another feed has its own versions.
+    let (code, _) = post_json(&c, &s, "k6", None, &versioned("R1", "changed", 6, "New")).await;
+    assert_eq!(code, 201);
+    let mut other_feed = versioned("R1", "new", 1, "Bo");
+    other_feed["feed"] = json!("clinics");
+    assert_eq!(post_json(&c, &s, "c1", None, &other_feed).await.0, 201);
+    s.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn api_answers_a_key_applied_before_with_409_duplicate_whatever_its_version() {
+    let s = server_with(Faults::default(), None).await;
+    let c = client();
+    assert_eq!(
+        post_json(&c, &s, "k1", None, &versioned("R1", "new", 1, "Ann"))
+            .await
+            .0,
+        201
+    );
+    for version in [1, 9] {
+        let (code, body) = post_json(
+            &c,
+            &s,
+            "k1",
+            None,
+            &versioned("R1", "changed", version, "X"),
+        )
+        .await;
+        assert_eq!((code, body), (409, json!({"outcome": "duplicate"})));
+    }
+    let st = s.stats();
+    assert_eq!((st.applied, st.replays, st.stale_409), (1, 2, 0));
+    assert_eq!(s.records()[0].versions, vec![1]);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_lists_each_records_acknowledged_versions_in_order_sorted_by_feed_and_key() {
+    let s = server_with(Faults::default(), None).await;
+    let c = client();
+    for (key, record, change, version) in [
+        ("a", "R2", "new", 1),
+        ("b", "R1", "new", 1),
+        ("c", "R2", "changed", 2),
+        ("d", "R2", "changed", 5),
+        ("e", "R2", "changed", 3), // stale: not acknowledged
+    ] {
+        post_json(&c, &s, key, None, &versioned(record, change, version, key)).await;
+    }
+    let mut z = versioned("A0", "new", 7, "z");
+    z["feed"] = json!("zeta");
+    post_json(&c, &s, "z", None, &z).await;
+    let v = get_records(&c, &s).await;
+    assert_eq!(v["count"], 3);
+    let recs = v["records"].as_array().unwrap();
+    let order: Vec<(&str, &str)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["feed"].as_str().unwrap(),
+                r["record_key"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(order, [("labs", "R1"), ("labs", "R2"), ("zeta", "A0")]);
+    assert_eq!(
+        recs[1],
+        json!({"feed": "labs", "record_key": "R2", "version": 5, "versions": [1, 2, 5],
+               "removed": false, "fields": {"name": "d"},
+               "source": {"bucket": "data", "key": "incoming/labs/export.csv", "etag": "e5"}})
+    );
+    assert_eq!(recs[0]["versions"], json!([1]));
+    // The same as the in-process view, and only with the token.
+    let typed: Vec<super::ledger::Record> = serde_json::from_value(v["records"].clone()).unwrap();
+    assert_eq!(typed, s.records());
+    let r = c.get(format!("{}/records", s.url())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_removed_clears_the_fields_keeps_the_versions_and_a_newer_version_restores_it() {
+    let s = server_with(Faults::default(), None).await;
+    let c = client();
+    assert_eq!(
+        post_json(&c, &s, "k1", None, &versioned("R1", "new", 1, "Ann"))
+            .await
+            .0,
+        201
+    );
+    let mut tomb = versioned("R1", "removed", 2, "");
+    tomb.as_object_mut().unwrap().remove("fields");
+    assert_eq!(post_json(&c, &s, "k2", None, &tomb).await.0, 201);
+    let r = &get_records(&c, &s).await["records"][0];
+    assert_eq!((&r["removed"], &r["fields"]), (&json!(true), &Value::Null));
+    assert_eq!((&r["version"], &r["versions"]), (&json!(2), &json!([1, 2])));
+    // A removal does not reopen older versions…
+    let (code, body) = post_json(&c, &s, "k1b", None, &versioned("R1", "new", 1, "Ann")).await;
+    assert_eq!((code, &body["outcome"]), (409, &json!("stale")));
+    // …and a newer one brings the record back.
+    assert_eq!(
+        post_json(&c, &s, "k3", None, &versioned("R1", "new", 3, "Bo"))
+            .await
+            .0,
+        201
+    );
+    let r = &s.records()[0];
+    assert!(!r.removed);
+    assert_eq!(r.versions, vec![1, 2, 3]);
+    assert_eq!(r.fields.as_ref().unwrap()["name"], "Bo");
+    // Shapes: a removal with fields, a change without, are bad requests.
+    let mut bad = versioned("R1", "removed", 4, "");
+    bad["fields"] = json!({"name": "Ann"});
+    assert_eq!(post_json(&c, &s, "k4", None, &bad).await.0, 400);
+    let mut bad = versioned("R1", "changed", 4, "");
+    bad.as_object_mut().unwrap().remove("fields");
+    assert_eq!(post_json(&c, &s, "k4", None, &bad).await.0, 400);
+    assert_eq!(s.stats().bad_requests, 2);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_fail_records_fails_only_the_versions_below_the_listed_one() {
+    let s = server_with(Faults::default(), None).await;
+    let c = client();
+    let r = c
+        .post(format!("{}/control", s.url()))
+        .bearer_auth(TOKEN)
+        .json(&json!({"fail_records": {"R1": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(s.faults().fail_records.get("R1"), Some(&3));
+    for attempt in 0..2 {
+        for version in [1, 2] {
+            let body = versioned("R1", "changed", version, "x");
+            let key = format!("k{version}");
+            assert_eq!(
+                post_json(&c, &s, &key, None, &body).await.0,
+                503,
+                "{attempt}"
+            );
+        }
+    }
+    // Another record is not affected at any version; the listed one passes from 3 on.
+    assert_eq!(
+        post_json(&c, &s, "o1", None, &versioned("R2", "new", 1, "x"))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        post_json(&c, &s, "k3", None, &versioned("R1", "new", 3, "x"))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        post_json(&c, &s, "k4", None, &versioned("R1", "changed", 4, "x"))
+            .await
+            .0,
+        201
+    );
+    let st = s.stats();
+    assert_eq!((st.server_errors_5xx, st.applied), (4, 3));
+    assert_eq!(s.records()[0].versions, vec![3, 4]);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_400_when_the_casefeed_version_header_disagrees_with_the_body() {
+    let s = server_with(Faults::default(), None).await;
+    let c = client();
+    let body = versioned("R1", "new", 7, "Jane Roe");
+    for header in ["6", "abc", "-1"] {
+        let (code, answer) = post_json(&c, &s, "k", Some(header), &body).await;
+        assert_eq!(code, 400, "Casefeed-Version: {header}");
+        assert!(!answer.to_string().contains("Jane"), "{answer}");
+    }
+    // A header without a version in the body disagrees with its version 0.
+    let (code, _) = post_json(&c, &s, "k", Some("7"), &case_body("R1")).await;
+    assert_eq!(code, 400);
+    assert_eq!(s.stats().bad_requests, 4);
+    assert!(s.records().is_empty());
+    assert_eq!(post_json(&c, &s, "k", Some("7"), &body).await.0, 201);
+    s.shutdown().await;
+}
+
+/// Two `POST /cases` at once, started together; their statuses.
+async fn two_at_once(
+    c: &reqwest::Client,
+    s: &ApiServer,
+    a: (&str, Value),
+    b: (&str, Value),
+) -> Vec<u16> {
+    let mut tasks = JoinSet::new();
+    for (key, body) in [a, b] {
+        let rb = c
+            .post(format!("{}/cases", s.url()))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", key)
+            .json(&body);
+        tasks.spawn(async move { rb.send().await.unwrap().status().as_u16() });
+    }
+    let mut codes = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        codes.push(r.unwrap());
+    }
+    codes
+}
+
+#[tokio::test]
+async fn api_counts_an_overlap_when_two_slow_calls_for_one_record_overlap_and_not_for_two_records()
+{
+    let faults = Faults {
+        latency_ms: 400,
+        ..Faults::default()
+    };
+    let s = server_with(faults, None).await;
+    let c = client();
+    let codes = two_at_once(
+        &c,
+        &s,
+        ("a1", versioned("A", "new", 1, "x")),
+        ("b1", versioned("B", "new", 1, "x")),
+    )
+    .await;
+    assert_eq!(codes, [201, 201]);
+    let st = s.stats();
+    assert_eq!(
+        (
+            st.peak_in_flight,
+            st.peak_in_flight_per_record,
+            st.overlapping_record_calls
+        ),
+        (2, 1, 0)
+    );
+    let codes = two_at_once(
+        &c,
+        &s,
+        ("a2", versioned("A", "changed", 2, "x")),
+        ("a3", versioned("A", "changed", 3, "x")),
+    )
+    .await;
+    // whichever came second may have found the other's newer version
+    assert!(
+        codes.contains(&201) && codes.iter().all(|&c| c == 201 || c == 409),
+        "{codes:?}"
+    );
+    let st = s.stats();
+    assert_eq!(
+        (st.peak_in_flight_per_record, st.overlapping_record_calls),
+        (2, 1)
+    );
+    // One call after the other is no overlap.
+    s.reset().unwrap();
+    for (key, v) in [("a4", 4), ("a5", 5)] {
+        assert_eq!(
+            post_json(&c, &s, key, None, &versioned("A", "changed", v, "x"))
+                .await
+                .0,
+            201
+        );
+    }
+    let st = s.stats();
+    assert_eq!(
+        (st.peak_in_flight_per_record, st.overlapping_record_calls),
+        (1, 0)
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_a_record_is_no_longer_in_flight_after_injected_faults_timeouts_and_dropped_connections(
+) {
+    let s = server_with(Faults::default(), None).await;
+    let c = client();
+    let fast = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let fault_sets = [
+        json!({"fail_5xx": 1.0}),
+        json!({"fail_5xx": 0.0, "rate_limit_429": 1.0}),
+        json!({"rate_limit_429": 0.0, "reject_record_keys": ["A"]}),
+        json!({"reject_record_keys": [], "fail_records": {"A": 100}}),
+        json!({"fail_records": {}, "timeout_share": 1.0, "timeout_ms": 300}),
+        json!({"timeout_share": 0.0, "apply_then_drop": 1.0}),
+    ];
+    for (i, patch) in fault_sets.iter().enumerate() {
+        let patch: super::faults::FaultsPatch = serde_json::from_value(patch.clone()).unwrap();
+        s.patch_faults(&patch).unwrap();
+        let body = versioned("A", "new", i as u64 + 1, "x");
+        let key = format!("k{i}");
+        let _ = fast
+            .post(format!("{}/cases", s.url()))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", &key)
+            .json(&body)
+            .send()
+            .await;
+    }
+    s.set_faults(Faults::default());
+    // The timed-out call sleeps on for its timeout_ms; wait for every call to end.
+    for _ in 0..100 {
+        if s.stats().in_flight == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.stats().in_flight, 0);
+    let st = s.stats();
+    assert_eq!(
+        (
+            st.server_errors_5xx,
+            st.rate_limited_429,
+            st.rejected_422,
+            st.timeouts
+        ),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(st.dropped_after_apply, 1);
+    // No call for A is left counted: the next one is alone for its record.
+    assert_eq!(
+        post_json(&c, &s, "next", None, &versioned("A", "changed", 10, "x"))
+            .await
+            .0,
+        201
+    );
+    let st = s.stats();
+    assert_eq!(
+        (st.peak_in_flight_per_record, st.overlapping_record_calls),
+        (1, 0)
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_restart_from_the_ledger_file_restores_the_records() {
+    let path = temp_ledger("records");
+    let s = server_with(Faults::default(), Some(path.clone())).await;
+    let c = client();
+    for (key, record, change, version) in [
+        ("a", "R1", "new", 1),
+        ("b", "R1", "changed", 2),
+        ("c", "R2", "new", 1),
+        ("d", "R2", "removed", 3),
+    ] {
+        let body = versioned(record, change, version, key);
+        assert_eq!(post_json(&c, &s, key, None, &body).await.0, 201);
+    }
+    let before = s.records();
+    s.shutdown().await;
+    // A line of an older server (no version, no fields), then a torn last line.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(
+            b"{\"idempotency_key\":\"old\",\"feed\":\"archive\",\"record_key\":\"X\",\
+              \"change\":\"new\",\"at\":\"2024-01-01T00:00:00.000Z\"}\n\
+              {\"idempotency_key\":\"torn\",\"feed\":\"labs\",\"record_key\":\"R9\",\"cha",
+        )
+        .unwrap();
+    }
+    let s = server_with(Faults::default(), Some(path.clone())).await;
+    let after = s.records();
+    assert_eq!(after.len(), 3);
+    let old = &after[0];
+    assert_eq!(
+        (old.feed.as_str(), old.record_key.as_str()),
+        ("archive", "X")
+    );
+    assert_eq!(
+        (old.version, &old.versions, old.removed),
+        (0, &vec![0], false)
+    );
+    assert_eq!(after[1..], before[..]);
+    assert!(after[2].removed && after[2].fields.is_none());
+    // The restored versions and keys still decide.
+    assert_eq!(
+        post_json(&c, &s, "b", None, &versioned("R1", "changed", 2, "b"))
+            .await
+            .1,
+        json!({"outcome": "duplicate"})
+    );
+    assert_eq!(
+        post_json(&c, &s, "e", None, &versioned("R1", "changed", 2, "e"))
+            .await
+            .1,
+        json!({"outcome": "stale", "current_version": 2})
+    );
+    assert_eq!(
+        post_json(&c, &s, "torn", None, &versioned("R9", "new", 1, "t"))
+            .await
+            .0,
+        201
+    );
+    s.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn api_reset_forgets_the_records_but_not_the_keys_and_a_restart_agrees() {
+    let path = temp_ledger("reset");
+    let s = server_with(Faults::default(), Some(path.clone())).await;
+    let c = client();
+    assert_eq!(
+        post_json(&c, &s, "a", None, &versioned("R1", "new", 5, "a"))
+            .await
+            .0,
+        201
+    );
+    let r = c
+        .post(format!("{}/reset", s.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        get_records(&c, &s).await,
+        json!({"count": 0, "records": []})
+    );
+    s.shutdown().await;
+    let s = server_with(Faults::default(), Some(path.clone())).await;
+    assert!(s.records().is_empty());
+    assert_eq!(s.applied_keys(), vec!["a".to_string()]);
+    assert_eq!(
+        post_json(&c, &s, "a", None, &versioned("R1", "new", 5, "a"))
+            .await
+            .0,
+        409
+    );
+    // The record starts afresh: a lower version than before the reset applies.
+    assert_eq!(
+        post_json(&c, &s, "b", None, &versioned("R1", "new", 1, "b"))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(s.records()[0].versions, vec![1]);
+    s.shutdown().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn api_accepts_what_the_consumers_http_client_sends_and_refuses_its_stale_versions() {
+    use casefeed::adapters::http_api::HttpApi;
+    use casefeed::contract::envelope::{Change, Envelope, EnvelopeSource, ENVELOPE_VERSION};
+    use casefeed::ports::api::{Api, ApiAnswer};
+
+    let s = server_with(Faults::default(), None).await;
+    let t = Duration::from_secs(5);
+    let api = HttpApi::new(&s.url(), TOKEN, true, t, t).unwrap();
+    let envelope = |key: &str, change: Change, version: u64| Envelope {
+        v: ENVELOPE_VERSION,
+        feed: "labs".into(),
+        run: "run".into(),
+        source: EnvelopeSource {
+            bucket: "data".into(),
+            key: "incoming/labs/export.csv".into(),
+            etag: format!("e{version}"),
+            version_id: Some("v1".into()),
+        },
+        change,
+        record_key: "CA|7".into(),
+        version,
+        idempotency_key: key.into(),
+        fields: match change {
+            Change::Removed => Default::default(),
+            _ => [("name".to_string(), format!("n{version}"))].into(),
+        },
+    };
+    let code = |a: ApiAnswer| match a {
+        ApiAnswer::Status { code, .. } => code,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        code(api.deliver(&envelope("k1", Change::New, 1)).await),
+        201
+    );
+    assert_eq!(
+        code(api.deliver(&envelope("k1", Change::New, 1)).await),
+        409
+    );
+    assert_eq!(
+        code(api.deliver(&envelope("k3", Change::Changed, 3)).await),
+        201
+    );
+    assert_eq!(
+        code(api.deliver(&envelope("k2", Change::Changed, 2)).await),
+        409
+    );
+    assert_eq!(
+        code(api.deliver(&envelope("k4", Change::Removed, 4)).await),
+        201
+    );
+    let st = s.stats();
+    assert_eq!(
+        (st.applied, st.replays, st.stale_409, st.bad_requests),
+        (3, 1, 1, 0)
+    );
+    let r = &s.records()[0];
+    assert_eq!(
+        (r.record_key.as_str(), &r.versions, r.removed),
+        ("CA|7", &vec![1, 3, 4], true)
+    );
+    let src = r.source.as_ref().unwrap();
+    assert_eq!(
+        (src.etag.as_str(), src.version_id.as_deref()),
+        ("e4", Some("v1"))
+    );
+    s.shutdown().await;
 }

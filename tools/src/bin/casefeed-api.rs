@@ -32,7 +32,8 @@ struct Args {
     /// Bearer token required on POST /cases, /control and /reset.
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     token: String,
-    /// Append-only JSON-lines ledger of applied effects (keys already in it count as applied).
+    /// Append-only JSON-lines ledger of applied effects (a restart rebuilds the applied keys
+    /// and the records from it).
     #[arg(long)]
     ledger: Option<PathBuf>,
     /// Largest accepted POST /cases body; larger → 413.
@@ -55,7 +56,7 @@ struct Args {
     timeout_share: f64,
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
-    /// Latency added to every POST /cases.
+    /// Latency added to every authorized, well-formed POST /cases.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
     /// Start with an outage of this many seconds (every POST /cases answers 503).
@@ -73,6 +74,10 @@ struct Args {
     /// record_key answered 422 permanently (repeatable).
     #[arg(long = "reject-record-key")]
     reject_record_keys: Vec<String>,
+    /// RECORD_KEY=VERSION: calls for that record with a version below VERSION answer 503
+    /// (repeatable).
+    #[arg(long = "fail-record", value_parser = parse_fail_record)]
+    fail_records: Vec<(String, u64)>,
     /// Seed of the RNG deciding the shares.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -91,6 +96,7 @@ impl Args {
             apply_then_drop: self.apply_then_drop,
             reject_keys: self.reject_keys.clone(),
             reject_record_keys: self.reject_record_keys.clone(),
+            fail_records: self.fail_records.iter().cloned().collect(),
             seed: self.seed,
         };
         if let Some(secs) = self.outage_secs {
@@ -101,6 +107,17 @@ impl Args {
         }
         Ok(f)
     }
+}
+
+fn parse_fail_record(s: &str) -> Result<(String, u64), String> {
+    let (key, version) = s
+        .rsplit_once('=')
+        .ok_or_else(|| "expected RECORD_KEY=VERSION".to_string())?;
+    let version = version
+        .trim()
+        .parse()
+        .map_err(|_| "VERSION must be a non-negative integer".to_string())?;
+    Ok((key.to_string(), version))
 }
 
 #[tokio::main]
