@@ -197,23 +197,38 @@ async fn each_row_applied_exactly_once_and_redelivery_has_no_effect() {
         0,
         "the ledger answered before the API was called"
     );
-    let ledger_keys = p.stack.list("ledger/lab_results/").await;
-    assert_eq!(ledger_keys.len(), 140, "one ledger record per applied key");
+    // the ledger: one record item per applied record, at the run's version (the baseline
+    // is generation 1, the next file 2), no lease left; one applied fate per key
+    let items = p.stack.ledger_items().await;
+    let records: Vec<_> = items
+        .iter()
+        .filter(|i| i["pk"].starts_with("rec#"))
+        .collect();
+    assert_eq!(records.len(), 140, "one ledger record per applied record");
+    assert!(records
+        .iter()
+        .all(|i| i["acked"] == "2" && !i.contains_key("lease_owner")));
+    let fates: Vec<_> = items
+        .iter()
+        .filter(|i| i["pk"].starts_with("key#"))
+        .collect();
+    assert_eq!(fates.len(), 140, "one fate per transition");
+    assert!(fates.iter().all(|i| i["fate"] == "applied"), "{fates:?}");
     let sqs = &p.stack.inner.sqs;
 
-    // without the consumer's ledger (expired by lifecycle), the API's 409 still dedupes
+    // without the consumer's ledger (expired by TTL), the API's 409 still dedupes
     for line in std::fs::read_to_string(&p.ledger).unwrap().lines().take(10) {
         let v: Value = serde_json::from_str(line).unwrap();
-        let k = format!(
-            "ledger/lab_results/{}",
-            v["idempotency_key"].as_str().unwrap()
+        let pk = casefeed::contract::layout::ledger_record_pk(
+            "lab_results",
+            v["record_key"].as_str().unwrap(),
         );
         p.stack
             .inner
-            .s3
-            .delete_object()
-            .bucket(BUCKET)
-            .key(k)
+            .dynamodb
+            .delete_item()
+            .table_name(&p.stack.inner.ledger_table)
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk))
             .send()
             .await
             .unwrap();
@@ -221,8 +236,9 @@ async fn each_row_applied_exactly_once_and_redelivery_has_no_effect() {
     for line in std::fs::read_to_string(&p.ledger).unwrap().lines().take(10) {
         let v: Value = serde_json::from_str(line).unwrap();
         let body = serde_json::json!({
-            "v": 1, "feed": "lab_results", "run": "replay", "source": {"bucket": BUCKET, "key": "k", "etag": "e"},
-            "change": v["change"], "record_key": v["record_key"], "idempotency_key": v["idempotency_key"], "fields": {}
+            "v": 2, "feed": "lab_results", "run": "replay", "source": {"bucket": BUCKET, "key": "k", "etag": "e"},
+            "change": v["change"], "record_key": v["record_key"], "version": v["version"],
+            "idempotency_key": v["idempotency_key"], "fields": v["fields"]
         });
         sqs.send_message()
             .queue_url(&p.stack.queue_url)
@@ -505,21 +521,161 @@ async fn a_full_outage_ends_in_the_dlq_through_redrive() {
     assert!(p.logs().contains("circuit opened"));
 }
 
-/// Peak in-flight API calls never exceed the ceiling (consumers × RECORD_CONCURRENCY) while
-/// 2,000 messages are drained with slow answers.
+/// Upload `file` as `incoming/lab_results/<name>` and split it; the run's status.
+async fn split_file(p: &Pipeline, name: &str, file: &std::path::Path) -> Value {
+    let ev = p
+        .stack
+        .upload(&format!("incoming/lab_results/{name}"), file)
+        .await;
+    let r = p.splitter.invoke(&ev).await;
+    r["results"][0].clone()
+}
+
+/// The stand-in API's records by record key.
+fn api_records(p: &Pipeline) -> BTreeMap<String, casefeed_tools::api::Record> {
+    p.api
+        .records()
+        .into_iter()
+        .map(|r| (r.record_key.clone(), r))
+        .collect()
+}
+
+/// A record changes in three successive files while the API keeps failing its older
+/// versions (fault by record key): the API ends with the third file's content, and the
+/// older messages end superseded — never applied, their fate in the ledger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_flight_calls_never_exceed_the_ceiling() {
+async fn the_api_ends_with_the_newest_file_while_older_versions_keep_failing() {
+    let p = pipeline(
+        "newest",
+        20,
+        2,
+        &[("BREAKER_THRESHOLD", "1000")],
+        Faults::default(),
+    )
+    .await;
+    let base = p.stack.path("e1.csv");
+    gen(&["baseline", "--rows", "300", "--seed", "11"], &base);
+    assert_eq!(split_file(&p, "e1.csv", &base).await["status"], "baseline");
+    let ids: Vec<String> = read_rows(&base).keys().take(4).cloned().collect();
+    let x = ids[0].clone();
+    // X's old versions (below 4) keep failing with 503
+    let mut f = p.api.faults();
+    f.fail_records = [(x.clone(), 4u64)].into_iter().collect();
+    p.api.set_faults(f);
+
+    // file 2 changes X and three others; the others are applied, X's version 2 keeps failing
+    // X takes `rev`; the three others keep their version-2 content
+    let revise = |name: &str, rev: &str| {
+        let out = p.stack.path(name);
+        rewrite_csv(&base, &out, |id, row| {
+            if id == x {
+                row.insert("notes".into(), rev.to_string());
+            } else if ids.iter().any(|i| i == id) {
+                row.insert("notes".into(), "rev2".into());
+            }
+        });
+        out
+    };
+    let f2 = revise("e2.csv", "rev2");
+    let r2 = split_file(&p, "e2.csv", &f2).await;
+    assert_eq!(
+        (r2["status"].as_str(), r2["counts"]["sent"].as_u64()),
+        (Some("applied"), Some(4)),
+        "{r2}"
+    );
+    let st = p.drain(Duration::from_secs(8)).await;
+    assert!(!st.drained, "X's version 2 is still failing: {st:?}");
+    assert!(p.api.stats().server_errors_5xx >= 1);
+    assert!(
+        !api_records(&p).contains_key(&x),
+        "version 2 of X was never applied"
+    );
+
+    // files 3 and 4 change X again: version 4 is applied, 2 and 3 are superseded
+    for (name, rev) in [("e3.csv", "rev3"), ("e4.csv", "rev4")] {
+        let f = revise(name, rev);
+        let r = split_file(&p, name, &f).await;
+        assert_eq!(
+            (r["status"].as_str(), r["counts"]["sent"].as_u64()),
+            (Some("applied"), Some(1)),
+            "{r}"
+        );
+    }
+    let st = p.drain(Duration::from_secs(120)).await;
+    assert!(st.drained, "{st:?}");
+    let recs = api_records(&p);
+    assert_eq!(
+        recs[&x].versions,
+        [4],
+        "only the newest version reached the API"
+    );
+    assert_eq!(recs[&x].fields.as_ref().unwrap()["notes"], "rev4");
+    for id in &ids[1..] {
+        assert_eq!(recs[id].versions, [2], "{id}");
+        assert_eq!(recs[id].fields.as_ref().unwrap()["notes"], "rev2", "{id}");
+    }
+    assert_eq!(
+        p.stack.ledger_fates(&x).await,
+        [
+            (2, "superseded".to_string()),
+            (3, "superseded".to_string()),
+            (4, "applied".to_string())
+        ]
+    );
+    assert_eq!(
+        p.stack.ledger_record("lab_results", &x).await,
+        Some((Some(4), false))
+    );
+    assert!(
+        p.stack.drain(&p.stack.dlq_url).await.is_empty(),
+        "nothing dead-lettered"
+    );
+}
+
+/// Two files change the same 1,000 records (2,000 messages) while 30% of the calls fail
+/// transiently and every answer is slow, with three consumers: no record's applied
+/// versions ever decrease, no two calls for one record overlap, in-flight calls never
+/// exceed the ceiling (consumers × RECORD_CONCURRENCY), every record ends with the last
+/// file's content and every transition has its fate; then a DLQ replay of an old
+/// transition is superseded, not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_faults_two_files_changing_the_same_records_end_with_the_last_one() {
     let faults = Faults {
+        fail_5xx: 0.3,
         latency_ms: 40,
+        seed: 17,
         ..Faults::default()
     };
-    let p = pipeline("inflight", 5, 3, &[("RECORD_CONCURRENCY", "2")], faults).await;
-    let (_, exp, _) = p.split("25000", "2000", "0").await;
-    assert_eq!(exp.new.len(), 2000);
+    let env = [("RECORD_CONCURRENCY", "2"), ("BREAKER_THRESHOLD", "1000")];
+    let p = pipeline("order", 20, 3, &env, faults).await;
+    let base = p.stack.path("o1.csv");
+    // 1,000 changes stay under the flood guard (10%)
+    gen(&["baseline", "--rows", "12000", "--seed", "12"], &base);
+    assert_eq!(split_file(&p, "o1.csv", &base).await["status"], "baseline");
+    let changed: BTreeSet<String> = read_rows(&base).keys().take(1000).cloned().collect();
+    for (name, rev) in [("o2.csv", "rev2"), ("o3.csv", "rev3")] {
+        let out = p.stack.path(name);
+        rewrite_csv(&base, &out, |id, row| {
+            if changed.contains(id) {
+                row.insert("notes".into(), rev.to_string());
+            }
+        });
+        let r = split_file(&p, name, &out).await;
+        assert_eq!(
+            (r["status"].as_str(), r["counts"]["sent"].as_u64()),
+            (Some("applied"), Some(1000)),
+            "{r}"
+        );
+    }
     let st = p.drain(Duration::from_secs(900)).await;
     assert!(st.drained, "{st:?}");
     let s = p.api.stats();
-    assert_eq!(s.applied, 2000, "{s:?}");
+    assert!(s.server_errors_5xx > 100, "faults were injected: {s:?}");
+    assert_eq!(
+        s.overlapping_record_calls, 0,
+        "no two calls for one record overlap: {s:?}"
+    );
+    assert_eq!(s.peak_in_flight_per_record, 1, "{s:?}");
     assert!(
         s.peak_in_flight <= 6,
         "peak {} > 3 consumers × 2",
@@ -527,8 +683,196 @@ async fn in_flight_calls_never_exceed_the_ceiling() {
     );
     assert!(
         s.peak_in_flight >= 3,
-        "the consumers really ran concurrently: {}",
-        s.peak_in_flight
+        "the consumers really ran concurrently: {s:?}"
     );
     assert!(st.peak_concurrency <= 3, "{st:?}");
+    let recs = api_records(&p);
+    assert_eq!(recs.len(), 1000);
+    for id in &changed {
+        let r = &recs[id];
+        assert!(
+            r.versions.windows(2).all(|w| w[0] < w[1]),
+            "{id}: {:?} goes backwards",
+            r.versions
+        );
+        assert_eq!(r.versions.last(), Some(&3), "{id}: {:?}", r.versions);
+        assert_eq!(r.fields.as_ref().unwrap()["notes"], "rev3", "{id}");
+    }
+    // every transition has its fate: version 3 applied (or found applied), version 2
+    // applied before it or superseded by it
+    let items = p.stack.ledger_items().await;
+    let fates: Vec<_> = items
+        .iter()
+        .filter(|i| i["pk"].starts_with("key#"))
+        .collect();
+    assert_eq!(fates.len(), 2000, "one fate per transition");
+    let superseded = fates.iter().filter(|i| i["fate"] == "superseded").count();
+    let v2_applied = recs.values().filter(|r| r.versions.contains(&2)).count();
+    assert_eq!(
+        v2_applied + superseded,
+        1000,
+        "each version 2 applied or superseded"
+    );
+    assert!(fates
+        .iter()
+        .filter(|i| i["version"] == "3")
+        .all(|i| i["fate"] == "applied" || i["fate"] == "duplicate"));
+    assert!(
+        p.stack.drain(&p.stack.dlq_url).await.is_empty(),
+        "nothing dead-lettered"
+    );
+
+    // an operator replays an old transition from the DLQ after the newer one was applied:
+    // superseded, never sent
+    let old = std::fs::read_to_string(&p.ledger)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["version"] == 2)
+        .expect("some version 2 was applied before its version 3");
+    let body = serde_json::json!({
+        "v": 2, "feed": "lab_results", "run": "old-run",
+        "source": {"bucket": BUCKET, "key": "incoming/lab_results/o2.csv", "etag": "e"},
+        "change": old["change"], "record_key": old["record_key"], "version": 2,
+        "idempotency_key": old["idempotency_key"], "fields": old["fields"]
+    });
+    let sqs = &p.stack.inner.sqs;
+    sqs.send_message()
+        .queue_url(&p.stack.dlq_url)
+        .message_body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let requests = p.api.stats().requests;
+    let moved = casefeed_tools::dlq::replay(sqs, &p.stack.dlq_url, &p.stack.queue_url, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    let st = p.drain(Duration::from_secs(60)).await;
+    assert!(st.drained, "{st:?}");
+    assert_eq!(
+        p.api.stats().requests,
+        requests,
+        "the old transition was not sent"
+    );
+    let rk = old["record_key"].as_str().unwrap();
+    assert_eq!(api_records(&p)[rk].versions.last(), Some(&3));
+    let ikey = old["idempotency_key"].as_str().unwrap();
+    let fate = items_fate(&p, ikey).await;
+    assert_eq!(fate.as_deref(), Some("superseded"));
+}
+
+async fn items_fate(p: &Pipeline, ikey: &str) -> Option<String> {
+    let pk = casefeed::contract::layout::ledger_fate_pk("lab_results", ikey);
+    p.stack
+        .ledger_items()
+        .await
+        .into_iter()
+        .find(|i| i["pk"] == pk)
+        .map(|i| i["fate"].clone())
+}
+
+/// A consumer is killed (SIGKILL, with its emulator) while its API call is in flight: the
+/// redelivered message finds the record's lease live and waits — no second call — until
+/// the lease expires, then takes it over; the record is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_of_a_consumer_killed_mid_call_is_taken_over_after_expiry_and_applied_once() {
+    let faults = Faults {
+        latency_ms: 3000,
+        ..Faults::default()
+    };
+    let env = [
+        ("API_TIMEOUT_MS", "8000"),
+        ("API_CONNECT_TIMEOUT_MS", "1000"),
+        ("LEDGER_LEASE_SECS", "18"),
+        ("LEDGER_WAIT_MS", "500"),
+    ];
+    let mut p = pipeline("killed", 10, 2, &env, faults).await;
+    let base = p.stack.path("k1.csv");
+    gen(&["baseline", "--rows", "100", "--seed", "13"], &base);
+    assert_eq!(split_file(&p, "k1.csv", &base).await["status"], "baseline");
+    let x = read_rows(&base).keys().next().cloned().unwrap();
+    let next = p.stack.path("k2.csv");
+    rewrite_csv(&base, &next, |id, row| {
+        if id == x {
+            row.insert("notes".into(), "rev2".into());
+        }
+    });
+    assert_eq!(split_file(&p, "k2.csv", &next).await["counts"]["sent"], 1);
+    let sqs = p.stack.inner.sqs.clone();
+    // redelivered 2 s after the crash (the visibility timeout), while the lease is live
+    sqs.set_queue_attributes()
+        .queue_url(&p.stack.queue_url)
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "2",
+        )
+        .send()
+        .await
+        .unwrap();
+    let got = sqs
+        .receive_message()
+        .queue_url(&p.stack.queue_url)
+        .max_number_of_messages(1)
+        .wait_time_seconds(5)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(got.len(), 1);
+    let event =
+        casefeed_tools::esm::sqs_event(&got, &casefeed_tools::esm::queue_arn(&p.stack.queue_url));
+    let victim = &p.consumers[0];
+    let call = victim.invoke(&event);
+    // the call is in flight at the API (3 s latency) when the consumer dies
+    let kill_after = async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    };
+    tokio::select! {
+        r = call => panic!("the invocation finished before the kill: {r:?}"),
+        () = kill_after => {}
+    }
+    let leased_at = std::time::Instant::now();
+    p.consumers[0].kill();
+    assert_eq!(
+        p.stack.ledger_record("lab_results", &x).await,
+        Some((None, true)),
+        "the dead consumer's lease is on the record"
+    );
+    let survivor = p.consumers.split_off(1);
+    let cfg = EsmConfig {
+        queue_url: p.stack.queue_url.clone(),
+        batch_size: 10,
+        wait_secs: 1,
+        max_duration: Duration::from_secs(120),
+    };
+    let st = esm::drain(&sqs, &survivor, &cfg).await.expect("drain");
+    assert!(st.drained, "{st:?}");
+    assert!(
+        leased_at.elapsed() >= Duration::from_secs(15),
+        "the survivor waited out the lease ({:?})",
+        leased_at.elapsed()
+    );
+    let recs = api_records(&p);
+    assert_eq!(recs[&x].versions, [2], "applied once");
+    assert_eq!(recs[&x].fields.as_ref().unwrap()["notes"], "rev2");
+    assert_eq!(p.api.stats().overlapping_record_calls, 0);
+    assert_eq!(
+        p.stack.ledger_record("lab_results", &x).await,
+        Some((Some(2), false))
+    );
+    let fates = p.stack.ledger_fates(&x).await;
+    assert_eq!(fates.len(), 1);
+    assert!(
+        fates[0].1 == "applied" || fates[0].1 == "duplicate",
+        "{fates:?}"
+    );
+    let logs: String = survivor.iter().map(|c| c.log_text()).collect();
+    assert!(
+        retries(&logs).iter().any(|r| r.0 == "record_busy"),
+        "the survivor found the record busy and backed off"
+    );
 }

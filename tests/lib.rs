@@ -181,3 +181,105 @@ pub async fn api_records(base: &str, token: &str) -> Vec<Record> {
     let mut body: Value = resp.json().await.expect("GET /records body");
     serde_json::from_value(body["records"].take()).expect("GET /records shape")
 }
+
+/// Write `dst` as `src` with each row (by header name) passed through `edit(record_id, row)`,
+/// the header and column order kept.
+pub fn rewrite_csv(
+    src: &Path,
+    dst: &Path,
+    mut edit: impl FnMut(&str, &mut std::collections::BTreeMap<String, String>),
+) {
+    let mut rdr = csv::Reader::from_path(src).expect("open csv");
+    let header: Vec<String> = rdr
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let mut w = csv::Writer::from_path(dst).expect("create csv");
+    w.write_record(&header).expect("write header");
+    for r in rdr.records() {
+        let r = r.expect("a generated row parses");
+        let mut row: std::collections::BTreeMap<String, String> = header
+            .iter()
+            .cloned()
+            .zip(r.iter().map(str::to_string))
+            .collect();
+        let id = row.get("record_id").cloned().unwrap_or_default();
+        edit(&id, &mut row);
+        let out: Vec<&str> = header.iter().map(|h| row[h].as_str()).collect();
+        w.write_record(&out).expect("write row");
+    }
+    w.flush().expect("flush csv");
+}
+
+/// One item of the consumer's ledger table, as strings (numbers in their decimal form).
+pub type LedgerItem = std::collections::BTreeMap<String, String>;
+
+impl Stack {
+    /// Every item of the consumer's ledger table (a Scan: tests only; the consumer itself
+    /// may not scan).
+    pub async fn ledger_items(&self) -> Vec<LedgerItem> {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .inner
+                .dynamodb
+                .scan()
+                .table_name(&self.inner.ledger_table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("Scan the ledger table");
+            for item in page.items.unwrap_or_default() {
+                out.push(
+                    item.into_iter()
+                        .filter_map(|(k, v)| match v {
+                            AttributeValue::S(s) | AttributeValue::N(s) => Some((k, s)),
+                            _ => None,
+                        })
+                        .collect(),
+                );
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The fates the ledger recorded for `record_key`'s transitions: (version, fate).
+    pub async fn ledger_fates(&self, record_key: &str) -> Vec<(u64, String)> {
+        let mut out: Vec<(u64, String)> = self
+            .ledger_items()
+            .await
+            .into_iter()
+            .filter(|i| {
+                i["pk"].starts_with("key#")
+                    && i.get("record_key").map(String::as_str) == Some(record_key)
+            })
+            .map(|i| (i["version"].parse().expect("a version"), i["fate"].clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The record's item: (acknowledged version, whether a lease is on it).
+    pub async fn ledger_record(&self, feed: &str, record_key: &str) -> Option<(Option<u64>, bool)> {
+        let pk = casefeed::contract::layout::ledger_record_pk(feed, record_key);
+        self.ledger_items()
+            .await
+            .into_iter()
+            .find(|i| i["pk"] == pk)
+            .map(|i| {
+                (
+                    i.get("acked")
+                        .map(|a| a.parse().expect("acked is a number")),
+                    i.contains_key("lease_owner"),
+                )
+            })
+    }
+}

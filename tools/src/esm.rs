@@ -31,12 +31,14 @@ pub struct EsmStats {
     pub elapsed_ms: u64,
 }
 
-fn queue_arn(url: &str) -> String {
+/// The queue's ARN as moto names it, from its URL.
+pub fn queue_arn(url: &str) -> String {
     let name = url.rsplit('/').next().unwrap_or("queue");
     format!("arn:aws:sqs:{REGION}:123456789012:{name}")
 }
 
-fn sqs_event(msgs: &[aws_sdk_sqs::types::Message], arn: &str) -> Value {
+/// The SQS event Lambda's event source mapping would send for `msgs`.
+pub fn sqs_event(msgs: &[aws_sdk_sqs::types::Message], arn: &str) -> Value {
     use aws_sdk_sqs::types::MessageSystemAttributeName as A;
     let records: Vec<Value> = msgs
         .iter()

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_ledger;
 pub mod demo;
 pub mod dlq;
 pub mod esm;

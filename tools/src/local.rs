@@ -91,15 +91,32 @@ pub fn free_port() -> Result<u16, LocalError> {
         .map_err(|e| setup("no free loopback port", e))
 }
 
-/// A child process, killed on drop.
+/// A child process, killed on drop — with its whole process group when it leads one (the
+/// emulator and the function binary it runs die together, as when Lambda stops an
+/// execution environment).
 pub struct Proc {
     child: Child,
+    group: bool,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        if self.group {
+            if let Ok(pgid) = i32::try_from(self.child.id()) {
+                // SAFETY: killpg only sends a signal; the group is the one this child leads
+                unsafe {
+                    libc::killpg(pgid, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -140,7 +157,10 @@ impl Moto {
             .stderr(logf)
             .spawn()
             .map_err(|e| setup(format!("starting {} (run `make tools`)", bin.display()), e))?;
-        let proc = Proc { child };
+        let proc = Proc {
+            child,
+            group: false,
+        };
         wait_port(port, "moto_server", Duration::from_secs(60))?;
         Ok(Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -591,13 +611,15 @@ impl Rie {
             .stdin(Stdio::null())
             .stdout(logf)
             .stderr(logf2);
+        // its own process group, so that a kill takes the function binary with it
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd
             .spawn()
             .map_err(|e| setup("starting aws-lambda-rie", e))?;
-        let proc = Proc { child };
+        let proc = Proc { child, group: true };
         wait_port(port, "aws-lambda-rie", Duration::from_secs(20))?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(310))
@@ -629,5 +651,11 @@ impl Rie {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kill the emulator and the function it runs (SIGKILL), mid-invocation or not: a
+    /// crashed execution environment.
+    pub fn kill(&mut self) {
+        self._proc.kill();
     }
 }

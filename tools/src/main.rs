@@ -1,6 +1,6 @@
 //! `casefeed`: command-line tools for the casefeed pipeline.
 
-use casefeed_tools::{bench, demo, dlq, gen, held};
+use casefeed_tools::{bench, bench_ledger, demo, dlq, gen, held};
 
 use std::fmt;
 use std::process::ExitCode;
@@ -33,6 +33,10 @@ enum Command {
     Discard(held::DecideArgs),
     /// Benchmark the diff: casefeed vs csv-diff vs the read-and-hash floor (and via moto S3).
     Bench(bench::BenchArgs),
+    /// What the consumer's ledger costs per message (calls, time) against moto, for one or
+    /// more consumer binaries measured in one sitting.
+    #[command(name = "bench-ledger")]
+    BenchLedger(bench_ledger::BenchLedgerArgs),
     /// One benchmark measurement in a child process (started by `casefeed bench`).
     #[command(name = "bench-child", hide = true)]
     BenchChild(bench::ChildArgs),
@@ -70,6 +74,9 @@ fn main() -> Result<ExitCode, CliError> {
         Command::Approve(args) => tokio::runtime::Runtime::new()?.block_on(held::approve(args))?,
         Command::Discard(args) => tokio::runtime::Runtime::new()?.block_on(held::discard(args))?,
         Command::Bench(args) => return Ok(bench::run(args)?),
+        Command::BenchLedger(args) => {
+            tokio::runtime::Runtime::new()?.block_on(bench_ledger::run(args))?
+        }
         Command::BenchChild(args) => return Ok(bench::child(args)?),
     }
     Ok(ExitCode::SUCCESS)
