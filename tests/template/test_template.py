@@ -1,6 +1,7 @@
 """Security and operability properties of template.yaml, checked on the template itself and on
 what SAM turns it into (samtranslator, offline): the IAM policies, bucket, queues, functions,
-parameters and outputs that a deploy would create.
+parameters and outputs that a deploy would create, and the consumer's ledger table and its
+settings.
 
 Every check is a function that returns a list of problems. Each is run on the real template
 (it must find none) and on a deliberately broken copy (it must find the break), so none of
@@ -35,18 +36,32 @@ ENVELOPE_WORST_CASE_BYTES = 65536 * 6 + 16 * 1024
 NO_RESOURCE_LEVEL_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 
 # What each role may do in the data bucket, by key prefix (least privilege, by design):
-# the splitter never writes incoming/ (it would re-trigger itself), the consumer only
-# touches ledger/.
+# the splitter never writes incoming/ (it would re-trigger itself); the consumer has no
+# business in the bucket at all (its ledger is the DynamoDB table, consumer_from_env in
+# shared/src/adapters/env.rs builds no S3 client).
 S3_GRANTS = {
     "SplitterRole": {
         "s3:GetObject": {"incoming", "state", "config"},
         "s3:GetObjectVersion": {"incoming", "state", "config"},
         "s3:PutObject": {"state", "runs", "rejects", "held"},
     },
-    "ConsumerRole": {
-        "s3:GetObject": {"ledger"},
-        "s3:PutObject": {"ledger"},
-    },
+    "ConsumerRole": {},
+}
+
+# What the consumer does on its ledger table (shared/src/adapters/dynamodb.rs): GetItem (a
+# strongly consistent read after a failed condition), PutItem (a fate), UpdateItem (lease,
+# acknowledgement, release). Nothing that reads many items or deletes one (TTL expires them).
+LEDGER_ACTIONS = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
+LEDGER_TABLE = "LedgerTable"
+
+# consumer_from_env's defaults and bounds (shared/src/adapters/env.rs), for the variables the
+# ledger checks read: name -> (default, min, max).
+CONSUMER_ENV_NUMBERS = {
+    "API_TIMEOUT_MS": (10_000, 100, 60_000),
+    "API_CONNECT_TIMEOUT_MS": (2_000, 100, 30_000),
+    "LEDGER_LEASE_SECS": (120, 5, 43_200),
+    "LEDGER_WAIT_MS": (2_000, 0, 60_000),
+    "LEDGER_TTL_DAYS": (30, 1, 3_650),
 }
 
 # cfn-lint suppressions (Metadata cfn-lint ignore_checks) and why each is justified. Empty:
@@ -133,6 +148,11 @@ def refers_to(v, logical_id: str) -> bool:
     return False
 
 
+def is_table_arn(v) -> bool:
+    """Exactly the ledger table's ARN (not an index, a stream or another table)."""
+    return v in ({"Fn::GetAtt": [LEDGER_TABLE, "Arn"]}, {"Fn::GetAtt": f"{LEDGER_TABLE}.Arn"})
+
+
 def role_statements(role: dict) -> list[dict]:
     out = []
     for p in role["Properties"].get("Policies", []):
@@ -190,6 +210,10 @@ def check_iam_least_privilege(t: dict) -> list[str]:
                     elif service == "sqs":
                         if not any(refers_to(r, q) for q in queue_ids):
                             problems.append(f"{name}/{sid}: {a} on {r} (must be one queue of this stack)")
+                    elif service == "dynamodb":
+                        if name != "ConsumerRole" or a not in LEDGER_ACTIONS or not is_table_arn(r):
+                            problems.append(f"{name}/{sid}: {a} on {r} (only the consumer, only "
+                                            f"{sorted(LEDGER_ACTIONS)}, only the ledger table itself)")
                     elif service == "secretsmanager":
                         if a != "secretsmanager:GetSecretValue" or not refers_to(r, "ApiTokenSecret"):
                             problems.append(f"{name}/{sid}: {a} on {r} (only GetSecretValue of the API token secret)")
@@ -219,7 +243,7 @@ def check_s3_grant(role: str, sid: str, action: str, arn: str | None, st: dict) 
         prefixes = as_list(st.get("Condition", {}).get("StringLike", {}).get("s3:prefix"))
         if not prefixes or any(p in ("*", "") for p in prefixes):
             return [f"{role}/{sid}: ListBucket without an s3:prefix condition"]
-        allowed = {p for grants in S3_GRANTS[role].values() for p in grants}
+        allowed = {p for grants in S3_GRANTS.get(role, {}).values() for p in grants}
         bad = [p for p in prefixes if p.split("/")[0] not in allowed]
         return [f"{role}/{sid}: ListBucket prefixes {bad} beyond what the role reads"] if bad else []
     m = S3_OBJECT_ARN.match(arn)
@@ -267,8 +291,8 @@ def check_data_bucket(t: dict) -> list[str]:
         return any(prefix_of(r) in ("", prefix) and isinstance(r.get("ExpirationInDays"), int) and r["ExpirationInDays"] > 0
                    for r in rules)
 
-    if not expires("ledger/"):
-        problems.append("DataBucket: no lifecycle expiry of ledger/ records")
+    if any(prefix_of(r).startswith("ledger") for r in rules):
+        problems.append("DataBucket: a lifecycle rule for ledger/ (the ledger is the DynamoDB table; nothing writes there)")
     if not expires("runs/"):
         problems.append("DataBucket: no lifecycle expiry of old run reports (runs/)")
     if not any(prefix_of(r) in ("", "state/") and r.get("NoncurrentVersionExpiration", {}).get("NoncurrentDays", 0) > 0
@@ -370,6 +394,132 @@ def check_functions(t: dict, source: dict) -> list[str]:
     return problems
 
 
+def check_ledger_table(t: dict) -> list[str]:
+    """The consumer's ledger table as shared/src/adapters/dynamodb.rs uses it: one string
+    partition key `pk`, on demand, items expiring on `expires_at`; encrypted, recoverable and
+    kept when the stack goes (it is what stops an old version being sent again)."""
+    tables = of_type(t, "AWS::DynamoDB::Table")
+    if LEDGER_TABLE not in tables:
+        return [f"{LEDGER_TABLE}: missing (tables: {sorted(tables)})"]
+    problems = []
+    if set(tables) != {LEDGER_TABLE}:
+        problems.append(f"unexpected tables {sorted(set(tables) - {LEDGER_TABLE})}")
+    table = tables[LEDGER_TABLE]
+    p = table["Properties"]
+    for policy in ("DeletionPolicy", "UpdateReplacePolicy"):
+        if table.get(policy) != "Retain":
+            problems.append(f"{LEDGER_TABLE}: {policy} is {table.get(policy)!r}, not Retain")
+    if p.get("BillingMode") != "PAY_PER_REQUEST" or "ProvisionedThroughput" in p:
+        problems.append(f"{LEDGER_TABLE}: billing {p.get('BillingMode')!r} (expected PAY_PER_REQUEST, no provisioned throughput)")
+    if p.get("KeySchema") != [{"AttributeName": "pk", "KeyType": "HASH"}]:
+        problems.append(f"{LEDGER_TABLE}: key schema {p.get('KeySchema')} (expected pk HASH only)")
+    if p.get("AttributeDefinitions") != [{"AttributeName": "pk", "AttributeType": "S"}]:
+        problems.append(f"{LEDGER_TABLE}: attribute definitions {p.get('AttributeDefinitions')} (expected pk S only)")
+    ttl = p.get("TimeToLiveSpecification", {})
+    if ttl.get("Enabled") is not True or ttl.get("AttributeName") != "expires_at":
+        problems.append(f"{LEDGER_TABLE}: TTL {ttl} (expected enabled on expires_at)")
+    if p.get("SSESpecification", {}).get("SSEEnabled") is not True:
+        problems.append(f"{LEDGER_TABLE}: SSE not enabled")
+    if p.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled") is not True:
+        problems.append(f"{LEDGER_TABLE}: point-in-time recovery not enabled")
+    for index in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
+        if p.get(index):
+            problems.append(f"{LEDGER_TABLE}: {index} (nothing queries the ledger)")
+    return problems
+
+
+def check_ledger_access(t: dict) -> list[str]:
+    """Only the consumer touches the ledger, with exactly GetItem/PutItem/UpdateItem on exactly
+    the table; the consumer has no S3 permission at all; the splitter no DynamoDB one."""
+    problems = []
+    roles = of_type(t, "AWS::IAM::Role")
+    for name, role in roles.items():
+        for st in role_statements(role):
+            if st.get("Effect") != "Allow":
+                continue
+            sid = st.get("Sid", "?")
+            actions = [str(a) for a in as_list(st.get("Action", st.get("NotAction")))]
+            ddb = [a for a in actions if a.split(":")[0] in ("dynamodb", "*")]
+            if name != "ConsumerRole" and ddb:
+                problems.append(f"{name}/{sid}: DynamoDB actions {ddb} (only the consumer uses the ledger)")
+            if name == "ConsumerRole" and any(a.split(":")[0] in ("s3", "*") for a in actions):
+                problems.append(f"ConsumerRole/{sid}: S3 actions {actions} (the consumer needs no bucket)")
+    consumer = roles.get("ConsumerRole")
+    if consumer is None:
+        return problems + ["ConsumerRole: missing"]
+    granted: set[str] = set()
+    for st in role_statements(consumer):
+        if st.get("Effect") != "Allow":
+            continue
+        actions = [str(a) for a in as_list(st.get("Action"))]
+        ddb = [a for a in actions if a.startswith("dynamodb:")]
+        if not ddb:
+            continue
+        sid = st.get("Sid", "?")
+        if "NotResource" in st or "NotAction" in st:
+            problems.append(f"ConsumerRole/{sid}: NotAction/NotResource on the ledger")
+        extra = sorted(set(ddb) - LEDGER_ACTIONS)
+        if extra:
+            problems.append(f"ConsumerRole/{sid}: {extra} beyond {sorted(LEDGER_ACTIONS)}")
+        resources = as_list(st.get("Resource"))
+        if not resources or not all(is_table_arn(r) for r in resources):
+            problems.append(f"ConsumerRole/{sid}: DynamoDB on {resources} (must be exactly {LEDGER_TABLE}.Arn)")
+        granted |= set(ddb) & LEDGER_ACTIONS
+    if granted != LEDGER_ACTIONS:
+        problems.append(f"ConsumerRole: ledger actions {sorted(granted)} (the consumer needs {sorted(LEDGER_ACTIONS)})")
+    return problems
+
+
+def env_number(env: dict, name: str) -> tuple[int | None, str | None]:
+    """A consumer variable's value as consumer_from_env reads it (its default when unset), or
+    why it cannot be read from the template."""
+    default, lo, hi = CONSUMER_ENV_NUMBERS[name]
+    v = env.get(name, str(default))
+    if not isinstance(v, (str, int)) or not str(v).isdigit():
+        return None, f"ConsumerFunction: {name} is {v!r}, not a literal number the check can verify"
+    n = int(v)
+    if not lo <= n <= hi:
+        return None, f"ConsumerFunction: {name}={n} outside {lo}..{hi} (the consumer refuses to start)"
+    return n, None
+
+
+def check_consumer_ledger_env(t: dict) -> list[str]:
+    """The consumer's ledger settings as template.yaml sets them: the table by reference, no
+    bucket; a lease that outlasts two of the longest API calls (consumer_from_env refuses a
+    shorter one at start-up, so this finds it before a deploy); items that outlive every message
+    (work queue retention + DLQ retention: the consumer's own dead letters start a new
+    retention period in the DLQ)."""
+    fn = t["Resources"].get("ConsumerFunction", {})
+    env = fn.get("Properties", {}).get("Environment", {}).get("Variables", {})
+    problems = []
+    if env.get("LEDGER_TABLE") != {"Ref": LEDGER_TABLE}:
+        problems.append(f"ConsumerFunction: LEDGER_TABLE is {env.get('LEDGER_TABLE')!r}, not !Ref {LEDGER_TABLE}")
+    if "LEDGER_BUCKET" in env:
+        problems.append("ConsumerFunction: LEDGER_BUCKET is set (the ledger is the DynamoDB table)")
+    n = {}
+    for name in CONSUMER_ENV_NUMBERS:
+        n[name], problem = env_number(env, name)
+        if problem:
+            problems.append(problem)
+    if None in n.values():
+        return problems
+    longest_call_ms = n["API_TIMEOUT_MS"] + n["API_CONNECT_TIMEOUT_MS"]
+    if n["LEDGER_LEASE_SECS"] * 1000 < 2 * longest_call_ms:
+        problems.append(f"ConsumerFunction: LEDGER_LEASE_SECS={n['LEDGER_LEASE_SECS']} < 2 x (API_TIMEOUT_MS + "
+                        f"API_CONNECT_TIMEOUT_MS) = {2 * longest_call_ms / 1000:g} s")
+    queues = of_type(t, "AWS::SQS::Queue")
+    work = queues.get("WorkQueue", {}).get("Properties", {})
+    target = work.get("RedrivePolicy", {}).get("deadLetterTargetArn")
+    dlq = next((q["Properties"] for k, q in queues.items() if refers_to(target, k)), {})
+    retention = [p.get("MessageRetentionPeriod", 345600) for p in (work, dlq)]  # SQS's default: 4 days
+    if not all(isinstance(r, int) for r in retention) or not dlq:
+        problems.append(f"WorkQueue/DLQ retention {retention} cannot be verified against LEDGER_TTL_DAYS")
+    elif n["LEDGER_TTL_DAYS"] * 86400 <= sum(retention):
+        problems.append(f"ConsumerFunction: LEDGER_TTL_DAYS={n['LEDGER_TTL_DAYS']} ({n['LEDGER_TTL_DAYS'] * 86400} s) "
+                        f"<= work queue + DLQ retention ({sum(retention)} s): a message could outlive its ledger item")
+    return problems
+
+
 def check_parameters(source: dict) -> list[str]:
     problems = []
     params = source["Parameters"]
@@ -409,6 +559,7 @@ def check_outputs(source: dict) -> list[str]:
         "DataBucketName": "DataBucket",
         "WorkQueueUrl": "WorkQueue",
         "DeadLetterQueueUrl": "DeadLetterQueue",
+        "LedgerTableName": "LedgerTable",
         "SplitterFailuresQueueUrl": "SplitterFailuresQueue",
         "SplitterFunctionName": "SplitterFunction",
         "ConsumerFunctionName": "ConsumerFunction",
@@ -443,6 +594,18 @@ def test_queues(deployed):
 
 def test_functions(deployed, source):
     assert check_functions(deployed, source) == []
+
+
+def test_ledger_table(deployed):
+    assert check_ledger_table(deployed) == []
+
+
+def test_ledger_access(deployed):
+    assert check_ledger_access(deployed) == []
+
+
+def test_consumer_ledger_env(deployed):
+    assert check_consumer_ledger_env(deployed) == []
 
 
 def test_parameters(source):
@@ -513,21 +676,29 @@ def _del(path):
 BUCKET = ["Resources", "DataBucket", "Properties"]
 DATA = "arn:${AWS::Partition}:s3:::" + DATA_BUCKET_NAME
 
+LEDGER_ARN = {"Fn::GetAtt": ["LedgerTable", "Arn"]}
+CONSUMER_READS_STATE = {"Sid": "X", "Effect": "Allow", "Action": "s3:GetObject", "Resource": {"Fn::Sub": DATA + "/state/*"}}
+SPLITTER_USES_LEDGER = {"Sid": "X", "Effect": "Allow", "Action": "dynamodb:GetItem", "Resource": LEDGER_ARN}
+
 IAM_BREAKS = {
     "resource star on sqs": _stmt("SplitterRole", "SendWork", "Resource", "*"),
-    "action wildcard": _stmt("ConsumerRole", "Ledger", "Action", "s3:*"),
+    "action wildcard": _stmt("ConsumerRole", "Ledger", "Action", "dynamodb:*"),
     "star action": _stmt("ConsumerRole", "PermanentFailuresToDlq", "Action", "*"),
-    "whole bucket objects": _stmt("ConsumerRole", "Ledger", "Resource", {"Fn::Sub": DATA + "/*"}),
+    "whole bucket objects": _stmt("SplitterRole", "ReadInputsStateConfig", "Resource", {"Fn::Sub": DATA + "/*"}),
     "splitter writes incoming": _stmt("SplitterRole", "WriteOutputs", "Resource", {"Fn::Sub": DATA + "/incoming/*"}),
-    "consumer reads state": _stmt("ConsumerRole", "Ledger", "Resource", {"Fn::Sub": DATA + "/state/*"}),
-    "list without prefix": _stmt("ConsumerRole", "ListForNotFound", "Condition", {}),
+    "consumer reads state": _add_stmt("ConsumerRole", CONSUMER_READS_STATE),
+    "list without prefix": _stmt("SplitterRole", "ListForNotFound", "Condition", {}),
+    "ledger scan": _stmt("ConsumerRole", "Ledger", "Action", ["dynamodb:GetItem", "dynamodb:Scan"]),
+    "ledger on every table": _stmt("ConsumerRole", "Ledger", "Resource", "*"),
+    "foreign table": _stmt("ConsumerRole", "Ledger", "Resource", "arn:aws:dynamodb:us-east-1:111122223333:table/t"),
+    "splitter uses the ledger": _add_stmt("SplitterRole", SPLITTER_USES_LEDGER),
     "all secrets": _stmt("ConsumerRole", "ApiToken", "Resource", "*"),
     "splitter reads the secret": _add_stmt("SplitterRole", {"Sid": "X", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
                                                             "Resource": {"Ref": "ApiTokenSecret"}}),
     "other log groups": _stmt("SplitterRole", "Logs", "Resource", {"Fn::Sub": "arn:${AWS::Partition}:logs:*:*:*"}),
     "foreign queue": _stmt("ConsumerRole", "PermanentFailuresToDlq", "Resource", "arn:aws:sqs:us-east-1:111122223333:other"),
-    "unexpected service": _add_stmt("ConsumerRole", {"Sid": "X", "Effect": "Allow", "Action": "dynamodb:GetItem",
-                                                     "Resource": "arn:aws:dynamodb:us-east-1:111122223333:table/t"}),
+    "unexpected service": _add_stmt("ConsumerRole", {"Sid": "X", "Effect": "Allow", "Action": "lambda:InvokeFunction",
+                                                     "Resource": "arn:aws:lambda:us-east-1:111122223333:function:f"}),
     "managed policy": _set(["Resources", "ConsumerRole", "Properties", "ManagedPolicyArns"])(
         ["arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"]),
 }
@@ -536,9 +707,11 @@ BUCKET_BREAKS = {
     "public acls": _set(BUCKET + ["PublicAccessBlockConfiguration", "BlockPublicAcls"])(False),
     "no encryption": _del(BUCKET + ["BucketEncryption"]),
     "no versioning": _del(BUCKET + ["VersioningConfiguration"]),
-    "no ledger expiry": lambda t: t["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"].__setitem__(
+    "no runs expiry": lambda t: t["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"].__setitem__(
         "Rules", [r for r in t["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
-                  if not (isinstance(r, dict) and r.get("Prefix") == "ledger/")]),
+                  if not (isinstance(r, dict) and r.get("Prefix") == "runs/")]),
+    "a ledger/ rule again": lambda t: t["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"].append(
+        {"Id": "expire-ledger", "Status": "Enabled", "Prefix": "ledger/", "ExpirationInDays": 30}),
     "no noncurrent expiry": lambda t: [r.pop("NoncurrentVersionExpiration", None)
                                        for r in t["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
                                        if isinstance(r, dict)],
@@ -559,6 +732,64 @@ FUNCTION_BREAKS = {
     "text logs": _set(["Resources", "SplitterFunction", "Properties", "LoggingConfig", "LogFormat"])("Text"),
     "endpoint deployed": _set(["Resources", "SplitterFunction", "Properties", "Environment", "Variables", "AWS_ENDPOINT_URL"])(
         "http://localhost:5000"),
+}
+
+TABLE = ["Resources", "LedgerTable"]
+TABLE_PROPS = TABLE + ["Properties"]
+
+LEDGER_TABLE_BREAKS = {
+    "no table": _del(TABLE),
+    "provisioned": _set(TABLE_PROPS + ["BillingMode"])("PROVISIONED"),
+    "range key": _set(TABLE_PROPS + ["KeySchema"])([{"AttributeName": "pk", "KeyType": "HASH"},
+                                                    {"AttributeName": "sk", "KeyType": "RANGE"}]),
+    "numeric key": _set(TABLE_PROPS + ["AttributeDefinitions"])([{"AttributeName": "pk", "AttributeType": "N"}]),
+    "other key name": _set(TABLE_PROPS + ["KeySchema"])([{"AttributeName": "id", "KeyType": "HASH"}]),
+    "ttl off": _set(TABLE_PROPS + ["TimeToLiveSpecification", "Enabled"])(False),
+    "ttl on another attribute": _set(TABLE_PROPS + ["TimeToLiveSpecification", "AttributeName"])("ttl"),
+    "no ttl": _del(TABLE_PROPS + ["TimeToLiveSpecification"]),
+    "sse off": _set(TABLE_PROPS + ["SSESpecification", "SSEEnabled"])(False),
+    "no pitr": _del(TABLE_PROPS + ["PointInTimeRecoverySpecification"]),
+    "deleted with the stack": _set(TABLE + ["DeletionPolicy"])("Delete"),
+    "replaced away": _set(TABLE + ["UpdateReplacePolicy"])("Delete"),
+}
+
+LEDGER_ACCESS_BREAKS = {
+    "dynamodb star": _stmt("ConsumerRole", "Ledger", "Action", "dynamodb:*"),
+    "scan": _stmt("ConsumerRole", "Ledger", "Action", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                                                       "dynamodb:Scan"]),
+    "query": _stmt("ConsumerRole", "Ledger", "Action", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                                                        "dynamodb:Query"]),
+    "delete item": _stmt("ConsumerRole", "Ledger", "Action", ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                                                              "dynamodb:DeleteItem"]),
+    "no update": _stmt("ConsumerRole", "Ledger", "Action", ["dynamodb:GetItem", "dynamodb:PutItem"]),
+    "star resource": _stmt("ConsumerRole", "Ledger", "Resource", "*"),
+    "the table and its indexes": _stmt("ConsumerRole", "Ledger", "Resource", [
+        LEDGER_ARN, {"Fn::Sub": "${LedgerTable.Arn}/index/*"}]),
+    "another table": _stmt("ConsumerRole", "Ledger", "Resource", "arn:aws:dynamodb:us-east-1:111122223333:table/t"),
+    "no ledger grant": lambda t: t["Resources"]["ConsumerRole"]["Properties"]["Policies"][0]["PolicyDocument"].__setitem__(
+        "Statement", [s for s in role_statements(t["Resources"]["ConsumerRole"]) if s.get("Sid") != "Ledger"]),
+    "splitter uses the ledger": _add_stmt("SplitterRole", SPLITTER_USES_LEDGER),
+    "consumer reads the bucket": _add_stmt("ConsumerRole", CONSUMER_READS_STATE),
+    "consumer s3 star": _add_stmt("ConsumerRole", {"Sid": "X", "Effect": "Allow", "Action": "s3:*",
+                                                   "Resource": {"Fn::Sub": DATA + "/*"}}),
+}
+
+CONSUMER_ENV = ["Resources", "ConsumerFunction", "Properties", "Environment", "Variables"]
+
+CONSUMER_LEDGER_ENV_BREAKS = {
+    "no table": _del(CONSUMER_ENV + ["LEDGER_TABLE"]),
+    "table by name": _set(CONSUMER_ENV + ["LEDGER_TABLE"])("casefeed-ledger"),
+    "a ledger bucket again": _set(CONSUMER_ENV + ["LEDGER_BUCKET"])({"Fn::Sub": DATA_BUCKET_NAME}),
+    "lease shorter than two calls": _set(CONSUMER_ENV + ["LEDGER_LEASE_SECS"])("20"),
+    "slower api": _set(CONSUMER_ENV + ["API_TIMEOUT_MS"])("40000"),
+    "lease below the consumer's minimum": _set(CONSUMER_ENV + ["LEDGER_LEASE_SECS"])("3"),
+    "lease from a parameter": _set(CONSUMER_ENV + ["LEDGER_LEASE_SECS"])({"Ref": "WorkQueueVisibilityTimeout"}),
+    "ttl 17 days": _set(CONSUMER_ENV + ["LEDGER_TTL_DAYS"])("17"),
+    "ttl just the retention (4 + 14 days)": _set(CONSUMER_ENV + ["LEDGER_TTL_DAYS"])("18"),
+    "ttl 20 days, a 10-day work queue": lambda t: (
+        t["Resources"]["ConsumerFunction"]["Properties"]["Environment"]["Variables"].__setitem__("LEDGER_TTL_DAYS", "20"),
+        t["Resources"]["WorkQueue"]["Properties"].__setitem__("MessageRetentionPeriod", 864000)),
+    "wait beyond the consumer's maximum": _set(CONSUMER_ENV + ["LEDGER_WAIT_MS"])("120000"),
 }
 
 PARAMETER_BREAKS = {
@@ -596,6 +827,21 @@ def test_function_check_catches(deployed, source, break_):
     assert check_functions(broken(deployed, break_), source) != []
 
 
+@pytest.mark.parametrize("break_", LEDGER_TABLE_BREAKS.values(), ids=LEDGER_TABLE_BREAKS.keys())
+def test_ledger_table_check_catches(deployed, break_):
+    assert check_ledger_table(broken(deployed, break_)) != []
+
+
+@pytest.mark.parametrize("break_", LEDGER_ACCESS_BREAKS.values(), ids=LEDGER_ACCESS_BREAKS.keys())
+def test_ledger_access_check_catches(deployed, break_):
+    assert check_ledger_access(broken(deployed, break_)) != []
+
+
+@pytest.mark.parametrize("break_", CONSUMER_LEDGER_ENV_BREAKS.values(), ids=CONSUMER_LEDGER_ENV_BREAKS.keys())
+def test_consumer_ledger_env_check_catches(deployed, break_):
+    assert check_consumer_ledger_env(broken(deployed, break_)) != []
+
+
 @pytest.mark.parametrize("break_", PARAMETER_BREAKS.values(), ids=PARAMETER_BREAKS.keys())
 def test_parameter_check_catches(source, break_):
     assert check_parameters(broken(source, break_)) != []
@@ -603,6 +849,7 @@ def test_parameter_check_catches(source, break_):
 
 def test_outputs_check_catches(source):
     assert check_outputs(broken(source, _del(["Outputs", "DeadLetterQueueUrl"]))) != []
+    assert check_outputs(broken(source, _del(["Outputs", "LedgerTableName"]))) != []
 
 
 def test_suppression_check_catches(source):

@@ -112,11 +112,11 @@ pub async fn splitter_from_env(
 /// The consumer, configured from the environment:
 /// `API_BASE_URL` (https; `API_ALLOW_HTTP=1` for local runs only), `API_TOKEN_SECRET_ARN`
 /// (Secrets Manager; the secret is the token, or JSON `{"token": "…"}`) — or `API_TOKEN`
-/// when `API_ALLOW_HTTP=1` —, `WORK_QUEUE_URL`, `DLQ_URL`, `LEDGER_BUCKET` (required);
+/// when `API_ALLOW_HTTP=1` —, `WORK_QUEUE_URL`, `DLQ_URL`, `LEDGER_TABLE` (required);
 /// `RECORD_CONCURRENCY` (1-10, default 2), `BACKOFF_BASE_SECS` (default 5),
 /// `BACKOFF_CAP_SECS` (default 900, at most 43200), `API_TIMEOUT_MS` (default 10000),
-/// `API_CONNECT_TIMEOUT_MS` (default 2000), `LEDGER_LEASE_SECS` (default 120; longer than
-/// an API call can take), `LEDGER_WAIT_MS` (default 2000: how long a message waits in
+/// `API_CONNECT_TIMEOUT_MS` (default 2000), `LEDGER_LEASE_SECS` (default 120; at least twice
+/// `API_TIMEOUT_MS + API_CONNECT_TIMEOUT_MS`), `LEDGER_WAIT_MS` (default 2000: how long a message waits in
 /// process for another attempt's lease on its record), `LEDGER_TTL_DAYS` (default 30; longer
 /// than a message can live in the work queue and the DLQ), `BREAKER_THRESHOLD` (default 3).
 pub async fn consumer_from_env(

@@ -3,7 +3,7 @@
 //! | answer | class |
 //! | --- | --- |
 //! | 200, 201 | applied |
-//! | 409 | already applied under that key: success |
+//! | 409 | the API already holds this transition or a newer version of the record: done, never retried |
 //! | 400, 404, 413, 422 | permanent: dead-letter now |
 //! | 401, 403 | credentials/configuration: retry with backoff, alarm |
 //! | 429 (+ Retry-After) | retry no sooner than asked |
@@ -56,7 +56,9 @@ pub enum Delivery {
         /// The HTTP status.
         status: u16,
     },
-    /// 409: the API already applied a call with this idempotency key.
+    /// 409: the API already holds this transition (a call with this idempotency key was
+    /// applied: duplicate) or a newer version of the record (this version is at or below
+    /// its own: stale). Done, never retried; the version is acknowledged in the ledger.
     AlreadyApplied,
     /// The API refused the record for good (400, 404, 413, 422): dead-letter now.
     Permanent {
