@@ -494,6 +494,8 @@ impl<R: Read> RowReader<R> {
             if !dropping {
                 kept_out += nout;
                 kept_fields += nend;
+                // `out + fields - 1` bytes of values and separators at least: past
+                // `keep_bytes` the record is over the limit whatever follows
                 if out + fields > self.keep_bytes {
                     dropping = true;
                 }
@@ -521,9 +523,11 @@ impl<R: Read> RowReader<R> {
                     }
                     rec.data.truncate(start);
                     rec.utf8 = simdutf8::basic::from_utf8(&rec.data).is_ok();
+                    // measured as `Record::size` measures: the values and the separators
+                    // between them (`fields` counts every field's end, the last one too)
                     return Ok(Read1::Record {
                         line: at,
-                        oversized: dropping.then_some(out + fields),
+                        oversized: dropping.then_some((out + fields).saturating_sub(1)),
                     });
                 }
                 R::End => return Ok(Read1::End),

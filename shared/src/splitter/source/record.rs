@@ -75,9 +75,13 @@ impl Record {
         self.data.len()
     }
 
-    /// The record's size as the limit counts it: its values' bytes plus one per field.
+    /// The record's size as the row limit (`max_row_bytes`) counts it: its values' bytes
+    /// plus one separator between each two — for a line without quotes, its length
+    /// without the line ending (quotes around a value, and the second quote of an escaped
+    /// one, are not counted).
     pub fn size(&self) -> usize {
-        self.bounds.iter().map(|(a, b)| b - a + 1).sum()
+        let values: usize = self.bounds.iter().map(|(a, b)| b - a).sum();
+        values + self.bounds.len().saturating_sub(1)
     }
 
     pub(super) fn clear(&mut self) {

@@ -388,9 +388,13 @@ fn line_prints_leave_out_ignored_values_and_nothing_else() {
     assert_eq!(p("1,a,\"TS", &[2]), 0);
     assert_eq!(p(b"1,a,\xff", &[2]), 0);
     assert_ne!(p(b"1,\xff,a", &[2]), 0, "the full path checks kept values");
-    assert_eq!(p([b'a'; 100], &[]), 0);
-    assert_ne!(p([b'a'; 99], &[]), 0);
-    assert_eq!(p([b'a'; 100], &[0]), 0);
+    assert_eq!(p([b'a'; 101], &[]), 0);
+    assert_ne!(
+        p([b'a'; 100], &[]),
+        0,
+        "a line of exactly the limit is a row"
+    );
+    assert_eq!(p([b'a'; 101], &[0]), 0);
     // commas inside quotes before the ignored field are not separators
     assert_eq!(p("\"a,b\",x,TS", &[2]), p("\"a,b\",x,\"T,S\"", &[2]));
     assert_eq!(p("\"a,b\",x,TS", &[2]), p("\"a,b\",x,", &[2]));
@@ -510,5 +514,96 @@ fn comma_positions_match_a_plain_scan() {
         comma_positions(&d, &mut out);
         let want: Vec<u32> = (0..len as u32).filter(|&i| d[i as usize] == b',').collect();
         assert_eq!(out, want, "length {len}");
+    }
+}
+
+/// Every row of `data` (key column `id`) read with this row limit and read size: its line
+/// and its fields, or the reason it was rejected.
+fn read_limited(
+    data: &[u8],
+    max_row: usize,
+    per_read: usize,
+) -> Vec<(u64, Result<Vec<Vec<u8>>, String>)> {
+    let src = Trickle(std::io::Cursor::new(data.to_vec()), per_read);
+    let mut r = RowReader::new(src, &[], &["id".into()], 10, max_row).unwrap();
+    let mut rec = Record::new();
+    let mut out = Vec::new();
+    while let Some(row) = r.next_row(&mut rec).unwrap() {
+        match row {
+            Row::Ok { line, record } => {
+                out.push((line, Ok(record.iter().map(|f| f.to_vec()).collect())))
+            }
+            Row::Rejected { rejected, .. } => out.push((rejected.line, Err(rejected.reason))),
+            Row::Known { .. } => unreachable!("no known lines were set"),
+        }
+    }
+    out
+}
+
+#[test]
+fn record_size_counts_values_and_the_commas_between_them() {
+    assert_eq!(Record::from_fields(["ab", "", "c"]).size(), "ab,,c".len());
+    assert_eq!(Record::from_fields(["abc"]).size(), 3);
+    assert_eq!(Record::from_fields([""]).size(), 0);
+    assert_eq!(Record::new().size(), 0);
+}
+
+/// A row's size is its values' bytes plus the commas between them (an unquoted line's
+/// length without its line ending; quotes are not counted): a row of exactly the limit is
+/// accepted, one byte more is rejected, on the plain path and the state machine's alike.
+#[test]
+fn a_row_of_exactly_max_row_bytes_is_accepted_and_one_byte_more_is_rejected() {
+    for quoted in [false, true] {
+        // `1,` and a value: `size` bytes of values and separators
+        let row = |size: usize| {
+            let v = "x".repeat(size - 2);
+            if quoted {
+                format!("1,\"{v}\"")
+            } else {
+                format!("1,{v}")
+            }
+        };
+        let data = format!("id,v\n{}\n{}\r\n2,y\n", row(100), row(101));
+        for per_read in [1, 7, 4096] {
+            let got = read_limited(data.as_bytes(), 100, per_read);
+            let what = format!("quoted: {quoted}, reads of {per_read}");
+            assert_eq!(got.len(), 3, "{what}: {got:?}");
+            assert_eq!(got[0].0, 2);
+            assert_eq!(
+                got[0].1,
+                Ok(vec![b"1".to_vec(), vec![b'x'; 98]]),
+                "{what}: a row of exactly the limit"
+            );
+            assert_eq!(got[1].0, 3);
+            assert_eq!(
+                got[1].1,
+                Err("row is 101 bytes, over the feed's limit of 100".to_string()),
+                "{what}: one byte over the limit"
+            );
+            assert_eq!(got[2], (4, Ok(vec![b"2".to_vec(), b"y".to_vec()])));
+        }
+    }
+}
+
+/// A row far over the limit, read with bounded memory, is measured as the rows within it
+/// are: values plus separators.
+#[test]
+fn an_oversized_row_is_reported_with_its_values_and_separators_counted() {
+    for quoted in [false, true] {
+        let v = "x".repeat(5000);
+        let v = if quoted { format!("\"{v}\"") } else { v };
+        let data = format!("id,v,w\n1,{v},z\n2,a,b\n");
+        for per_read in [3, 4096] {
+            let got = read_limited(data.as_bytes(), 100, per_read);
+            assert_eq!(
+                got[0],
+                (
+                    2,
+                    Err("row is 5004 bytes, over the feed's limit of 100".to_string())
+                ),
+                "quoted: {quoted}, reads of {per_read}"
+            );
+            assert!(got[1].1.is_ok());
+        }
     }
 }
