@@ -4,6 +4,7 @@
 
 use crate::config::FeedConfig;
 use crate::splitter::source::FileRejection;
+use std::collections::{HashMap, HashSet};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// How a file's columns map onto fingerprints.
@@ -41,24 +42,37 @@ impl ColumnPlan {
         feed: &FeedConfig,
         previous: Option<&[String]>,
     ) -> Result<ColumnPlan, FileRejection> {
+        // every list is looked up in a table, never searched per column: a header of
+        // 100,000 columns and a state of as many hashed columns take linear time
+        let positions: HashMap<&str, usize> = header
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.as_str(), i))
+            .collect();
         let key_idx = feed
             .key_columns
             .iter()
-            .map(|k| header.iter().position(|h| h == k))
+            .map(|k| positions.get(k.as_str()).copied())
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| {
                 FileRejection::MissingRequired(
                     feed.key_columns
                         .iter()
-                        .filter(|k| !header.contains(k))
+                        .filter(|k| !positions.contains_key(k.as_str()))
                         .cloned()
                         .collect(),
                 )
             })?;
+        let unhashed: HashSet<&str> = feed
+            .key_columns
+            .iter()
+            .chain(&feed.ignore_columns)
+            .map(String::as_str)
+            .collect();
         let mut store: Vec<(&str, usize)> = header
             .iter()
             .enumerate()
-            .filter(|(_, h)| !feed.key_columns.contains(h) && !feed.ignore_columns.contains(h))
+            .filter(|(_, h)| !unhashed.contains(h.as_str()))
             .map(|(i, h)| (h.as_str(), i))
             .collect();
         store.sort();
@@ -66,19 +80,14 @@ impl ColumnPlan {
         let (compare, added, removed) = match previous {
             None => (store.clone(), Vec::new(), Vec::new()),
             Some(prev) => {
-                let compare: Vec<(&str, usize)> = store
-                    .iter()
-                    .filter(|(n, _)| prev.iter().any(|p| p == n))
-                    .copied()
-                    .collect();
-                let added = store
-                    .iter()
-                    .filter(|(n, _)| !prev.iter().any(|p| p == n))
-                    .map(|(n, _)| n.to_string())
-                    .collect();
+                let prev_set: HashSet<&str> = prev.iter().map(String::as_str).collect();
+                let (compare, added): (Vec<(&str, usize)>, Vec<(&str, usize)>) =
+                    store.iter().partition(|(n, _)| prev_set.contains(n));
+                let added = added.into_iter().map(|(n, _)| n.to_string()).collect();
+                let stored: HashSet<&str> = store.iter().map(|(n, _)| *n).collect();
                 let removed: Vec<String> = prev
                     .iter()
-                    .filter(|p| !hashed_columns.contains(p))
+                    .filter(|p| !stored.contains(p.as_str()))
                     .cloned()
                     .collect();
                 (compare, added, removed)

@@ -7,6 +7,7 @@ use super::open::io_error;
 use super::record::{split_line, Record};
 use super::{FileRejection, ReadError, Rejected};
 use crate::splitter::state::KnownLines;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -173,21 +174,25 @@ impl<R: Read> RowReader<R> {
             }
             .into());
         }
-        let mut header = Vec::with_capacity(rec.len());
+        // one pass over the names, each looked up in a table of those before it: a header
+        // of 100,000 columns costs 100,000 lookups, not 5 billion comparisons
+        let mut names: Vec<&str> = Vec::with_capacity(rec.len());
+        let mut positions: HashMap<&str, usize> = HashMap::with_capacity(rec.len());
         for (i, f) in rec.iter().enumerate() {
             let name = std::str::from_utf8(f).map_err(|_| FileRejection::HeaderEncoding)?;
             let name = name.trim();
             if name.is_empty() {
                 return Err(FileRejection::EmptyColumnName(i + 1).into());
             }
-            if let Some(first) = header.iter().position(|h: &String| h == name) {
+            if let Some(&first) = positions.get(name) {
                 return Err(FileRejection::DuplicateColumn(first + 1, i + 1).into());
             }
-            header.push(name.to_string());
+            positions.insert(name, i);
+            names.push(name);
         }
         let missing: Vec<String> = required
             .iter()
-            .filter(|r| !header.contains(r))
+            .filter(|r| !positions.contains_key(r.as_str()))
             .cloned()
             .collect();
         if !missing.is_empty() {
@@ -195,17 +200,18 @@ impl<R: Read> RowReader<R> {
         }
         let key_idx = key_columns
             .iter()
-            .map(|k| header.iter().position(|h| h == k))
+            .map(|k| positions.get(k.as_str()).copied())
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| {
                 FileRejection::MissingRequired(
                     key_columns
                         .iter()
-                        .filter(|k| !header.contains(k))
+                        .filter(|k| !positions.contains_key(k.as_str()))
                         .cloned()
                         .collect(),
                 )
             })?;
+        let header: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         r.header = header;
         r.key_idx = key_idx;
         r.max_row_bytes = max_row_bytes;
@@ -231,14 +237,15 @@ impl<R: Read> RowReader<R> {
     /// as an export timestamp that changes in every row of every file): a row then is known
     /// by its line when everything else is the same bytes.
     pub fn set_line_ignored(&mut self, columns: &[String]) {
-        let mut idx: Vec<usize> = columns
+        // one pass over the header (no search of it per column)
+        let ignored: HashSet<&str> = columns.iter().map(String::as_str).collect();
+        self.line_ignored = self
+            .header
             .iter()
-            .filter(|c| !self.key_idx.iter().any(|&k| self.header[k] == **c))
-            .filter_map(|c| self.header.iter().position(|h| h == c))
+            .enumerate()
+            .filter(|&(i, h)| ignored.contains(h.as_str()) && !self.key_idx.contains(&i))
+            .map(|(i, _)| i)
             .collect();
-        idx.sort_unstable();
-        idx.dedup();
-        self.line_ignored = idx;
         self.clear_ahead();
     }
 

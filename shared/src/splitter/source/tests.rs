@@ -607,3 +607,73 @@ fn an_oversized_row_is_reported_with_its_values_and_separators_counted() {
         }
     }
 }
+
+/// The names `c0`, `c1`, … of an `n`-column header, and the header line.
+fn wide_header(n: usize) -> (Vec<String>, Vec<u8>) {
+    let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let mut line = names.join(",").into_bytes();
+    line.push(b'\n');
+    (names, line)
+}
+
+/// A header of 100,000 columns (the most `max_columns` allows) is validated in one pass
+/// over its names: they are kept in order, the required and key columns are found, and the
+/// columns left out of line prints are placed. (Only that it runs: no time is measured.)
+#[test]
+fn a_header_of_100000_columns_is_validated() {
+    let n = 100_000;
+    let (names, mut data) = wide_header(n);
+    let row: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
+    data.extend_from_slice(row.join(",").as_bytes());
+    data.push(b'\n');
+    let s = open_stream(std::io::Cursor::new(data), 1 << 16).unwrap();
+    let required: Vec<String> = vec!["c99999".into(), "c50000".into(), "c0".into()];
+    let mut r = RowReader::new(s, &required, &["c50000".into()], n, 1 << 20).unwrap();
+    assert_eq!(r.header(), &names[..]);
+    r.set_line_ignored(&["c99999".into(), "c50000".into(), "c3".into(), "gone".into()]);
+    let mut rec = Record::new();
+    match r.next_row(&mut rec).unwrap() {
+        Some(Row::Ok { line, record }) => {
+            assert_eq!(line, 2);
+            assert_eq!(record.len(), n);
+            assert_eq!(&record[50000], b"v50000");
+        }
+        _ => panic!("the row is not read"),
+    }
+}
+
+/// The sanity check of the one-pass header validation: in a wide header, a repeated name
+/// is reported at its first and second positions, and missing columns are named.
+#[test]
+fn a_repeated_name_in_a_wide_header_is_reported_with_both_positions() {
+    let n = 100_000;
+    let open = |names: &[String], required: &[String], key: &[String]| {
+        let mut data = names.join(",").into_bytes();
+        data.push(b'\n');
+        let s = open_stream(std::io::Cursor::new(data), 1 << 16).unwrap();
+        RowReader::new(s, required, key, n, 1 << 16)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let (mut names, _) = wide_header(n);
+    names[n - 1] = "c7".into();
+    names[n - 2] = "c7".into();
+    assert_eq!(
+        open(&names, &[], &[]).as_deref(),
+        Some("the header row names the same column at positions 8 and 99999")
+    );
+    let (names, _) = wide_header(n);
+    assert_eq!(
+        open(
+            &names,
+            &["c1".into(), "nope".into(), "c2".into()],
+            &["c3".into()]
+        )
+        .as_deref(),
+        Some("required column(s) missing: nope")
+    );
+    assert_eq!(
+        open(&names, &[], &["c3".into(), "nokey".into()]).as_deref(),
+        Some("required column(s) missing: nokey")
+    );
+}
