@@ -65,6 +65,7 @@ struct RawDefaults {
     max_change_share: Option<f64>,
     max_removed_share: Option<f64>,
     guard_floor: Option<u64>,
+    max_inflated_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +86,7 @@ struct RawFeed {
     max_change_share: Option<f64>,
     max_removed_share: Option<f64>,
     guard_floor: Option<u64>,
+    max_inflated_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +151,8 @@ pub struct FeedConfig {
     pub max_row_bytes: usize,
     /// The most columns a header may have.
     pub max_columns: usize,
+    /// The most bytes a gzip object may inflate to; past it the file is rejected.
+    pub max_inflated_bytes: u64,
     /// The guards' limits.
     pub guards: Guards,
 }
@@ -165,6 +169,7 @@ impl FeedConfig {
             first_file: FirstFile::Baseline,
             max_row_bytes: DEFAULT_MAX_ROW_BYTES,
             max_columns: DEFAULT_MAX_COLUMNS,
+            max_inflated_bytes: DEFAULT_MAX_INFLATED_BYTES,
             guards: Guards::default(),
         }
     }
@@ -174,6 +179,9 @@ impl FeedConfig {
 pub const DEFAULT_MAX_ROW_BYTES: usize = 64 * 1024;
 /// The default column limit: 1024 columns.
 pub const DEFAULT_MAX_COLUMNS: usize = 1024;
+/// The default limit on a gzip object's inflated bytes: 16 GiB (a 5-million-row export of
+/// rows up to about 3.4 KiB; four times the default largest plain object).
+pub const DEFAULT_MAX_INFLATED_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 /// The prefix that triggers the splitter; nothing else may be written there.
 use crate::contract::layout::INCOMING_PREFIX;
 
@@ -264,6 +272,17 @@ impl FeedConfig {
         }
         let required_columns = check_columns(f)?;
         let (max_row_bytes, max_columns) = row_limits(f, defaults)?;
+        let max_inflated_bytes = f
+            .max_inflated_bytes
+            .or(defaults.max_inflated_bytes)
+            .unwrap_or(DEFAULT_MAX_INFLATED_BYTES);
+        if max_inflated_bytes == 0 {
+            return Err(feed_error(
+                f,
+                "max_inflated_bytes",
+                "must be at least 1".into(),
+            ));
+        }
         Ok(FeedConfig {
             name: f.name.clone(),
             prefix,
@@ -276,6 +295,7 @@ impl FeedConfig {
                 .unwrap_or(FirstFile::Baseline),
             max_row_bytes,
             max_columns,
+            max_inflated_bytes,
             guards: guards(f, defaults)?,
         })
     }
@@ -591,6 +611,31 @@ first_file = "send"
             .to_string();
         assert!(
             e.contains("ignore_columns") && e.contains("`c99999` is also a required column"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn max_inflated_bytes_defaults_to_16_gib_and_is_set_per_feed_or_in_defaults() {
+        let c = Config::from_toml(
+            "[defaults]\nmax_inflated_bytes = 5000\n[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\nmax_inflated_bytes = 1000\n[[feed]]\nname=\"b\"\nkey_columns=[\"id\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.feed("a").unwrap().max_inflated_bytes, 1000);
+        assert_eq!(c.feed("b").unwrap().max_inflated_bytes, 5000);
+        let c = Config::from_toml("[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\n").unwrap();
+        assert_eq!(c.feeds[0].max_inflated_bytes, 16 << 30);
+        assert_eq!(
+            FeedConfig::new("a", &["id"]).max_inflated_bytes,
+            DEFAULT_MAX_INFLATED_BYTES
+        );
+        let e = Config::from_toml(
+            "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\nmax_inflated_bytes = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("max_inflated_bytes") && e.contains("at least 1"),
             "{e}"
         );
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 type Parsed = (Vec<String>, Vec<(u64, Vec<String>)>, Vec<Rejected>);
 
 fn rows(data: &[u8]) -> Parsed {
-    let s = open_stream(std::io::Cursor::new(data.to_vec()), 64).unwrap();
+    let s = open_stream(std::io::Cursor::new(data.to_vec()), 64, u64::MAX).unwrap();
     let mut r = RowReader::new(s, &["id".into()], &["id".into()], 100, 200).unwrap();
     let mut rec = Record::new();
     let mut ok = vec![];
@@ -68,7 +68,7 @@ fn corrupt_gzip_is_a_file_rejection() {
     let gz = enc.finish().unwrap();
     let mut cut = b"".to_vec();
     cut.extend_from_slice(&gz[..gz.len() / 2]);
-    let s = open_stream(std::io::Cursor::new(cut), 64).unwrap();
+    let s = open_stream(std::io::Cursor::new(cut), 64, u64::MAX).unwrap();
     let mut r = RowReader::new(s, &[], &["id".into()], 10, 100).unwrap_or_else(|e| panic!("{e}"));
     let mut rec = Record::new();
     let err = loop {
@@ -93,7 +93,7 @@ fn source_failures_stay_retryable() {
             Err(std::io::Error::other("connection reset"))
         }
     }
-    let err = open_stream(Broken, 64).err().unwrap();
+    let err = open_stream(Broken, 64, u64::MAX).err().unwrap();
     assert!(err.retryable(), "{err}");
 }
 
@@ -128,7 +128,7 @@ fn huge_row_is_rejected_without_values() {
 #[test]
 fn whole_file_rejections() {
     let open = |d: &[u8]| {
-        let s = open_stream(std::io::Cursor::new(d.to_vec()), 64).unwrap();
+        let s = open_stream(std::io::Cursor::new(d.to_vec()), 64, u64::MAX).unwrap();
         RowReader::new(s, &["id".into(), "v".into()], &["id".into()], 3, 100)
             .err()
             .map(|e| e.to_string())
@@ -626,7 +626,7 @@ fn a_header_of_100000_columns_is_validated() {
     let row: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
     data.extend_from_slice(row.join(",").as_bytes());
     data.push(b'\n');
-    let s = open_stream(std::io::Cursor::new(data), 1 << 16).unwrap();
+    let s = open_stream(std::io::Cursor::new(data), 1 << 16, u64::MAX).unwrap();
     let required: Vec<String> = vec!["c99999".into(), "c50000".into(), "c0".into()];
     let mut r = RowReader::new(s, &required, &["c50000".into()], n, 1 << 20).unwrap();
     assert_eq!(r.header(), &names[..]);
@@ -650,7 +650,7 @@ fn a_repeated_name_in_a_wide_header_is_reported_with_both_positions() {
     let open = |names: &[String], required: &[String], key: &[String]| {
         let mut data = names.join(",").into_bytes();
         data.push(b'\n');
-        let s = open_stream(std::io::Cursor::new(data), 1 << 16).unwrap();
+        let s = open_stream(std::io::Cursor::new(data), 1 << 16, u64::MAX).unwrap();
         RowReader::new(s, required, key, n, 1 << 16)
             .err()
             .map(|e| e.to_string())
@@ -676,4 +676,131 @@ fn a_repeated_name_in_a_wide_header_is_reported_with_both_positions() {
         open(&names, &[], &["c3".into(), "nokey".into()]).as_deref(),
         Some("required column(s) missing: nokey")
     );
+}
+
+/// The gzip of `data`.
+fn gz(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Counts the bytes a source hands out: how much of an object was read.
+struct Counted(std::io::Cursor<Vec<u8>>, Arc<std::sync::atomic::AtomicU64>);
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1
+            .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+/// Every row of `data` read with this inflation limit, up to the error that ended it.
+fn read_inflated(data: Vec<u8>, limit: u64) -> (Vec<u64>, Option<ReadError>) {
+    let s = match open_stream(std::io::Cursor::new(data), 64, limit) {
+        Ok(s) => s,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    let mut r = match RowReader::new(s, &[], &["id".into()], 10, 100) {
+        Ok(r) => r,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    let mut rec = Record::new();
+    let mut lines = Vec::new();
+    loop {
+        match r.next_row(&mut rec) {
+            Ok(Some(Row::Ok { line, .. })) => lines.push(line),
+            Ok(Some(_)) => {}
+            Ok(None) => return (lines, None),
+            Err(e) => return (lines, Some(e)),
+        }
+    }
+}
+
+/// A small gzip that inflates far past the feed's limit — repeated rows, or one endless
+/// run of zero bytes — is refused as a file (permanent, the limit named), having read only
+/// the start of the object, never its end.
+#[test]
+fn a_gzip_that_inflates_past_the_limit_is_rejected_before_its_end() {
+    let limit = 1 << 20;
+    // a header, then `chunk` again and again: 128 MiB inflated, streamed into the encoder
+    let bomb = |chunk: &[u8]| {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(b"id,v\n").unwrap();
+        let block = chunk.repeat((1 << 20) / chunk.len());
+        for _ in 0..128 {
+            enc.write_all(&block).unwrap();
+        }
+        enc.finish().unwrap()
+    };
+    for (what, compressed) in [
+        ("repeated rows", bomb(b"1234567,some repeated value\n")),
+        ("zero bytes", bomb(&[0])),
+    ] {
+        assert!(compressed.len() < 1 << 20, "{what}: a small object");
+        let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let src = Counted(std::io::Cursor::new(compressed.clone()), read.clone());
+        let s = open_stream(src, 64, limit).unwrap();
+        let mut r = RowReader::new(s, &[], &["id".into()], 10, 100).unwrap();
+        let mut rec = Record::new();
+        let err = loop {
+            match r.next_row(&mut rec) {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("{what}: read to the end"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                err,
+                ReadError::Rejected(FileRejection::InflatedTooLarge { limit: 1048576 })
+            ),
+            "{what}: {err}"
+        );
+        assert!(!err.retryable(), "{what}: the same bytes fail the same way");
+        let reason = err.to_string();
+        assert!(
+            reason.contains("1048576") && reason.contains("max_inflated_bytes"),
+            "{reason}"
+        );
+        let read = read.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            read < compressed.len() as u64 / 4,
+            "{what}: {read} of {} compressed bytes read",
+            compressed.len()
+        );
+    }
+}
+
+/// A gzip that inflates to exactly the limit is read whole, one byte over it is refused;
+/// a plain object is not counted against it.
+#[test]
+fn a_gzip_that_inflates_to_exactly_the_limit_is_read_whole() {
+    let data = b"id,v\n1,a\n2,b\n";
+    let limit = data.len() as u64;
+    let (lines, err) = read_inflated(gz(data), limit);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(lines, [2, 3]);
+    let (_, err) = read_inflated(gz(data), limit - 1);
+    assert!(
+        matches!(
+            err,
+            Some(ReadError::Rejected(FileRejection::InflatedTooLarge {
+                limit: 12
+            }))
+        ),
+        "{err:?}"
+    );
+    // more than one gzip member: their bytes together
+    let mut two = gz(b"id,v\n1,a\n");
+    two.extend_from_slice(&gz(b"2,b\n"));
+    assert_eq!(read_inflated(two.clone(), limit).0, [2, 3]);
+    assert!(read_inflated(two, limit - 1).1.is_some());
+    // a plain object: no inflation to count
+    let (lines, err) = read_inflated(data.to_vec(), 1);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(lines, [2, 3]);
 }

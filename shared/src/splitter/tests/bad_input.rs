@@ -10,6 +10,7 @@ use crate::contract::layout::rejects_key;
 use crate::contract::report::{RunReport, RunStatus};
 use crate::splitter::{Outcome, SplitError};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------
 // malformed rows
@@ -277,6 +278,45 @@ async fn a_truncated_gzip_is_reported() {
     );
     assert_eq!(h.snapshot_bytes("labs").unwrap(), state);
     assert!(h.take_sent().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_that_inflates_past_the_feed_limit_is_rejected_and_does_not_move_the_state() {
+    let mut h = Harness::new();
+    let t1 = Table::labs(1..=50, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let state = h.snapshot_bytes("labs").unwrap();
+    // every row changed, then repeated until the file inflates to 8 MiB
+    let mut t2 = t1.clone();
+    t2.set_all("result", "positive");
+    let one = t2.csv();
+    let mut body = one.clone();
+    while body.len() < 8 << 20 {
+        body.extend_from_slice(&one[LAB_HEADER.len() + 1..]);
+    }
+    let limit = 64 * 1024;
+    let mut c = (*h.splitter.config).clone();
+    c.feeds[0].max_inflated_bytes = limit;
+    h.splitter.config = Arc::new(c);
+    let ev = h.upload("labs", "bomb.csv.gz", gzip(&body));
+    let r = h.run(&ev).await;
+    assert_eq!(
+        r.status,
+        RunStatus::Rejected,
+        "the same bytes fail the same way"
+    );
+    let reason = r.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("max_inflated_bytes") && reason.contains(&limit.to_string()),
+        "{reason}"
+    );
+    assert_eq!(h.snapshot_bytes("labs").unwrap(), state);
+    assert!(h.take_sent().is_empty(), "nothing sent from a refused file");
+    // the first copy alone is within the limit and is applied
+    let ev = h.upload("labs", "e2.csv.gz", gzip(&one));
+    let r = h.run(&ev).await;
+    assert_eq!(r.status, RunStatus::Applied);
+    assert_eq!(r.counts.changed, 50);
 }
 
 // ---------------------------------------------------------------------------------------
