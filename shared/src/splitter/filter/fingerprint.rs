@@ -4,7 +4,7 @@
 //! with a hash of those names); and the record key the API sees.
 
 use super::plan::ColumnPlan;
-use crate::splitter::source::Record;
+use crate::splitter::source::{is_blank_key, Record};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 const KEY_SEED: u64 = 0x6361_7365_6665_6564; // "casefeed"
@@ -90,12 +90,12 @@ pub fn record_key(plan: &ColumnPlan, rec: &Record) -> String {
 }
 
 /// The key fingerprint of a record whose key columns are readable (for rows rejected for
-/// other reasons), `None` when a key column is missing or empty.
+/// other reasons), `None` when a key column is missing, empty or only whitespace.
 pub fn key_fp(plan: &ColumnPlan, rec: &Record, fp: &mut Fingerprinter) -> Option<u64> {
     if plan
         .key_idx
         .iter()
-        .any(|&i| rec.get(i).is_none_or(|f| f.is_empty()))
+        .any(|&i| rec.get(i).is_none_or(is_blank_key))
     {
         return None;
     }

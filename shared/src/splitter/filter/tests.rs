@@ -308,3 +308,21 @@ fn a_plan_over_100000_columns_with_a_previous_state_is_made() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A row rejected for another reason whose key value is only whitespace has no readable
+/// key: it keeps no record's state.
+#[test]
+fn a_key_of_only_whitespace_is_no_readable_key() {
+    let plan = ColumnPlan::new(&hdr(&["id", "a", "ts"]), &feed(), None).unwrap();
+    let mut fp = Fingerprinter::default();
+    assert!(key_fp(&plan, &rec(&["1", "x"]), &mut fp).is_some());
+    assert!(key_fp(&plan, &rec(&[" 1 ", "x"]), &mut fp).is_some());
+    for blank in ["", " ", "\t", " \r\n\t\x0b\x0c "] {
+        assert_eq!(
+            key_fp(&plan, &rec(&[blank, "x"]), &mut fp),
+            None,
+            "{blank:?}"
+        );
+    }
+    assert_eq!(key_fp(&plan, &rec(&[]), &mut fp), None);
+}

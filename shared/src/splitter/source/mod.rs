@@ -16,7 +16,7 @@ pub use batch::{Batch, Batches, Slot};
 pub use line_print::{line_hash, line_print, PrintScratch};
 pub use open::open_stream;
 pub use reader::{Row, RowReader};
-pub use record::Record;
+pub use record::{is_blank_key, trim_key, Record};
 
 /// Why a whole file was refused. Permanent: the same bytes always fail the same way.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

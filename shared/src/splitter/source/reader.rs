@@ -4,7 +4,7 @@
 
 use super::line_print::{line_print, PrintScratch};
 use super::open::io_error;
-use super::record::{split_line, Record};
+use super::record::{is_blank_key, split_line, Record};
 use super::{FileRejection, ReadError, Rejected};
 use crate::splitter::state::KnownLines;
 use std::collections::{HashMap, HashSet};
@@ -75,7 +75,7 @@ const READ_CHUNK: usize = 1 << 20;
 /// One outcome of [`RowReader::next_row`].
 pub enum Row<'a> {
     /// A usable row: UTF-8, as many fields as the header, within the size limit, its key
-    /// values non-empty.
+    /// values neither empty nor only whitespace.
     Ok {
         /// The 1-based physical line where the row starts.
         line: u64,
@@ -117,7 +117,7 @@ pub(super) enum Read1 {
 
 impl<R: Read> RowReader<R> {
     /// Read and validate the header. `key_columns` must be present (checked by the caller via
-    /// `required`); their values must be non-empty in every row.
+    /// `required`); their values must be neither empty nor only whitespace in every row.
     pub fn new(
         inner: R,
         required: &[String],
@@ -543,7 +543,8 @@ impl<R: Read> RowReader<R> {
     }
 
     /// The next row, or `None` at the end. The record is valid UTF-8, has exactly as many
-    /// fields as the header, fits the size limit and has non-empty key values.
+    /// fields as the header, fits the size limit and has key values that are neither empty
+    /// nor only whitespace (such a row is rejected, naming the key column).
     pub fn next_row<'a>(&mut self, record: &'a mut Record) -> Result<Option<Row<'a>>, ReadError> {
         let (line, oversized) = match self.read_record(record)? {
             Read1::End => return Ok(None),
@@ -588,8 +589,12 @@ impl<R: Read> RowReader<R> {
                 record,
             }));
         }
-        if let Some(&i) = self.key_idx.iter().find(|&&i| record[i].is_empty()) {
-            let reason = format!("empty key column `{}`", self.header[i]);
+        if let Some(&i) = self.key_idx.iter().find(|&&i| is_blank_key(&record[i])) {
+            let reason = if record[i].is_empty() {
+                format!("empty key column `{}`", self.header[i])
+            } else {
+                format!("empty key column `{}` (only whitespace)", self.header[i])
+            };
             return Ok(Some(Row::Rejected {
                 rejected: reject(line, reason, record),
                 record,

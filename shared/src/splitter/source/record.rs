@@ -101,6 +101,33 @@ impl std::ops::Index<usize> for Record {
     }
 }
 
+/// Whether `b` is whitespace as key values are judged and trimmed: ASCII space, tab, line
+/// feed, vertical tab, form feed or carriage return.
+#[inline]
+fn is_key_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t'..=b'\r')
+}
+
+/// Whether a key value is no key: empty, or only whitespace.
+#[inline]
+pub fn is_blank_key(value: &[u8]) -> bool {
+    value.iter().all(|&b| is_key_space(b))
+}
+
+/// A key value without its leading and trailing whitespace (a feed's `trim_keys`).
+#[inline]
+pub fn trim_key(value: &[u8]) -> &[u8] {
+    let start = value
+        .iter()
+        .position(|&b| !is_key_space(b))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|&b| !is_key_space(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
 /// Positions of every comma of `d`, in order, into `out` (cleared first).
 #[inline]
 pub(super) fn comma_positions(d: &[u8], out: &mut Vec<u32>) {

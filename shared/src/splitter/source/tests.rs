@@ -804,3 +804,54 @@ fn a_gzip_that_inflates_to_exactly_the_limit_is_read_whole() {
     assert!(err.is_none(), "{err:?}");
     assert_eq!(lines, [2, 3]);
 }
+
+/// A key value of only whitespace is no key: its row is rejected like an empty key's,
+/// with its line and the key column's name (never the value), in a single and in a
+/// composite key, on the plain path and the state machine's.
+#[test]
+fn a_key_of_only_whitespace_is_rejected_with_its_line() {
+    // line 5 simply quoted (split in place), lines 8-9 one record of the state machine
+    let data = b"id,v\n1,a\n ,b\n\t,c\n\" \t \",d\n\x0b\x0c,e\n 2 ,f\n\"\n\",g\n3,h\n";
+    let (_, ok, bad) = rows(data);
+    assert_eq!(
+        ok.iter()
+            .map(|r| (r.0, r.1[0].as_str()))
+            .collect::<Vec<_>>(),
+        [(2, "1"), (7, " 2 "), (10, "3")],
+        "a key with whitespace around it is still a key (trimmed only with trim_keys)"
+    );
+    let lines: Vec<u64> = bad.iter().map(|b| b.line).collect();
+    assert_eq!(lines, [3, 4, 5, 6, 8], "{bad:?}");
+    for b in &bad {
+        assert_eq!(
+            b.reason, "empty key column `id` (only whitespace)",
+            "line {}",
+            b.line
+        );
+    }
+    // a composite key: either value of only whitespace
+    let s = open_stream(
+        std::io::Cursor::new(b"j,id,v\nca,1,a\n  ,2,b\nny,\t,c\n".to_vec()),
+        64,
+        u64::MAX,
+    )
+    .unwrap();
+    let mut r = RowReader::new(s, &[], &["j".into(), "id".into()], 10, 100).unwrap();
+    let mut rec = Record::new();
+    let mut got = Vec::new();
+    while let Some(row) = r.next_row(&mut rec).unwrap() {
+        match row {
+            Row::Ok { line, .. } => got.push((line, String::new())),
+            Row::Rejected { rejected, .. } => got.push((rejected.line, rejected.reason)),
+            Row::Known { .. } => unreachable!("no known lines were set"),
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            (2, String::new()),
+            (3, "empty key column `j` (only whitespace)".to_string()),
+            (4, "empty key column `id` (only whitespace)".to_string()),
+        ]
+    );
+}
