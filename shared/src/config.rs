@@ -66,6 +66,7 @@ struct RawDefaults {
     max_removed_share: Option<f64>,
     guard_floor: Option<u64>,
     max_inflated_bytes: Option<u64>,
+    trim_keys: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +88,7 @@ struct RawFeed {
     max_removed_share: Option<f64>,
     guard_floor: Option<u64>,
     max_inflated_bytes: Option<u64>,
+    trim_keys: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +153,10 @@ pub struct FeedConfig {
     pub max_row_bytes: usize,
     /// The most columns a header may have.
     pub max_columns: usize,
+    /// Whether leading and trailing ASCII whitespace of key values is trimmed before they
+    /// are used (record key, key fingerprint, idempotency key): `" 42 "` is then record
+    /// `42`. A key value that is empty or only whitespace is rejected either way.
+    pub trim_keys: bool,
     /// The most bytes a gzip object may inflate to; past it the file is rejected.
     pub max_inflated_bytes: u64,
     /// The guards' limits.
@@ -169,6 +175,7 @@ impl FeedConfig {
             first_file: FirstFile::Baseline,
             max_row_bytes: DEFAULT_MAX_ROW_BYTES,
             max_columns: DEFAULT_MAX_COLUMNS,
+            trim_keys: false,
             max_inflated_bytes: DEFAULT_MAX_INFLATED_BYTES,
             guards: Guards::default(),
         }
@@ -295,6 +302,7 @@ impl FeedConfig {
                 .unwrap_or(FirstFile::Baseline),
             max_row_bytes,
             max_columns,
+            trim_keys: f.trim_keys.or(defaults.trim_keys).unwrap_or(false),
             max_inflated_bytes,
             guards: guards(f, defaults)?,
         })
@@ -638,6 +646,21 @@ first_file = "send"
             e.contains("max_inflated_bytes") && e.contains("at least 1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn trim_keys_is_off_by_default_and_is_set_per_feed_or_in_defaults() {
+        let feeds = "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\ntrim_keys = false\n[[feed]]\nname=\"b\"\nkey_columns=[\"id\"]\n";
+        let c = Config::from_toml(feeds).unwrap();
+        assert!(!c.feed("a").unwrap().trim_keys && !c.feed("b").unwrap().trim_keys);
+        assert!(!FeedConfig::new("a", &["id"]).trim_keys);
+        let c = Config::from_toml(&format!("[defaults]\ntrim_keys = true\n{feeds}")).unwrap();
+        assert!(
+            !c.feed("a").unwrap().trim_keys,
+            "the feed's own setting wins"
+        );
+        assert!(c.feed("b").unwrap().trim_keys, "the default applies");
+        assert!(Config::from_toml(&feeds.replace("false", "\"yes\"")).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! state hashes; schema drift (added and removed columns) is read off here.
 
 use crate::config::FeedConfig;
-use crate::splitter::source::FileRejection;
+use crate::splitter::source::{trim_key, FileRejection, Record};
 use std::collections::{HashMap, HashSet};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -12,6 +12,9 @@ use xxhash_rust::xxh3::xxh3_64;
 pub struct ColumnPlan {
     /// File positions of the key columns, in the feed's key order.
     pub key_idx: Vec<usize>,
+    /// Whether key values are used trimmed of surrounding whitespace (the feed's
+    /// `trim_keys`); see [`ColumnPlan::key_values`].
+    pub trim_keys: bool,
     /// File positions of the columns compared with the snapshot, in name order.
     pub(super) compare_idx: Vec<usize>,
     pub(super) compare_seed: u64,
@@ -97,6 +100,7 @@ impl ColumnPlan {
         let store_names: Vec<&str> = store.iter().map(|(n, _)| *n).collect();
         Ok(ColumnPlan {
             key_idx,
+            trim_keys: feed.trim_keys,
             compare_seed: names_seed(&compare_names),
             compare_idx: compare.iter().map(|(_, i)| *i).collect(),
             store_seed: names_seed(&store_names),
@@ -104,6 +108,20 @@ impl ColumnPlan {
             hashed_columns,
             added,
             removed,
+        })
+    }
+
+    /// The record's key values in the feed's key order, as every use of them sees them
+    /// (record key, key fingerprint, idempotency key): trimmed of surrounding whitespace
+    /// with `trim_keys`. A key column the record lacks gives an empty value.
+    pub fn key_values<'r>(&'r self, rec: &'r Record) -> impl Iterator<Item = &'r [u8]> + 'r {
+        self.key_idx.iter().map(move |&i| {
+            let v = rec.get(i).unwrap_or_default();
+            if self.trim_keys {
+                trim_key(v)
+            } else {
+                v
+            }
         })
     }
 

@@ -326,3 +326,48 @@ fn a_key_of_only_whitespace_is_no_readable_key() {
     }
     assert_eq!(key_fp(&plan, &rec(&[]), &mut fp), None);
 }
+
+/// With `trim_keys`, whitespace around a key value is not part of the key: the key
+/// fingerprint (also of a row rejected otherwise) and the record key are the bare value's,
+/// in a single and a composite key; whitespace inside stays. Without it they differ.
+#[test]
+fn with_trim_keys_a_padded_key_is_the_same_record_as_the_bare_one() {
+    let cols = hdr(&["id", "j", "v"]);
+    let mut single = FeedConfig::new("f", &["id"]);
+    let mut composite = FeedConfig::new("f", &["j", "id"]);
+    for trim in [false, true] {
+        single.trim_keys = trim;
+        composite.trim_keys = trim;
+        let plan = ColumnPlan::new(&cols, &single, None).unwrap();
+        let mut fp = Fingerprinter::default();
+        let bare = fp.fingerprints(&plan, &rec(&["42", "ca", "v"]));
+        let padded = fp.fingerprints(&plan, &rec(&[" \t42\r\n ", "ca", "v"]));
+        assert_eq!(padded.key == bare.key, trim, "trim_keys = {trim}");
+        assert_eq!(padded.compare, bare.compare, "the key is not content");
+        assert_eq!(
+            key_fp(&plan, &rec(&[" 42 ", "ca"]), &mut fp) == Some(bare.key),
+            trim
+        );
+        assert_eq!(
+            record_key(&plan, &rec(&[" 42 ", "ca", "v"])),
+            if trim { "42" } else { " 42 " }
+        );
+        assert_ne!(
+            fp.fingerprints(&plan, &rec(&["4 2", "ca", "v"])).key,
+            bare.key,
+            "whitespace inside a value is kept"
+        );
+        let plan = ColumnPlan::new(&cols, &composite, None).unwrap();
+        let bare = fp.fingerprints(&plan, &rec(&["42", "ca", "v"]));
+        let padded = fp.fingerprints(&plan, &rec(&["42 ", " ca", "v"]));
+        assert_eq!(
+            padded.key == bare.key,
+            trim,
+            "composite, trim_keys = {trim}"
+        );
+        assert_eq!(
+            record_key(&plan, &rec(&["42 ", " ca", "v"])),
+            if trim { "ca|42" } else { " ca|42 " }
+        );
+    }
+}
