@@ -84,9 +84,9 @@ impl ColumnPlan {
             None => (store.clone(), Vec::new(), Vec::new()),
             Some(prev) => {
                 let prev_set: HashSet<&str> = prev.iter().map(String::as_str).collect();
-                let (compare, added): (Vec<(&str, usize)>, Vec<(&str, usize)>) =
+                let (compare, added): (Vec<_>, Vec<_>) =
                     store.iter().partition(|(n, _)| prev_set.contains(n));
-                let added = added.into_iter().map(|(n, _)| n.to_string()).collect();
+                let added = added.iter().map(|(n, _)| n.to_string()).collect();
                 let stored: HashSet<&str> = store.iter().map(|(n, _)| *n).collect();
                 let removed: Vec<String> = prev
                     .iter()

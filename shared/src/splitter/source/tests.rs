@@ -517,13 +517,11 @@ fn comma_positions_match_a_plain_scan() {
     }
 }
 
-/// Every row of `data` (key column `id`) read with this row limit and read size: its line
-/// and its fields, or the reason it was rejected.
-fn read_limited(
-    data: &[u8],
-    max_row: usize,
-    per_read: usize,
-) -> Vec<(u64, Result<Vec<Vec<u8>>, String>)> {
+/// A row's line and its fields, or the reason it was rejected.
+type LineRow = (u64, Result<Vec<Vec<u8>>, String>);
+
+/// Every row of `data` (key column `id`) read with this row limit and read size.
+fn read_limited(data: &[u8], max_row: usize, per_read: usize) -> Vec<LineRow> {
     let src = Trickle(std::io::Cursor::new(data.to_vec()), per_read);
     let mut r = RowReader::new(src, &[], &["id".into()], 10, max_row).unwrap();
     let mut rec = Record::new();
