@@ -65,6 +65,8 @@ struct RawDefaults {
     max_change_share: Option<f64>,
     max_removed_share: Option<f64>,
     guard_floor: Option<u64>,
+    max_inflated_bytes: Option<u64>,
+    trim_keys: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +87,8 @@ struct RawFeed {
     max_change_share: Option<f64>,
     max_removed_share: Option<f64>,
     guard_floor: Option<u64>,
+    max_inflated_bytes: Option<u64>,
+    trim_keys: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +153,12 @@ pub struct FeedConfig {
     pub max_row_bytes: usize,
     /// The most columns a header may have.
     pub max_columns: usize,
+    /// Whether leading and trailing ASCII whitespace of key values is trimmed before they
+    /// are used (record key, key fingerprint, idempotency key): `" 42 "` is then record
+    /// `42`. A key value that is empty or only whitespace is rejected either way.
+    pub trim_keys: bool,
+    /// The most bytes a gzip object may inflate to; past it the file is rejected.
+    pub max_inflated_bytes: u64,
     /// The guards' limits.
     pub guards: Guards,
 }
@@ -165,6 +175,8 @@ impl FeedConfig {
             first_file: FirstFile::Baseline,
             max_row_bytes: DEFAULT_MAX_ROW_BYTES,
             max_columns: DEFAULT_MAX_COLUMNS,
+            trim_keys: false,
+            max_inflated_bytes: DEFAULT_MAX_INFLATED_BYTES,
             guards: Guards::default(),
         }
     }
@@ -174,6 +186,9 @@ impl FeedConfig {
 pub const DEFAULT_MAX_ROW_BYTES: usize = 64 * 1024;
 /// The default column limit: 1024 columns.
 pub const DEFAULT_MAX_COLUMNS: usize = 1024;
+/// The default limit on a gzip object's inflated bytes: 16 GiB (a 5-million-row export of
+/// rows up to about 3.4 KiB; four times the default largest plain object).
+pub const DEFAULT_MAX_INFLATED_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 /// The prefix that triggers the splitter; nothing else may be written there.
 use crate::contract::layout::INCOMING_PREFIX;
 
@@ -264,6 +279,17 @@ impl FeedConfig {
         }
         let required_columns = check_columns(f)?;
         let (max_row_bytes, max_columns) = row_limits(f, defaults)?;
+        let max_inflated_bytes = f
+            .max_inflated_bytes
+            .or(defaults.max_inflated_bytes)
+            .unwrap_or(DEFAULT_MAX_INFLATED_BYTES);
+        if max_inflated_bytes == 0 {
+            return Err(feed_error(
+                f,
+                "max_inflated_bytes",
+                "must be at least 1".into(),
+            ));
+        }
         Ok(FeedConfig {
             name: f.name.clone(),
             prefix,
@@ -276,6 +302,8 @@ impl FeedConfig {
                 .unwrap_or(FirstFile::Baseline),
             max_row_bytes,
             max_columns,
+            trim_keys: f.trim_keys.or(defaults.trim_keys).unwrap_or(false),
+            max_inflated_bytes,
             guards: guards(f, defaults)?,
         })
     }
@@ -290,24 +318,26 @@ fn check_columns(f: &RawFeed) -> Result<Vec<String>, ConfigError> {
             "at least one key column is required".into(),
         ));
     }
-    let mut seen = BTreeSet::new();
+    // every list is checked against sets, never searched per column
+    let mut keys = BTreeSet::new();
     for c in &f.key_columns {
         if c.is_empty() {
             return Err(feed_error(f, "key_columns", "empty column name".into()));
         }
-        if !seen.insert(c) {
+        if !keys.insert(c.as_str()) {
             return Err(feed_error(f, "key_columns", format!("`{c}` listed twice")));
         }
     }
+    let listed_required: BTreeSet<&str> = f.required_columns.iter().map(String::as_str).collect();
     for c in &f.ignore_columns {
-        if f.key_columns.contains(c) {
+        if keys.contains(c.as_str()) {
             return Err(feed_error(
                 f,
                 "ignore_columns",
                 format!("`{c}` is a key column and cannot be ignored"),
             ));
         }
-        if f.required_columns.contains(c) {
+        if listed_required.contains(c.as_str()) {
             return Err(feed_error(
                 f,
                 "ignore_columns",
@@ -316,6 +346,7 @@ fn check_columns(f: &RawFeed) -> Result<Vec<String>, ConfigError> {
         }
     }
     let mut required = f.key_columns.clone();
+    let mut in_required = keys;
     for c in &f.required_columns {
         if c.is_empty() {
             return Err(feed_error(
@@ -324,7 +355,7 @@ fn check_columns(f: &RawFeed) -> Result<Vec<String>, ConfigError> {
                 "empty column name".into(),
             ));
         }
-        if !required.contains(c) {
+        if in_required.insert(c.as_str()) {
             required.push(c.clone());
         }
     }
@@ -558,6 +589,78 @@ first_file = "send"
         let typo = "[[feed]]\nname=\"a\"\nkey_column=[\"id\"]\n";
         assert!(Config::from_toml(typo).is_err());
         assert!(Config::from_toml("").is_err());
+    }
+
+    /// Long column lists are checked against sets (only that it runs: no time is
+    /// measured); the required columns stay the keys first, then the listed ones in order,
+    /// each once, and an ignored column that is also required is still found.
+    #[test]
+    fn a_feed_listing_100000_columns_is_checked() {
+        let list = |prefix: &str, n: usize| {
+            (0..n)
+                .map(|i| format!("\"{prefix}{i}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let doc = |ignored: &str| {
+            format!(
+                "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\nrequired_columns=[\"c1\",\"id\",{},\"c0\"]\nignore_columns=[{}]\n",
+                list("c", 100_000),
+                ignored
+            )
+        };
+        let c = Config::from_toml(&doc(&list("x", 50_000))).unwrap();
+        let req = &c.feeds[0].required_columns;
+        assert_eq!(req.len(), 100_001);
+        assert_eq!(req[..3], ["id", "c1", "c0"]);
+        assert_eq!(req[100_000], "c99999");
+        let e = Config::from_toml(&doc(&format!("{},\"c99999\"", list("x", 50_000))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ignore_columns") && e.contains("`c99999` is also a required column"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn max_inflated_bytes_defaults_to_16_gib_and_is_set_per_feed_or_in_defaults() {
+        let c = Config::from_toml(
+            "[defaults]\nmax_inflated_bytes = 5000\n[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\nmax_inflated_bytes = 1000\n[[feed]]\nname=\"b\"\nkey_columns=[\"id\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.feed("a").unwrap().max_inflated_bytes, 1000);
+        assert_eq!(c.feed("b").unwrap().max_inflated_bytes, 5000);
+        let c = Config::from_toml("[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\n").unwrap();
+        assert_eq!(c.feeds[0].max_inflated_bytes, 16 << 30);
+        assert_eq!(
+            FeedConfig::new("a", &["id"]).max_inflated_bytes,
+            DEFAULT_MAX_INFLATED_BYTES
+        );
+        let e = Config::from_toml(
+            "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\nmax_inflated_bytes = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("max_inflated_bytes") && e.contains("at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn trim_keys_is_off_by_default_and_is_set_per_feed_or_in_defaults() {
+        let feeds = "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\ntrim_keys = false\n[[feed]]\nname=\"b\"\nkey_columns=[\"id\"]\n";
+        let c = Config::from_toml(feeds).unwrap();
+        assert!(!c.feed("a").unwrap().trim_keys && !c.feed("b").unwrap().trim_keys);
+        assert!(!FeedConfig::new("a", &["id"]).trim_keys);
+        let c = Config::from_toml(&format!("[defaults]\ntrim_keys = true\n{feeds}")).unwrap();
+        assert!(
+            !c.feed("a").unwrap().trim_keys,
+            "the feed's own setting wins"
+        );
+        assert!(c.feed("b").unwrap().trim_keys, "the default applies");
+        assert!(Config::from_toml(&feeds.replace("false", "\"yes\"")).is_err());
     }
 
     #[test]

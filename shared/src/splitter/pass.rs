@@ -241,7 +241,7 @@ fn run_pass(
     tx: Option<mpsc::Sender<OutMessage>>,
 ) -> Result<PassOutput, ReadError> {
     let PassInput { feed, snapshot, .. } = &input;
-    let stream = open_stream(body, input.read_buffer)?;
+    let stream = open_stream(body, input.read_buffer, feed.max_inflated_bytes)?;
     let mut reader = RowReader::new(
         stream,
         &feed.required_columns,

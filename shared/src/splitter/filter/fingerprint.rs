@@ -4,7 +4,7 @@
 //! with a hash of those names); and the record key the API sees.
 
 use super::plan::ColumnPlan;
-use crate::splitter::source::Record;
+use crate::splitter::source::{is_blank_key, Record};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 const KEY_SEED: u64 = 0x6361_7365_6665_6564; // "casefeed"
@@ -34,6 +34,25 @@ fn hash_fields(buf: &mut Vec<u8>, rec: &Record, idx: &[usize], seed: u64) -> u64
     xxh3_64_with_seed(&buf[..w], seed)
 }
 
+/// The key fingerprint: the key values as the plan gives them ([`ColumnPlan::key_values`]),
+/// length-prefixed, in key order — hashed as [`hash_fields`] hashes the same bytes.
+#[inline]
+fn hash_key(buf: &mut Vec<u8>, plan: &ColumnPlan, rec: &Record) -> u64 {
+    // the buffer only grows (as in `hash_fields`): no clearing and refilling per row
+    let need = rec.data_len() + 4 * plan.key_idx.len();
+    if buf.len() < need {
+        buf.resize(need, 0);
+    }
+    let mut w = 0;
+    for v in plan.key_values(rec) {
+        buf[w..w + 4].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        w += 4;
+        buf[w..w + v.len()].copy_from_slice(v);
+        w += v.len();
+    }
+    xxh3_64_with_seed(&buf[..w], KEY_SEED)
+}
+
 /// Fingerprints of one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fingerprints {
@@ -51,7 +70,7 @@ impl Fingerprinter {
     /// The fingerprints of one row under `plan`.
     #[inline]
     pub fn fingerprints(&mut self, plan: &ColumnPlan, rec: &Record) -> Fingerprints {
-        let key = hash_fields(&mut self.buf, rec, &plan.key_idx, KEY_SEED);
+        let key = hash_key(&mut self.buf, plan, rec);
         let compare = hash_fields(&mut self.buf, rec, &plan.compare_idx, plan.compare_seed);
         let store = if plan.same_sets() {
             compare
@@ -69,17 +88,20 @@ impl Fingerprinter {
 
 /// The record key as the API sees it: the key value, or for a composite key the values
 /// joined with `|` (a `|` or `\\` inside a value is escaped with `\\`, so distinct keys
-/// never share a record key).
+/// never share a record key); trimmed with the feed's `trim_keys`.
 pub fn record_key(plan: &ColumnPlan, rec: &Record) -> String {
-    if let [i] = plan.key_idx[..] {
-        return String::from_utf8_lossy(&rec[i]).into_owned();
+    if plan.key_idx.len() == 1 {
+        return plan
+            .key_values(rec)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
     }
     let mut s = String::new();
-    for (n, &i) in plan.key_idx.iter().enumerate() {
+    for (n, v) in plan.key_values(rec).enumerate() {
         if n > 0 {
             s.push('|');
         }
-        for ch in String::from_utf8_lossy(&rec[i]).chars() {
+        for ch in String::from_utf8_lossy(v).chars() {
             if ch == '|' || ch == '\\' {
                 s.push('\\');
             }
@@ -90,14 +112,15 @@ pub fn record_key(plan: &ColumnPlan, rec: &Record) -> String {
 }
 
 /// The key fingerprint of a record whose key columns are readable (for rows rejected for
-/// other reasons), `None` when a key column is missing or empty.
+/// other reasons), `None` when a key column is missing, empty or only whitespace. The same
+/// as [`Fingerprints::key`] of a usable row with these key values.
 pub fn key_fp(plan: &ColumnPlan, rec: &Record, fp: &mut Fingerprinter) -> Option<u64> {
     if plan
         .key_idx
         .iter()
-        .any(|&i| rec.get(i).is_none_or(|f| f.is_empty()))
+        .any(|&i| rec.get(i).is_none_or(is_blank_key))
     {
         return None;
     }
-    Some(hash_fields(&mut fp.buf, rec, &plan.key_idx, KEY_SEED))
+    Some(hash_key(&mut fp.buf, plan, rec))
 }

@@ -273,3 +273,101 @@ fn batch_classification_matches_one_by_one() {
     assert_eq!(ea, eb);
     assert!(ca.new > 0 && ca.changed > 0 && ca.duplicate > 0 && ca.removed > 0);
 }
+
+/// A column plan over 100,000 columns against a previous state of almost the same columns
+/// is made in one pass over each list (only that it runs: no time is measured), and its
+/// drift is exact: the added columns in name order, the removed ones in the state's order.
+#[test]
+fn a_plan_over_100000_columns_with_a_previous_state_is_made() {
+    let n = 100_000;
+    let mut f = FeedConfig::new("f", &["c7", "c0"]);
+    f.ignore_columns = vec!["c1".into(), "c99999".into()];
+    let header: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let first = ColumnPlan::new(&header, &f, None).unwrap();
+    assert_eq!(first.hashed_columns.len(), n - 4);
+    assert_eq!(first.key_idx, [7, 0]);
+    // the next file: c5 and c6 gone, x1 and x0 new
+    let mut next: Vec<String> = header
+        .iter()
+        .filter(|c| *c != "c5" && *c != "c6")
+        .cloned()
+        .collect();
+    next.push("x1".into());
+    next.push("x0".into());
+    let plan = ColumnPlan::new(&next, &f, Some(&first.hashed_columns)).unwrap();
+    assert_eq!(plan.key_idx, [5, 0]);
+    assert_eq!(plan.added, ["x0", "x1"]);
+    assert_eq!(plan.removed, ["c5", "c6"]);
+    assert_eq!(plan.hashed_columns.len(), n - 4);
+    assert!(!plan.comparable());
+    // a key column the file lacks is named
+    let mut lacking = next.clone();
+    lacking.retain(|c| c != "c7");
+    match ColumnPlan::new(&lacking, &f, None) {
+        Err(crate::splitter::source::FileRejection::MissingRequired(m)) => assert_eq!(m, ["c7"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A row rejected for another reason whose key value is only whitespace has no readable
+/// key: it keeps no record's state.
+#[test]
+fn a_key_of_only_whitespace_is_no_readable_key() {
+    let plan = ColumnPlan::new(&hdr(&["id", "a", "ts"]), &feed(), None).unwrap();
+    let mut fp = Fingerprinter::default();
+    assert!(key_fp(&plan, &rec(&["1", "x"]), &mut fp).is_some());
+    assert!(key_fp(&plan, &rec(&[" 1 ", "x"]), &mut fp).is_some());
+    for blank in ["", " ", "\t", " \r\n\t\x0b\x0c "] {
+        assert_eq!(
+            key_fp(&plan, &rec(&[blank, "x"]), &mut fp),
+            None,
+            "{blank:?}"
+        );
+    }
+    assert_eq!(key_fp(&plan, &rec(&[]), &mut fp), None);
+}
+
+/// With `trim_keys`, whitespace around a key value is not part of the key: the key
+/// fingerprint (also of a row rejected otherwise) and the record key are the bare value's,
+/// in a single and a composite key; whitespace inside stays. Without it they differ.
+#[test]
+fn with_trim_keys_a_padded_key_is_the_same_record_as_the_bare_one() {
+    let cols = hdr(&["id", "j", "v"]);
+    let mut single = FeedConfig::new("f", &["id"]);
+    let mut composite = FeedConfig::new("f", &["j", "id"]);
+    for trim in [false, true] {
+        single.trim_keys = trim;
+        composite.trim_keys = trim;
+        let plan = ColumnPlan::new(&cols, &single, None).unwrap();
+        let mut fp = Fingerprinter::default();
+        let bare = fp.fingerprints(&plan, &rec(&["42", "ca", "v"]));
+        let padded = fp.fingerprints(&plan, &rec(&[" \t42\r\n ", "ca", "v"]));
+        assert_eq!(padded.key == bare.key, trim, "trim_keys = {trim}");
+        assert_eq!(padded.compare, bare.compare, "the key is not content");
+        assert_eq!(
+            key_fp(&plan, &rec(&[" 42 ", "ca"]), &mut fp) == Some(bare.key),
+            trim
+        );
+        assert_eq!(
+            record_key(&plan, &rec(&[" 42 ", "ca", "v"])),
+            if trim { "42" } else { " 42 " }
+        );
+        assert_ne!(
+            fp.fingerprints(&plan, &rec(&["4 2", "ca", "v"])).key,
+            bare.key,
+            "whitespace inside a value is kept"
+        );
+        let plan = ColumnPlan::new(&cols, &composite, None).unwrap();
+        let bare = fp.fingerprints(&plan, &rec(&["42", "ca", "v"]));
+        let padded = fp.fingerprints(&plan, &rec(&["42 ", " ca", "v"]));
+        assert_eq!(
+            padded.key == bare.key,
+            trim,
+            "composite, trim_keys = {trim}"
+        );
+        assert_eq!(
+            record_key(&plan, &rec(&["42 ", " ca", "v"])),
+            if trim { "ca|42" } else { " ca|42 " }
+        );
+    }
+}

@@ -37,7 +37,8 @@ impl Outbox<'_> {
         previous: Option<Previous>,
     ) -> Result<OutMessage, Rejected> {
         let rk = record_key(plan, record);
-        let key_values: Vec<&[u8]> = plan.key_idx.iter().map(|&i| &record[i]).collect();
+        // as the key fingerprint sees them: trimmed with the feed's `trim_keys`
+        let key_values: Vec<&[u8]> = plan.key_values(record).collect();
         let ikey = idempotency_key(
             self.feed,
             &key_values,
@@ -166,5 +167,49 @@ mod tests {
         assert_eq!(e.version, 3);
         assert_eq!(e.fields["name"], "Zoë \"Z\", Jr");
         assert_eq!(e.change, Change::New);
+    }
+
+    /// With `trim_keys`, the message of a row whose key value has whitespace around it
+    /// carries the bare value's record key and idempotency key (its `fields` are the
+    /// file's); without it, both keys differ from the bare value's.
+    #[test]
+    fn with_trim_keys_the_idempotency_key_ignores_whitespace_around_key_values() {
+        use crate::config::FeedConfig;
+        use crate::splitter::filter::Fingerprinter;
+        let header = vec!["id".to_string(), "name".to_string()];
+        let source = EnvelopeSource {
+            bucket: "b".into(),
+            key: "incoming/f/x.csv".into(),
+            etag: "e".into(),
+            version_id: None,
+        };
+        let outbox = Outbox {
+            feed: "f",
+            run: "r",
+            source: &source,
+            header: &header,
+            version: 1,
+        };
+        let mut feed = FeedConfig::new("f", &["id"]);
+        for trim in [false, true] {
+            feed.trim_keys = trim;
+            let plan = ColumnPlan::new(&header, &feed, None).unwrap();
+            let message = |id: &str| {
+                let record = Record::from_fields([id, "Zoë"]);
+                let fps = Fingerprinter::default().fingerprints(&plan, &record);
+                let m = outbox
+                    .message(&plan, &record, 2, fps, Change::New, None)
+                    .unwrap();
+                Envelope::decode(&m.body).unwrap()
+            };
+            let (bare, padded) = (message("42"), message(" 42\t"));
+            assert_eq!(
+                padded.idempotency_key == bare.idempotency_key,
+                trim,
+                "trim_keys = {trim}"
+            );
+            assert_eq!(padded.record_key, if trim { "42" } else { " 42\t" });
+            assert_eq!(padded.fields["id"], " 42\t", "the fields are the file's");
+        }
     }
 }

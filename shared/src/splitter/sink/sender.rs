@@ -153,7 +153,44 @@ async fn send_one_batch<Q: MessageQueue>(
     }
 }
 
-/// Drain `rx` into SendMessageBatch calls, at most `settings.concurrency` in flight.
+/// Add one finished batch's outcome to the run's.
+fn absorb(
+    stats: &mut SendStats,
+    r: Result<Result<BatchSent, SendError>, tokio::task::JoinError>,
+) -> Result<(), SendError> {
+    let r = r.map_err(|e| SendError::Task(e.to_string()))??;
+    stats.sent += r.sent;
+    stats.retried_entries += r.retried;
+    stats.refused.extend(r.refused);
+    Ok(())
+}
+
+/// Start one SendMessageBatch call for `batch` (never empty: SQS refuses an empty batch),
+/// first waiting until fewer than `concurrency` are in flight.
+async fn spawn_batch<Q: MessageQueue>(
+    queue: &Q,
+    inflight: &mut JoinSet<Result<BatchSent, SendError>>,
+    batch: Vec<OutMessage>,
+    settings: &SenderSettings,
+    stats: &mut SendStats,
+) -> Result<(), SendError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    while inflight.len() >= settings.concurrency.max(1) {
+        if let Some(r) = inflight.join_next().await {
+            absorb(stats, r)?;
+        }
+    }
+    stats.calls += 1;
+    inflight.spawn(send_one_batch(queue.clone(), batch, settings.clone()));
+    stats.max_in_flight = stats.max_in_flight.max(inflight.len());
+    Ok(())
+}
+
+/// Drain `rx` into SendMessageBatch calls, at most `settings.concurrency` in flight. A
+/// message larger than `settings.max_message_bytes` (or than a whole batch may carry) is
+/// refused without being sent and without cutting the batch being filled short.
 pub async fn run_sender<Q: MessageQueue>(
     queue: Q,
     mut rx: mpsc::Receiver<OutMessage>,
@@ -163,56 +200,30 @@ pub async fn run_sender<Q: MessageQueue>(
     let mut inflight: JoinSet<Result<BatchSent, SendError>> = JoinSet::new();
     let mut batch: Vec<OutMessage> = Vec::with_capacity(MAX_BATCH_ENTRIES);
     let mut batch_bytes = 0usize;
-    let concurrency = settings.concurrency.max(1);
+    // a message must fit a batch on its own
+    let limit = settings.max_message_bytes.min(MAX_BATCH_BYTES);
 
-    let absorb = |stats: &mut SendStats,
-                  r: Result<Result<BatchSent, SendError>, tokio::task::JoinError>|
-     -> Result<(), SendError> {
-        let r = r.map_err(|e| SendError::Task(e.to_string()))??;
-        stats.sent += r.sent;
-        stats.retried_entries += r.retried;
-        stats.refused.extend(r.refused);
-        Ok(())
-    };
-
-    loop {
-        let next = rx.recv().await;
-        let flush = match &next {
-            None => !batch.is_empty(),
-            Some(m) => batch.len() == MAX_BATCH_ENTRIES || batch_bytes + m.size() > MAX_BATCH_BYTES,
-        };
-        if flush {
-            while inflight.len() >= concurrency {
-                if let Some(r) = inflight.join_next().await {
-                    absorb(&mut stats, r)?;
-                }
-            }
-            let b = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH_ENTRIES));
+    while let Some(m) = rx.recv().await {
+        let size = m.size();
+        if size > limit {
+            stats.refused.push(Refused {
+                line: m.line,
+                key_fp: m.key_fp,
+                reason: format!(
+                    "row is too large for one SQS message ({size} bytes, limit {limit})"
+                ),
+            });
+            continue;
+        }
+        if batch.len() == MAX_BATCH_ENTRIES || batch_bytes + size > MAX_BATCH_BYTES {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH_ENTRIES));
             batch_bytes = 0;
-            stats.calls += 1;
-            inflight.spawn(send_one_batch(queue.clone(), b, settings.clone()));
-            stats.max_in_flight = stats.max_in_flight.max(inflight.len());
+            spawn_batch(&queue, &mut inflight, full, &settings, &mut stats).await?;
         }
-        match next {
-            None => break,
-            Some(m) => {
-                let size = m.size();
-                if size > settings.max_message_bytes {
-                    stats.refused.push(Refused {
-                        line: m.line,
-                        key_fp: m.key_fp,
-                        reason: format!(
-                            "row is too large for one SQS message ({size} bytes, limit {})",
-                            settings.max_message_bytes
-                        ),
-                    });
-                    continue;
-                }
-                batch_bytes += size;
-                batch.push(m);
-            }
-        }
+        batch_bytes += size;
+        batch.push(m);
     }
+    spawn_batch(&queue, &mut inflight, batch, &settings, &mut stats).await?;
     while let Some(r) = inflight.join_next().await {
         absorb(&mut stats, r)?;
     }
@@ -229,6 +240,8 @@ mod tests {
     #[derive(Clone, Default)]
     struct FakeQueue {
         got: Arc<Mutex<Vec<String>>>,
+        /// The number of entries of every call, in call order.
+        batch_lens: Arc<Mutex<Vec<usize>>>,
         calls: Arc<AtomicUsize>,
         inflight: Arc<AtomicUsize>,
         peak: Arc<AtomicUsize>,
@@ -244,6 +257,7 @@ mod tests {
         ) -> Result<Vec<EntryFailure>, QueueError> {
             assert!(messages.len() <= MAX_BATCH_ENTRIES);
             assert!(messages.iter().map(|m| m.size()).sum::<usize>() <= MAX_BATCH_BYTES);
+            self.batch_lens.lock().unwrap().push(messages.len());
             self.calls.fetch_add(1, Ordering::SeqCst);
             let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
             self.peak.fetch_max(now, Ordering::SeqCst);
@@ -391,5 +405,62 @@ mod tests {
             .refused
             .iter()
             .any(|r| r.line == 4 && r.reason.contains("InvalidMessageContents")));
+    }
+
+    /// A message larger than a whole batch may carry: over SQS's 1 MiB batch limit.
+    fn oversized(i: usize) -> OutMessage {
+        msg(i, MAX_BATCH_BYTES + 10)
+    }
+
+    fn assert_too_large(stats: &SendStats, line: u64) {
+        let r = stats
+            .refused
+            .iter()
+            .find(|r| r.line == line)
+            .unwrap_or_else(|| panic!("line {line} not refused: {:?}", stats.refused));
+        assert!(
+            r.reason.contains("row is too large for one SQS message"),
+            "{}",
+            r.reason
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_first_message_is_refused_without_sending_an_empty_batch() {
+        let q = FakeQueue::default();
+        let mut msgs = vec![oversized(0)];
+        msgs.extend((1..4).map(|i| msg(i, 10)));
+        let stats = drive(q.clone(), msgs, fast()).await.unwrap();
+        assert_eq!(
+            *q.batch_lens.lock().unwrap(),
+            [3],
+            "one call, never an empty one"
+        );
+        assert_eq!(stats.calls, 1);
+        assert_eq!(stats.sent, 3);
+        assert_eq!(stats.refused.len(), 1);
+        assert_too_large(&stats, 2);
+    }
+
+    #[tokio::test]
+    async fn oversized_messages_after_a_flush_are_refused_without_sending_an_empty_batch() {
+        let q = FakeQueue::default();
+        // a full batch, then two oversized messages (the first finds the batch just
+        // flushed, the second an empty one), then a few more, then one alone at the end
+        let mut msgs: Vec<OutMessage> = (0..10).map(|i| msg(i, 10)).collect();
+        msgs.push(oversized(10));
+        msgs.push(oversized(11));
+        msgs.extend((12..15).map(|i| msg(i, 10)));
+        msgs.push(oversized(15));
+        let stats = drive(q.clone(), msgs, fast()).await.unwrap();
+        let lens = q.batch_lens.lock().unwrap().clone();
+        assert!(!lens.contains(&0), "an empty batch was sent: {lens:?}");
+        assert_eq!(lens, [10, 3]);
+        assert_eq!(stats.calls, 2);
+        assert_eq!(stats.sent, 13);
+        assert_eq!(stats.refused.len(), 3);
+        for line in [12, 13, 17] {
+            assert_too_large(&stats, line);
+        }
     }
 }

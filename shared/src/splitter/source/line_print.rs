@@ -21,7 +21,8 @@ pub fn line_hash(line: &[u8]) -> u64 {
 /// not close. Two lines with the same print have the same bytes in every other field — so,
 /// read with the same header, the same key and the same content fingerprint. An ignored
 /// value must still be valid UTF-8 (the full path would reject the row otherwise), and
-/// `len + 1 <= max_row_bytes` bounds the row's size whatever the cut-out values were.
+/// `len <= max_row_bytes` bounds the row's size ([`super::Record::size`]: values and
+/// separators, at most the line's length) whatever the cut-out values were.
 ///
 /// `fields` is the header's column count. When the only ignored column is the last one (an
 /// export timestamp at the end of the row, the usual case), a line whose text after its last
@@ -36,7 +37,7 @@ pub fn line_print(
     max_row_bytes: usize,
     scratch: &mut PrintScratch,
 ) -> u64 {
-    if line.len() >= max_row_bytes {
+    if line.len() > max_row_bytes {
         return 0;
     }
     let Some(&last) = ignored.last() else {

@@ -16,7 +16,7 @@ pub use batch::{Batch, Batches, Slot};
 pub use line_print::{line_hash, line_print, PrintScratch};
 pub use open::open_stream;
 pub use reader::{Row, RowReader};
-pub use record::Record;
+pub use record::{is_blank_key, trim_key, Record};
 
 /// Why a whole file was refused. Permanent: the same bytes always fail the same way.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -36,6 +36,13 @@ pub enum FileRejection {
     /// The gzip stream is corrupt or cut short.
     #[error("the compressed (gzip) data is corrupt or truncated")]
     CorruptCompression,
+    /// The gzip stream inflates to more bytes than the feed allows (found as soon as the
+    /// limit is passed: the rest is never read).
+    #[error("the compressed (gzip) data inflates to more than the feed's limit of {limit} bytes (max_inflated_bytes)")]
+    InflatedTooLarge {
+        /// The feed's `max_inflated_bytes`.
+        limit: u64,
+    },
     /// The header has more columns than the feed allows.
     #[error("the header row has {found} columns, more than the feed's limit of {limit}")]
     TooManyColumns {

@@ -4,9 +4,10 @@
 
 use super::line_print::{line_print, PrintScratch};
 use super::open::io_error;
-use super::record::{split_line, Record};
+use super::record::{is_blank_key, split_line, Record};
 use super::{FileRejection, ReadError, Rejected};
 use crate::splitter::state::KnownLines;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -74,7 +75,7 @@ const READ_CHUNK: usize = 1 << 20;
 /// One outcome of [`RowReader::next_row`].
 pub enum Row<'a> {
     /// A usable row: UTF-8, as many fields as the header, within the size limit, its key
-    /// values non-empty.
+    /// values neither empty nor only whitespace.
     Ok {
         /// The 1-based physical line where the row starts.
         line: u64,
@@ -116,7 +117,7 @@ pub(super) enum Read1 {
 
 impl<R: Read> RowReader<R> {
     /// Read and validate the header. `key_columns` must be present (checked by the caller via
-    /// `required`); their values must be non-empty in every row.
+    /// `required`); their values must be neither empty nor only whitespace in every row.
     pub fn new(
         inner: R,
         required: &[String],
@@ -173,21 +174,25 @@ impl<R: Read> RowReader<R> {
             }
             .into());
         }
-        let mut header = Vec::with_capacity(rec.len());
+        // one pass over the names, each looked up in a table of those before it: a header
+        // of 100,000 columns costs 100,000 lookups, not 5 billion comparisons
+        let mut names: Vec<&str> = Vec::with_capacity(rec.len());
+        let mut positions: HashMap<&str, usize> = HashMap::with_capacity(rec.len());
         for (i, f) in rec.iter().enumerate() {
             let name = std::str::from_utf8(f).map_err(|_| FileRejection::HeaderEncoding)?;
             let name = name.trim();
             if name.is_empty() {
                 return Err(FileRejection::EmptyColumnName(i + 1).into());
             }
-            if let Some(first) = header.iter().position(|h: &String| h == name) {
+            if let Some(&first) = positions.get(name) {
                 return Err(FileRejection::DuplicateColumn(first + 1, i + 1).into());
             }
-            header.push(name.to_string());
+            positions.insert(name, i);
+            names.push(name);
         }
         let missing: Vec<String> = required
             .iter()
-            .filter(|r| !header.contains(r))
+            .filter(|r| !positions.contains_key(r.as_str()))
             .cloned()
             .collect();
         if !missing.is_empty() {
@@ -195,17 +200,18 @@ impl<R: Read> RowReader<R> {
         }
         let key_idx = key_columns
             .iter()
-            .map(|k| header.iter().position(|h| h == k))
+            .map(|k| positions.get(k.as_str()).copied())
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| {
                 FileRejection::MissingRequired(
                     key_columns
                         .iter()
-                        .filter(|k| !header.contains(k))
+                        .filter(|k| !positions.contains_key(k.as_str()))
                         .cloned()
                         .collect(),
                 )
             })?;
+        let header: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         r.header = header;
         r.key_idx = key_idx;
         r.max_row_bytes = max_row_bytes;
@@ -231,14 +237,15 @@ impl<R: Read> RowReader<R> {
     /// as an export timestamp that changes in every row of every file): a row then is known
     /// by its line when everything else is the same bytes.
     pub fn set_line_ignored(&mut self, columns: &[String]) {
-        let mut idx: Vec<usize> = columns
+        // one pass over the header (no search of it per column)
+        let ignored: HashSet<&str> = columns.iter().map(String::as_str).collect();
+        self.line_ignored = self
+            .header
             .iter()
-            .filter(|c| !self.key_idx.iter().any(|&k| self.header[k] == **c))
-            .filter_map(|c| self.header.iter().position(|h| h == c))
+            .enumerate()
+            .filter(|&(i, h)| ignored.contains(h.as_str()) && !self.key_idx.contains(&i))
+            .map(|(i, _)| i)
             .collect();
-        idx.sort_unstable();
-        idx.dedup();
-        self.line_ignored = idx;
         self.clear_ahead();
     }
 
@@ -494,6 +501,8 @@ impl<R: Read> RowReader<R> {
             if !dropping {
                 kept_out += nout;
                 kept_fields += nend;
+                // `out + fields - 1` bytes of values and separators at least: past
+                // `keep_bytes` the record is over the limit whatever follows
                 if out + fields > self.keep_bytes {
                     dropping = true;
                 }
@@ -521,9 +530,11 @@ impl<R: Read> RowReader<R> {
                     }
                     rec.data.truncate(start);
                     rec.utf8 = simdutf8::basic::from_utf8(&rec.data).is_ok();
+                    // measured as `Record::size` measures: the values and the separators
+                    // between them (`fields` counts every field's end, the last one too)
                     return Ok(Read1::Record {
                         line: at,
-                        oversized: dropping.then_some(out + fields),
+                        oversized: dropping.then_some((out + fields).saturating_sub(1)),
                     });
                 }
                 R::End => return Ok(Read1::End),
@@ -532,7 +543,8 @@ impl<R: Read> RowReader<R> {
     }
 
     /// The next row, or `None` at the end. The record is valid UTF-8, has exactly as many
-    /// fields as the header, fits the size limit and has non-empty key values.
+    /// fields as the header, fits the size limit and has key values that are neither empty
+    /// nor only whitespace (such a row is rejected, naming the key column).
     pub fn next_row<'a>(&mut self, record: &'a mut Record) -> Result<Option<Row<'a>>, ReadError> {
         let (line, oversized) = match self.read_record(record)? {
             Read1::End => return Ok(None),
@@ -577,8 +589,12 @@ impl<R: Read> RowReader<R> {
                 record,
             }));
         }
-        if let Some(&i) = self.key_idx.iter().find(|&&i| record[i].is_empty()) {
-            let reason = format!("empty key column `{}`", self.header[i]);
+        if let Some(&i) = self.key_idx.iter().find(|&&i| is_blank_key(&record[i])) {
+            let reason = if record[i].is_empty() {
+                format!("empty key column `{}`", self.header[i])
+            } else {
+                format!("empty key column `{}` (only whitespace)", self.header[i])
+            };
             return Ok(Some(Row::Rejected {
                 rejected: reject(line, reason, record),
                 record,

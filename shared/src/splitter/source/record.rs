@@ -75,9 +75,13 @@ impl Record {
         self.data.len()
     }
 
-    /// The record's size as the limit counts it: its values' bytes plus one per field.
+    /// The record's size as the row limit (`max_row_bytes`) counts it: its values' bytes
+    /// plus one separator between each two — for a line without quotes, its length
+    /// without the line ending (quotes around a value, and the second quote of an escaped
+    /// one, are not counted).
     pub fn size(&self) -> usize {
-        self.bounds.iter().map(|(a, b)| b - a + 1).sum()
+        let values: usize = self.bounds.iter().map(|(a, b)| b - a).sum();
+        values + self.bounds.len().saturating_sub(1)
     }
 
     pub(super) fn clear(&mut self) {
@@ -95,6 +99,33 @@ impl std::ops::Index<usize> for Record {
         let (a, b) = self.bounds[i];
         &self.data[a..b]
     }
+}
+
+/// Whether `b` is whitespace as key values are judged and trimmed: ASCII space, tab, line
+/// feed, vertical tab, form feed or carriage return.
+#[inline]
+fn is_key_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t'..=b'\r')
+}
+
+/// Whether a key value is no key: empty, or only whitespace.
+#[inline]
+pub fn is_blank_key(value: &[u8]) -> bool {
+    value.iter().all(|&b| is_key_space(b))
+}
+
+/// A key value without its leading and trailing whitespace (a feed's `trim_keys`).
+#[inline]
+pub fn trim_key(value: &[u8]) -> &[u8] {
+    let start = value
+        .iter()
+        .position(|&b| !is_key_space(b))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|&b| !is_key_space(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
 }
 
 /// Positions of every comma of `d`, in order, into `out` (cleared first).

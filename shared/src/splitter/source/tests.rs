@@ -11,7 +11,7 @@ use std::sync::Arc;
 type Parsed = (Vec<String>, Vec<(u64, Vec<String>)>, Vec<Rejected>);
 
 fn rows(data: &[u8]) -> Parsed {
-    let s = open_stream(std::io::Cursor::new(data.to_vec()), 64).unwrap();
+    let s = open_stream(std::io::Cursor::new(data.to_vec()), 64, u64::MAX).unwrap();
     let mut r = RowReader::new(s, &["id".into()], &["id".into()], 100, 200).unwrap();
     let mut rec = Record::new();
     let mut ok = vec![];
@@ -68,7 +68,7 @@ fn corrupt_gzip_is_a_file_rejection() {
     let gz = enc.finish().unwrap();
     let mut cut = b"".to_vec();
     cut.extend_from_slice(&gz[..gz.len() / 2]);
-    let s = open_stream(std::io::Cursor::new(cut), 64).unwrap();
+    let s = open_stream(std::io::Cursor::new(cut), 64, u64::MAX).unwrap();
     let mut r = RowReader::new(s, &[], &["id".into()], 10, 100).unwrap_or_else(|e| panic!("{e}"));
     let mut rec = Record::new();
     let err = loop {
@@ -93,7 +93,7 @@ fn source_failures_stay_retryable() {
             Err(std::io::Error::other("connection reset"))
         }
     }
-    let err = open_stream(Broken, 64).err().unwrap();
+    let err = open_stream(Broken, 64, u64::MAX).err().unwrap();
     assert!(err.retryable(), "{err}");
 }
 
@@ -128,7 +128,7 @@ fn huge_row_is_rejected_without_values() {
 #[test]
 fn whole_file_rejections() {
     let open = |d: &[u8]| {
-        let s = open_stream(std::io::Cursor::new(d.to_vec()), 64).unwrap();
+        let s = open_stream(std::io::Cursor::new(d.to_vec()), 64, u64::MAX).unwrap();
         RowReader::new(s, &["id".into(), "v".into()], &["id".into()], 3, 100)
             .err()
             .map(|e| e.to_string())
@@ -388,9 +388,13 @@ fn line_prints_leave_out_ignored_values_and_nothing_else() {
     assert_eq!(p("1,a,\"TS", &[2]), 0);
     assert_eq!(p(b"1,a,\xff", &[2]), 0);
     assert_ne!(p(b"1,\xff,a", &[2]), 0, "the full path checks kept values");
-    assert_eq!(p([b'a'; 100], &[]), 0);
-    assert_ne!(p([b'a'; 99], &[]), 0);
-    assert_eq!(p([b'a'; 100], &[0]), 0);
+    assert_eq!(p([b'a'; 101], &[]), 0);
+    assert_ne!(
+        p([b'a'; 100], &[]),
+        0,
+        "a line of exactly the limit is a row"
+    );
+    assert_eq!(p([b'a'; 101], &[0]), 0);
     // commas inside quotes before the ignored field are not separators
     assert_eq!(p("\"a,b\",x,TS", &[2]), p("\"a,b\",x,\"T,S\"", &[2]));
     assert_eq!(p("\"a,b\",x,TS", &[2]), p("\"a,b\",x,", &[2]));
@@ -511,4 +515,341 @@ fn comma_positions_match_a_plain_scan() {
         let want: Vec<u32> = (0..len as u32).filter(|&i| d[i as usize] == b',').collect();
         assert_eq!(out, want, "length {len}");
     }
+}
+
+/// A row's line and its fields, or the reason it was rejected.
+type LineRow = (u64, Result<Vec<Vec<u8>>, String>);
+
+/// Every row of `data` (key column `id`) read with this row limit and read size.
+fn read_limited(data: &[u8], max_row: usize, per_read: usize) -> Vec<LineRow> {
+    let src = Trickle(std::io::Cursor::new(data.to_vec()), per_read);
+    let mut r = RowReader::new(src, &[], &["id".into()], 10, max_row).unwrap();
+    let mut rec = Record::new();
+    let mut out = Vec::new();
+    while let Some(row) = r.next_row(&mut rec).unwrap() {
+        match row {
+            Row::Ok { line, record } => {
+                out.push((line, Ok(record.iter().map(|f| f.to_vec()).collect())))
+            }
+            Row::Rejected { rejected, .. } => out.push((rejected.line, Err(rejected.reason))),
+            Row::Known { .. } => unreachable!("no known lines were set"),
+        }
+    }
+    out
+}
+
+#[test]
+fn record_size_counts_values_and_the_commas_between_them() {
+    assert_eq!(Record::from_fields(["ab", "", "c"]).size(), "ab,,c".len());
+    assert_eq!(Record::from_fields(["abc"]).size(), 3);
+    assert_eq!(Record::from_fields([""]).size(), 0);
+    assert_eq!(Record::new().size(), 0);
+}
+
+/// A row's size is its values' bytes plus the commas between them (an unquoted line's
+/// length without its line ending; quotes are not counted): a row of exactly the limit is
+/// accepted, one byte more is rejected, on the plain path and the state machine's alike.
+#[test]
+fn a_row_of_exactly_max_row_bytes_is_accepted_and_one_byte_more_is_rejected() {
+    for quoted in [false, true] {
+        // `1,` and a value: `size` bytes of values and separators
+        let row = |size: usize| {
+            let v = "x".repeat(size - 2);
+            if quoted {
+                format!("1,\"{v}\"")
+            } else {
+                format!("1,{v}")
+            }
+        };
+        let data = format!("id,v\n{}\n{}\r\n2,y\n", row(100), row(101));
+        for per_read in [1, 7, 4096] {
+            let got = read_limited(data.as_bytes(), 100, per_read);
+            let what = format!("quoted: {quoted}, reads of {per_read}");
+            assert_eq!(got.len(), 3, "{what}: {got:?}");
+            assert_eq!(got[0].0, 2);
+            assert_eq!(
+                got[0].1,
+                Ok(vec![b"1".to_vec(), vec![b'x'; 98]]),
+                "{what}: a row of exactly the limit"
+            );
+            assert_eq!(got[1].0, 3);
+            assert_eq!(
+                got[1].1,
+                Err("row is 101 bytes, over the feed's limit of 100".to_string()),
+                "{what}: one byte over the limit"
+            );
+            assert_eq!(got[2], (4, Ok(vec![b"2".to_vec(), b"y".to_vec()])));
+        }
+    }
+}
+
+/// A row far over the limit, read with bounded memory, is measured as the rows within it
+/// are: values plus separators.
+#[test]
+fn an_oversized_row_is_reported_with_its_values_and_separators_counted() {
+    for quoted in [false, true] {
+        let v = "x".repeat(5000);
+        let v = if quoted { format!("\"{v}\"") } else { v };
+        let data = format!("id,v,w\n1,{v},z\n2,a,b\n");
+        for per_read in [3, 4096] {
+            let got = read_limited(data.as_bytes(), 100, per_read);
+            assert_eq!(
+                got[0],
+                (
+                    2,
+                    Err("row is 5004 bytes, over the feed's limit of 100".to_string())
+                ),
+                "quoted: {quoted}, reads of {per_read}"
+            );
+            assert!(got[1].1.is_ok());
+        }
+    }
+}
+
+/// The names `c0`, `c1`, … of an `n`-column header, and the header line.
+fn wide_header(n: usize) -> (Vec<String>, Vec<u8>) {
+    let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let mut line = names.join(",").into_bytes();
+    line.push(b'\n');
+    (names, line)
+}
+
+/// A header of 100,000 columns (the most `max_columns` allows) is validated in one pass
+/// over its names: they are kept in order, the required and key columns are found, and the
+/// columns left out of line prints are placed. (Only that it runs: no time is measured.)
+#[test]
+fn a_header_of_100000_columns_is_validated() {
+    let n = 100_000;
+    let (names, mut data) = wide_header(n);
+    let row: Vec<String> = (0..n).map(|i| format!("v{i}")).collect();
+    data.extend_from_slice(row.join(",").as_bytes());
+    data.push(b'\n');
+    let s = open_stream(std::io::Cursor::new(data), 1 << 16, u64::MAX).unwrap();
+    let required: Vec<String> = vec!["c99999".into(), "c50000".into(), "c0".into()];
+    let mut r = RowReader::new(s, &required, &["c50000".into()], n, 1 << 20).unwrap();
+    assert_eq!(r.header(), &names[..]);
+    r.set_line_ignored(&["c99999".into(), "c50000".into(), "c3".into(), "gone".into()]);
+    let mut rec = Record::new();
+    match r.next_row(&mut rec).unwrap() {
+        Some(Row::Ok { line, record }) => {
+            assert_eq!(line, 2);
+            assert_eq!(record.len(), n);
+            assert_eq!(&record[50000], b"v50000");
+        }
+        _ => panic!("the row is not read"),
+    }
+}
+
+/// The sanity check of the one-pass header validation: in a wide header, a repeated name
+/// is reported at its first and second positions, and missing columns are named.
+#[test]
+fn a_repeated_name_in_a_wide_header_is_reported_with_both_positions() {
+    let n = 100_000;
+    let open = |names: &[String], required: &[String], key: &[String]| {
+        let mut data = names.join(",").into_bytes();
+        data.push(b'\n');
+        let s = open_stream(std::io::Cursor::new(data), 1 << 16, u64::MAX).unwrap();
+        RowReader::new(s, required, key, n, 1 << 16)
+            .err()
+            .map(|e| e.to_string())
+    };
+    let (mut names, _) = wide_header(n);
+    names[n - 1] = "c7".into();
+    names[n - 2] = "c7".into();
+    assert_eq!(
+        open(&names, &[], &[]).as_deref(),
+        Some("the header row names the same column at positions 8 and 99999")
+    );
+    let (names, _) = wide_header(n);
+    assert_eq!(
+        open(
+            &names,
+            &["c1".into(), "nope".into(), "c2".into()],
+            &["c3".into()]
+        )
+        .as_deref(),
+        Some("required column(s) missing: nope")
+    );
+    assert_eq!(
+        open(&names, &[], &["c3".into(), "nokey".into()]).as_deref(),
+        Some("required column(s) missing: nokey")
+    );
+}
+
+/// The gzip of `data`.
+fn gz(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// Counts the bytes a source hands out: how much of an object was read.
+struct Counted(std::io::Cursor<Vec<u8>>, Arc<std::sync::atomic::AtomicU64>);
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1
+            .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+/// Every row of `data` read with this inflation limit, up to the error that ended it.
+fn read_inflated(data: Vec<u8>, limit: u64) -> (Vec<u64>, Option<ReadError>) {
+    let s = match open_stream(std::io::Cursor::new(data), 64, limit) {
+        Ok(s) => s,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    let mut r = match RowReader::new(s, &[], &["id".into()], 10, 100) {
+        Ok(r) => r,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    let mut rec = Record::new();
+    let mut lines = Vec::new();
+    loop {
+        match r.next_row(&mut rec) {
+            Ok(Some(Row::Ok { line, .. })) => lines.push(line),
+            Ok(Some(_)) => {}
+            Ok(None) => return (lines, None),
+            Err(e) => return (lines, Some(e)),
+        }
+    }
+}
+
+/// A small gzip that inflates far past the feed's limit — repeated rows, or one endless
+/// run of zero bytes — is refused as a file (permanent, the limit named), having read only
+/// the start of the object, never its end.
+#[test]
+fn a_gzip_that_inflates_past_the_limit_is_rejected_before_its_end() {
+    let limit = 1 << 20;
+    // a header, then `chunk` again and again: 128 MiB inflated, streamed into the encoder
+    let bomb = |chunk: &[u8]| {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(b"id,v\n").unwrap();
+        let block = chunk.repeat((1 << 20) / chunk.len());
+        for _ in 0..128 {
+            enc.write_all(&block).unwrap();
+        }
+        enc.finish().unwrap()
+    };
+    for (what, compressed) in [
+        ("repeated rows", bomb(b"1234567,some repeated value\n")),
+        ("zero bytes", bomb(&[0])),
+    ] {
+        assert!(compressed.len() < 1 << 20, "{what}: a small object");
+        let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let src = Counted(std::io::Cursor::new(compressed.clone()), read.clone());
+        let s = open_stream(src, 64, limit).unwrap();
+        let mut r = RowReader::new(s, &[], &["id".into()], 10, 100).unwrap();
+        let mut rec = Record::new();
+        let err = loop {
+            match r.next_row(&mut rec) {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("{what}: read to the end"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                err,
+                ReadError::Rejected(FileRejection::InflatedTooLarge { limit: 1048576 })
+            ),
+            "{what}: {err}"
+        );
+        assert!(!err.retryable(), "{what}: the same bytes fail the same way");
+        let reason = err.to_string();
+        assert!(
+            reason.contains("1048576") && reason.contains("max_inflated_bytes"),
+            "{reason}"
+        );
+        let read = read.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            read < compressed.len() as u64 / 4,
+            "{what}: {read} of {} compressed bytes read",
+            compressed.len()
+        );
+    }
+}
+
+/// A gzip that inflates to exactly the limit is read whole, one byte over it is refused;
+/// a plain object is not counted against it.
+#[test]
+fn a_gzip_that_inflates_to_exactly_the_limit_is_read_whole() {
+    let data = b"id,v\n1,a\n2,b\n";
+    let limit = data.len() as u64;
+    let (lines, err) = read_inflated(gz(data), limit);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(lines, [2, 3]);
+    let (_, err) = read_inflated(gz(data), limit - 1);
+    assert!(
+        matches!(
+            err,
+            Some(ReadError::Rejected(FileRejection::InflatedTooLarge {
+                limit: 12
+            }))
+        ),
+        "{err:?}"
+    );
+    // more than one gzip member: their bytes together
+    let mut two = gz(b"id,v\n1,a\n");
+    two.extend_from_slice(&gz(b"2,b\n"));
+    assert_eq!(read_inflated(two.clone(), limit).0, [2, 3]);
+    assert!(read_inflated(two, limit - 1).1.is_some());
+    // a plain object: no inflation to count
+    let (lines, err) = read_inflated(data.to_vec(), 1);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(lines, [2, 3]);
+}
+
+/// A key value of only whitespace is no key: its row is rejected like an empty key's,
+/// with its line and the key column's name (never the value), in a single and in a
+/// composite key, on the plain path and the state machine's.
+#[test]
+fn a_key_of_only_whitespace_is_rejected_with_its_line() {
+    // line 5 simply quoted (split in place), lines 8-9 one record of the state machine
+    let data = b"id,v\n1,a\n ,b\n\t,c\n\" \t \",d\n\x0b\x0c,e\n 2 ,f\n\"\n\",g\n3,h\n";
+    let (_, ok, bad) = rows(data);
+    assert_eq!(
+        ok.iter()
+            .map(|r| (r.0, r.1[0].as_str()))
+            .collect::<Vec<_>>(),
+        [(2, "1"), (7, " 2 "), (10, "3")],
+        "a key with whitespace around it is still a key (trimmed only with trim_keys)"
+    );
+    let lines: Vec<u64> = bad.iter().map(|b| b.line).collect();
+    assert_eq!(lines, [3, 4, 5, 6, 8], "{bad:?}");
+    for b in &bad {
+        assert_eq!(
+            b.reason, "empty key column `id` (only whitespace)",
+            "line {}",
+            b.line
+        );
+    }
+    // a composite key: either value of only whitespace
+    let s = open_stream(
+        std::io::Cursor::new(b"j,id,v\nca,1,a\n  ,2,b\nny,\t,c\n".to_vec()),
+        64,
+        u64::MAX,
+    )
+    .unwrap();
+    let mut r = RowReader::new(s, &[], &["j".into(), "id".into()], 10, 100).unwrap();
+    let mut rec = Record::new();
+    let mut got = Vec::new();
+    while let Some(row) = r.next_row(&mut rec).unwrap() {
+        match row {
+            Row::Ok { line, .. } => got.push((line, String::new())),
+            Row::Rejected { rejected, .. } => got.push((rejected.line, rejected.reason)),
+            Row::Known { .. } => unreachable!("no known lines were set"),
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            (2, String::new()),
+            (3, "empty key column `j` (only whitespace)".to_string()),
+            (4, "empty key column `id` (only whitespace)".to_string()),
+        ]
+    );
 }

@@ -9,15 +9,17 @@ use xxhash_rust::xxh3::xxh3_64;
 /// feed settings that decide, from a row's bytes alone, whether it is accepted and what its
 /// fingerprints are. A row whose raw line hashes to a snapshot row's line hash under the same
 /// context is that row, unchanged: same bytes, same columns, same rules. Anything else (a
-/// reordered, added or renamed column, a changed key, ignore list or row limit) makes a
-/// different context, and every row takes the full path once.
+/// reordered, added or renamed column, a changed key, ignore list, row limit or
+/// `trim_keys`) makes a different context, and every row takes the full path once.
 pub fn line_context(header: &[String], feed: &FeedConfig) -> String {
     let mut buf = Vec::new();
     let mut put = |b: &[u8]| {
         buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
         buf.extend_from_slice(b);
     };
-    put(b"casefeed line context 1");
+    // 2: a key value of only whitespace is rejected (context 1 accepted it, so a line print
+    // of such a row may be in a snapshot made under it)
+    put(b"casefeed line context 2");
     for list in [header, &feed.key_columns[..], &feed.ignore_columns[..]] {
         put(&(list.len() as u32).to_le_bytes());
         for c in list {
@@ -25,6 +27,11 @@ pub fn line_context(header: &[String], feed: &FeedConfig) -> String {
         }
     }
     put(&(feed.max_row_bytes as u64).to_le_bytes());
+    // trimmed keys make another record of the same line (nothing added when off, so the
+    // contexts of feeds without it stay as they were)
+    if feed.trim_keys {
+        put(b"trim_keys");
+    }
     format!("{:016x}", xxh3_64(&buf))
 }
 
@@ -172,6 +179,18 @@ mod tests {
         assert_eq!(known.find(line_hash(b"5001,row")), None);
         assert_eq!(known.find(line_hash(b"")), None);
         assert_ne!(line_hash(b""), 0);
+    }
+
+    /// Line prints made with keys trimmed are not reused untrimmed, nor the other way
+    /// round: the same line is another record then.
+    #[test]
+    fn the_line_context_changes_with_trim_keys() {
+        let header = vec!["id".to_string(), "v".to_string()];
+        let mut feed = crate::config::FeedConfig::new("f", &["id"]);
+        let off = line_context(&header, &feed);
+        assert_eq!(off, line_context(&header, &feed));
+        feed.trim_keys = true;
+        assert_ne!(line_context(&header, &feed), off);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::contract::layout::rejects_key;
 use crate::contract::report::{RunReport, RunStatus};
 use crate::splitter::{Outcome, SplitError};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------
 // malformed rows
@@ -279,6 +280,45 @@ async fn a_truncated_gzip_is_reported() {
     assert!(h.take_sent().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_that_inflates_past_the_feed_limit_is_rejected_and_does_not_move_the_state() {
+    let mut h = Harness::new();
+    let t1 = Table::labs(1..=50, TS1);
+    h.run_table("labs", "e1.csv", &t1).await;
+    let state = h.snapshot_bytes("labs").unwrap();
+    // every row changed, then repeated until the file inflates to 8 MiB
+    let mut t2 = t1.clone();
+    t2.set_all("result", "positive");
+    let one = t2.csv();
+    let mut body = one.clone();
+    while body.len() < 8 << 20 {
+        body.extend_from_slice(&one[LAB_HEADER.len() + 1..]);
+    }
+    let limit = 64 * 1024;
+    let mut c = (*h.splitter.config).clone();
+    c.feeds[0].max_inflated_bytes = limit;
+    h.splitter.config = Arc::new(c);
+    let ev = h.upload("labs", "bomb.csv.gz", gzip(&body));
+    let r = h.run(&ev).await;
+    assert_eq!(
+        r.status,
+        RunStatus::Rejected,
+        "the same bytes fail the same way"
+    );
+    let reason = r.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("max_inflated_bytes") && reason.contains(&limit.to_string()),
+        "{reason}"
+    );
+    assert_eq!(h.snapshot_bytes("labs").unwrap(), state);
+    assert!(h.take_sent().is_empty(), "nothing sent from a refused file");
+    // the first copy alone is within the limit and is applied
+    let ev = h.upload("labs", "e2.csv.gz", gzip(&one));
+    let r = h.run(&ev).await;
+    assert_eq!(r.status, RunStatus::Applied);
+    assert_eq!(r.counts.changed, 50);
+}
+
 // ---------------------------------------------------------------------------------------
 // a broken stream
 // ---------------------------------------------------------------------------------------
@@ -409,4 +449,74 @@ async fn a_valid_row_after_a_rejected_row_of_the_same_record_is_used() {
         "record 2's valid row was dropped as a duplicate of its rejected row: {:?}",
         r.counts
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// key values with whitespace around them (trim_keys)
+// ---------------------------------------------------------------------------------------
+
+/// With `trim_keys`, key values with whitespace around them are the records of the bare
+/// values: the run equals the bare file's run — counts, the changed row's record key and
+/// idempotency key, the next state — its `fields` are the file's, a key of only whitespace
+/// is still rejected, and the same padded file again is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_trim_keys_padded_key_values_are_the_records_of_the_bare_ones() {
+    let rows = |pad: bool| {
+        let k = |bare: &str, padded: &str| {
+            if pad {
+                padded.to_string()
+            } else {
+                bare.to_string()
+            }
+        };
+        let mut b = LAB_HEADER.as_bytes().to_vec();
+        for (key, rest) in [
+            (k("1", " 1 "), "Patient 1,negative,2026-01-02,T2"),
+            (k("2", "\t2"), "Patient 2,negative,2026-01-03,T2"),
+            (k("3", "\"3  \""), "Patient 3,negative,2026-01-04,T2"),
+            (k("4", " 4"), "Patient 4,positive,2026-01-05,T2"),
+            (k("5", "5"), "Patient 5,negative,2026-01-06,T2"),
+            (k("", "  "), "Nobody,negative,2026-01-06,T2"),
+        ] {
+            b.push(b'\n');
+            b.extend_from_slice(format!("{key},{rest}").as_bytes());
+        }
+        b.push(b'\n');
+        b
+    };
+    let mut runs = Vec::new();
+    for pad in [false, true] {
+        let mut h = Harness::new();
+        let mut c = (*h.splitter.config).clone();
+        c.feeds[0].trim_keys = true;
+        h.splitter.config = Arc::new(c);
+        h.run_table("labs", "e1.csv", &Table::labs(1..=5, TS1))
+            .await;
+        let ev = h.upload("labs", "e2.csv", rows(pad));
+        let r = h.run(&ev).await;
+        assert_eq!(r.status, RunStatus::Applied, "padded: {pad}");
+        assert_counts(&r, 6, 0, 1, 0, 4, 1);
+        let rejects = h.rejects(r.rejects_key.as_deref().unwrap());
+        assert_eq!(rejects.len(), 1);
+        assert_eq!(rejects[0]["line"], 7);
+        let reason = rejects[0]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("empty key column `record_id`"),
+            "{reason}"
+        );
+        let sent = by_key(&h.take_sent());
+        assert_eq!(sent.keys().map(String::as_str).collect::<Vec<_>>(), ["4"]);
+        let m = &sent["4"];
+        assert_eq!(m.env.fields["record_id"], if pad { " 4" } else { "4" });
+        runs.push((
+            m.env.idempotency_key.clone(),
+            h.snapshot("labs").entries().collect::<Vec<_>>(),
+        ));
+        // the same file again: nothing changed
+        let ev = h.upload("labs", "e3.csv", rows(pad));
+        let r = h.run(&ev).await;
+        assert_counts(&r, 6, 0, 0, 0, 5, 0);
+        assert!(h.take_sent().is_empty());
+    }
+    assert_eq!(runs[0], runs[1], "padded keys give the bare file's run");
 }
