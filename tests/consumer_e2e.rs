@@ -642,7 +642,7 @@ async fn the_api_ends_with_the_newest_file_while_older_versions_keep_failing() {
 async fn under_faults_two_files_changing_the_same_records_end_with_the_last_one() {
     let faults = Faults {
         fail_5xx: 0.3,
-        latency_ms: 40,
+        latency_ms: 20,
         seed: 17,
         ..Faults::default()
     };

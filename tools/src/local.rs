@@ -337,7 +337,9 @@ impl Stack {
             ("BACKOFF_CAP_SECS".into(), "4".into()),
             ("API_TIMEOUT_MS".into(), "3000".into()),
             ("API_CONNECT_TIMEOUT_MS".into(), "1000".into()),
-            ("LEDGER_LEASE_SECS".into(), "30".into()),
+            // at least twice the longest call (3 s + 1 s): a call whose outcome is unknown
+            // keeps its record's lease this long
+            ("LEDGER_LEASE_SECS".into(), "10".into()),
             ("RUST_LOG".into(), "info".into()),
         ]
     }

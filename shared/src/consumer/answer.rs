@@ -30,6 +30,12 @@ pub enum TransientKind {
 }
 
 impl TransientKind {
+    /// Whether the call's outcome is unknown: the request may have reached the API, which
+    /// may still be working on it (no answer in time, or the connection broke).
+    pub fn outcome_unknown(self) -> bool {
+        matches!(self, TransientKind::Timeout | TransientKind::Connection)
+    }
+
     /// The kind as logs and `Fate::Retry` name it (`server_error`, `rate_limited`, …).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -198,6 +198,14 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
                 if kind.trips_breaker() {
                     breaker.failure(self.settings.breaker_threshold);
                 }
+                if kind.outcome_unknown() {
+                    // the API may still be working on the request we gave up on: keep the
+                    // record's lease until it expires, so the next call for this record
+                    // cannot overlap it, and come back no sooner than that
+                    info!(message_id = %m.message_id, "outcome unknown: the record's lease is kept until it expires");
+                    let wait = retry_after.unwrap_or_default().max(self.ledger.lease);
+                    return self.retry(m, kind.as_str(), Some(wait), &reason);
+                }
                 self.release(m, lease).await;
                 self.retry(m, kind.as_str(), retry_after, &reason)
             }
