@@ -171,9 +171,8 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         report: &mut RunReport,
         started: Instant,
     ) -> Result<Attempt, SplitError> {
-        let bytes = Snapshot::encode_state(header, &entries)
+        let bytes = Snapshot::encode_state(header, entries)
             .map_err(|e| SplitError::Internal(format!("encoding the next state: {e}")))?;
-        drop(entries);
         let t = Instant::now();
         let put = self
             .store

@@ -74,19 +74,38 @@ pub fn record_key(plan: &ColumnPlan, rec: &Record) -> String {
     if let [i] = plan.key_idx[..] {
         return String::from_utf8_lossy(&rec[i]).into_owned();
     }
-    let mut s = String::new();
+    let mut b = Vec::new();
+    write_record_key(plan, rec, &mut b);
+    // valid: written from `from_utf8_lossy` strings and ASCII separators
+    String::from_utf8(b).unwrap_or_default()
+}
+
+/// [`record_key`], appended to `out` as bytes (no allocation of its own): how the state's
+/// table of record keys is filled.
+/// A key column the record lacks (a rejected row's) counts as empty.
+pub fn write_record_key(plan: &ColumnPlan, rec: &Record, out: &mut Vec<u8>) {
+    let value = |i: usize| String::from_utf8_lossy(rec.get(i).unwrap_or_default());
+    if let [i] = plan.key_idx[..] {
+        out.extend_from_slice(value(i).as_bytes());
+        return;
+    }
     for (n, &i) in plan.key_idx.iter().enumerate() {
         if n > 0 {
-            s.push('|');
+            out.push(b'|');
         }
-        for ch in String::from_utf8_lossy(&rec[i]).chars() {
+        let v = value(i);
+        if !v.contains(['|', '\\']) {
+            out.extend_from_slice(v.as_bytes());
+            continue;
+        }
+        for ch in v.chars() {
             if ch == '|' || ch == '\\' {
-                s.push('\\');
+                out.push(b'\\');
             }
-            s.push(ch);
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
         }
     }
-    s
 }
 
 /// The key fingerprint of a record whose key columns are readable (for rows rejected for
