@@ -54,10 +54,24 @@ pub enum FirstFile {
     Send,
 }
 
+/// What a feed does with the records a file no longer has (`removed` in `feeds.toml`).
+/// Either way they leave the state and a committed run lists them by record key in
+/// `removed/<feed>/<run>.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Removals {
+    /// Counted and listed, not sent.
+    #[default]
+    Count,
+    /// Also sent: one `removed` message (a tombstone, no fields) per removed record.
+    Send,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     first_file: Option<FirstFile>,
+    removed: Option<Removals>,
     max_row_bytes: Option<usize>,
     max_columns: Option<usize>,
     max_object_bytes: Option<u64>,
@@ -78,6 +92,7 @@ struct RawFeed {
     #[serde(default)]
     required_columns: Vec<String>,
     first_file: Option<FirstFile>,
+    removed: Option<Removals>,
     max_row_bytes: Option<usize>,
     max_columns: Option<usize>,
     max_object_bytes: Option<u64>,
@@ -145,6 +160,8 @@ pub struct FeedConfig {
     pub required_columns: Vec<String>,
     /// What happens to the feed's first file.
     pub first_file: FirstFile,
+    /// Whether records a file no longer has are only counted or also sent as tombstones.
+    pub removed: Removals,
     /// The largest row accepted, in bytes; a longer row is rejected.
     pub max_row_bytes: usize,
     /// The most columns a header may have.
@@ -163,6 +180,7 @@ impl FeedConfig {
             ignore_columns: Vec::new(),
             required_columns: key_columns.iter().map(|s| s.to_string()).collect(),
             first_file: FirstFile::Baseline,
+            removed: Removals::Count,
             max_row_bytes: DEFAULT_MAX_ROW_BYTES,
             max_columns: DEFAULT_MAX_COLUMNS,
             guards: Guards::default(),
@@ -274,6 +292,7 @@ impl FeedConfig {
                 .first_file
                 .or(defaults.first_file)
                 .unwrap_or(FirstFile::Baseline),
+            removed: f.removed.or(defaults.removed).unwrap_or_default(),
             max_row_bytes,
             max_columns,
             guards: guards(f, defaults)?,
@@ -583,6 +602,18 @@ first_file = "send"
             let e = Config::from_toml(&t).unwrap_err().to_string();
             assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
         }
+    }
+
+    #[test]
+    fn removed_defaults_to_count_and_parses() {
+        let c = Config::from_toml(SAMPLE).unwrap();
+        assert_eq!(c.feed("lab_results").unwrap().removed, Removals::Count);
+        let t = "[defaults]\nremoved = \"send\"\n[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\n[[feed]]\nname=\"b\"\nkey_columns=[\"id\"]\nremoved = \"count\"\n";
+        let c = Config::from_toml(t).unwrap();
+        assert_eq!(c.feed("a").unwrap().removed, Removals::Send);
+        assert_eq!(c.feed("b").unwrap().removed, Removals::Count);
+        let bad = "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\nremoved = \"delete\"\n";
+        assert!(Config::from_toml(bad).is_err());
     }
 
     #[test]

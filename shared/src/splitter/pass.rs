@@ -47,6 +47,8 @@ pub(super) struct PassOutput {
     pub kept: Option<Vec<OutMessage>>,
     /// The version the messages carry: the generation the commit gives the state.
     pub version: u64,
+    /// Positions in the snapshot of the records the file no longer has (in key order).
+    pub removed: Vec<u32>,
 }
 
 /// Why a pass ended without an output.
@@ -331,7 +333,7 @@ fn run_pass(
         read,
         ..
     } = pass;
-    let (entries, counts, _removed) = differ.finish();
+    let (entries, counts, removed) = differ.finish();
     Ok(PassOutput {
         header,
         plan,
@@ -342,6 +344,7 @@ fn run_pass(
         read,
         kept: out.into_kept(),
         version: input.version,
+        removed,
     })
 }
 
@@ -424,7 +427,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
     }
 
     /// A sender task draining a channel into `SendMessageBatch` calls.
-    fn spawn_sender(
+    pub(super) fn spawn_sender(
         &self,
     ) -> (
         mpsc::Sender<OutMessage>,
@@ -440,7 +443,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
     }
 }
 
-async fn join_sender(
+pub(super) async fn join_sender(
     sender: JoinHandle<Result<SendStats, super::sink::SendError>>,
 ) -> Result<SendStats, SplitError> {
     match sender.await {

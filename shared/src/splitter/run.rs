@@ -72,6 +72,7 @@ pub(super) fn new_report(feed: &FeedConfig, run: String, source: SourceObject) -
         held: None,
         approved_held: None,
         rejects_key: None,
+        removed_key: None,
         snapshot_etag: None,
         send_calls: 0,
         commit_attempts: 0,
@@ -136,6 +137,8 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             attempt += 1;
             report.commit_attempts = attempt;
             report.rejects_key = None;
+            report.removed_key = None;
+            report.counts.removed_unnamed = 0;
             match self
                 .attempt(feed, &mut source, job, report, started)
                 .await?

@@ -451,6 +451,16 @@ impl<S: ObjectStore> Harness<S> {
         }
     }
 
+    /// The harness with feed `name`'s configuration changed by `f`.
+    pub(super) fn configure(mut self, name: &str, f: impl FnOnce(&mut FeedConfig)) -> Self {
+        let mut c = (*self.splitter.config).clone();
+        if let Some(feed) = c.feeds.iter_mut().find(|x| x.name == name) {
+            f(feed);
+        }
+        self.splitter.config = Arc::new(c);
+        self
+    }
+
     pub(super) fn feed(&self, name: &str) -> FeedConfig {
         self.splitter.config.feed(name).unwrap().clone()
     }

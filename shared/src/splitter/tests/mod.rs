@@ -10,6 +10,7 @@
 //! - `state`: the same event again, corrupt or foreign snapshots, commit races, skipped and
 //!   stale events;
 //! - `queue`: queue failures, refused rows, a second sending pass;
+//! - `removed`: the removed list, tombstones (`removed = "send"`), old-format states;
 //! - `guards`: guards, held files, approve and discard;
 //! - `privacy`: no row values in reasons, reports, errors or attributes;
 //! - `known_lines`: rows known by their line and the reader thread against the plain path, and
@@ -29,4 +30,5 @@ mod harness;
 mod known_lines;
 mod privacy;
 mod queue;
+mod removed;
 mod state;
