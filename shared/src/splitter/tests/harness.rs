@@ -479,6 +479,31 @@ impl<S: ObjectStore> Harness<S> {
         }
     }
 
+    /// Upload with S3 user metadata (`x-amz-meta-<name>`: names lowercase, without the prefix).
+    pub(super) fn upload_with_metadata(
+        &self,
+        prefix: &str,
+        name: &str,
+        body: Vec<u8>,
+        metadata: &[(&str, &str)],
+    ) -> ObjectEvent {
+        let key = format!("incoming/{prefix}/{name}");
+        let size = body.len() as u64;
+        let meta = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let etag = self.mem.insert_with_metadata(BUCKET, &key, body, meta);
+        ObjectEvent {
+            bucket: BUCKET.into(),
+            key,
+            etag: Some(etag),
+            size: Some(size),
+            event_name: Some("ObjectCreated:Put".into()),
+            ..Default::default()
+        }
+    }
+
     pub(super) async fn process(&self, ev: &ObjectEvent) -> Result<Outcome, SplitError> {
         tokio::time::timeout(Duration::from_secs(60), self.splitter.process(ev))
             .await

@@ -11,6 +11,7 @@
 //!   stale events;
 //! - `queue`: queue failures, refused rows, a second sending pass;
 //! - `removed`: the removed list, tombstones (`removed = "send"`), old-format states;
+//! - `order`: exports ordered by key or by metadata, late exports;
 //! - `guards`: guards, held files, approve and discard;
 //! - `privacy`: no row values in reasons, reports, errors or attributes;
 //! - `known_lines`: rows known by their line and the reader thread against the plain path, and
@@ -28,6 +29,7 @@ mod faults;
 mod guards;
 mod harness;
 mod known_lines;
+mod order;
 mod privacy;
 mod queue;
 mod removed;
