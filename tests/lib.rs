@@ -71,6 +71,19 @@ impl Stack {
         self.inner.upload(key, file).await.expect("upload")
     }
 
+    /// Upload with S3 user metadata (`x-amz-meta-<name>`).
+    pub async fn upload_with_metadata(
+        &self,
+        key: &str,
+        file: &Path,
+        metadata: &[(&str, &str)],
+    ) -> Value {
+        self.inner
+            .upload_with_metadata(key, file, metadata)
+            .await
+            .expect("upload")
+    }
+
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.inner.get(key).await.expect("get")
     }

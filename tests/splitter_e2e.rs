@@ -1,7 +1,7 @@
 //! The splitter end to end: generated files in moto's S3, the release `splitter` binary under
 //! AWS's Runtime Interface Emulator, fan-out into moto's SQS.
 
-use casefeed::contract::envelope::Envelope;
+use casefeed::contract::envelope::{Envelope, ENVELOPE_VERSION};
 use casefeed::splitter::state::Snapshot;
 use casefeed_e2e::*;
 use serde_json::Value;
@@ -10,7 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 const FEED: &str = "lab_results";
 
 async fn setup(test: &str) -> (Stack, Rie) {
-    let stack = Stack::new(test, FEEDS).await;
+    setup_with(test, FEEDS).await
+}
+
+async fn setup_with(test: &str, feeds_toml: &str) -> (Stack, Rie) {
+    let stack = Stack::new(test, feeds_toml).await;
     let rie = Rie::start(
         &release_bin("splitter"),
         &stack.lambda_env(),
@@ -31,13 +35,18 @@ async fn baseline(stack: &Stack, rie: &Rie, rows: &str) -> std::path::PathBuf {
     let ev = stack
         .upload("incoming/lab_results/export-0001.csv", &base)
         .await;
-    let resp = rie.invoke(&ev).await;
+    baseline_of(rie, &ev, &exp).await;
+    base
+}
+
+/// Invoke on a feed's first file; it must be a baseline of every row.
+async fn baseline_of(rie: &Rie, ev: &Value, exp: &Expected) {
+    let resp = rie.invoke(ev).await;
     let r = result0(&resp);
     assert_eq!(r["status"], "baseline", "{resp}");
     assert_eq!(r["counts"]["read"], exp.rows);
     assert_eq!(r["counts"]["new"], exp.rows);
     assert_eq!(r["counts"]["sent"], 0);
-    base
 }
 
 fn check_envelopes(msgs: &[Received], next: &std::path::Path, exp: &Expected) {
@@ -47,7 +56,7 @@ fn check_envelopes(msgs: &[Received], next: &std::path::Path, exp: &Expected) {
     let mut seen = BTreeSet::new();
     for m in msgs {
         let env = Envelope::decode(&m.body).expect("envelope decodes");
-        assert_eq!(env.v, 1);
+        assert_eq!(env.v, ENVELOPE_VERSION);
         assert_eq!(env.feed, FEED);
         assert_eq!(env.source.bucket, BUCKET);
         assert!(env.source.key.starts_with("incoming/lab_results/"));
@@ -628,4 +637,193 @@ async fn ranged_parallel_reads_return_the_object_whole_and_in_order() {
         .err()
         .expect("a stale ETag must fail");
     assert!(matches!(err, StoreError::PreconditionFailed), "{err}");
+}
+
+/// A feed of lab results whose exports are ordered by object key, and one ordered by the
+/// user metadata `x-amz-meta-export-seq`.
+const ORDERED_FEEDS: &str = r#"
+[defaults]
+first_file = "baseline"
+
+[[feed]]
+name = "labs_by_key"
+key_columns = ["record_id"]
+ignore_columns = ["export_timestamp"]
+order = "key"
+
+[[feed]]
+name = "labs_by_seq"
+key_columns = ["record_id"]
+ignore_columns = ["export_timestamp"]
+order = "metadata"
+order_metadata = "export-seq"
+"#;
+
+/// A small baseline and the next export of it (new, changed and removed rows).
+fn two_exports(stack: &Stack) -> (std::path::PathBuf, Expected, std::path::PathBuf, Expected) {
+    let base = stack.path("base.csv");
+    let base_exp = gen(&["baseline", "--rows", "300", "--seed", "31"], &base);
+    let next = stack.path("next.csv");
+    let next_exp = gen(
+        &[
+            "next",
+            "--prev",
+            base.to_str().unwrap(),
+            "--new",
+            "5",
+            "--changed",
+            "7",
+            "--removed",
+            "3",
+            "--seed",
+            "32",
+        ],
+        &next,
+    );
+    (base, base_exp, next, next_exp)
+}
+
+fn state_key(feed: &str) -> String {
+    format!("state/{feed}/snapshot")
+}
+
+/// (1) Exports ordered by key: the export named earlier, uploaded after a later one, is stale
+/// and sends nothing (S3 sees it as the newest upload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_export_ordered_by_key_is_stale_and_sends_nothing() {
+    let (stack, rie) = setup_with("late-key", ORDERED_FEEDS).await;
+    let (base, base_exp, next, _) = two_exports(&stack);
+    let ev = stack
+        .upload("incoming/labs_by_key/2026-03-01T1000.csv", &base)
+        .await;
+    baseline_of(&rie, &ev, &base_exp).await;
+    let ev = stack
+        .upload("incoming/labs_by_key/2026-03-01T1030.csv", &next)
+        .await;
+    assert_eq!(result0(&rie.invoke(&ev).await)["status"], "applied");
+    assert_eq!(stack.drain(&stack.queue_url).await.len(), 12);
+    let state = stack.get(&state_key("labs_by_key")).await;
+    // the 09:30 export arrives late
+    let ev = stack
+        .upload("incoming/labs_by_key/2026-03-01T0930.csv", &base)
+        .await;
+    let resp = rie.invoke(&ev).await;
+    let r = result0(&resp);
+    assert_eq!(r["status"], "stale", "{resp}");
+    let reason = r["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("2026-03-01T0930.csv") && reason.contains("2026-03-01T1030.csv"),
+        "{resp}"
+    );
+    assert!(stack.drain(&stack.queue_url).await.is_empty());
+    assert_eq!(stack.get(&state_key("labs_by_key")).await, state);
+}
+
+/// (2) Exports ordered by `x-amz-meta-export-seq`: a lower value, uploaded last, is stale
+/// and sends nothing; an export without the value is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_export_ordered_by_metadata_is_stale_and_sends_nothing() {
+    let (stack, rie) = setup_with("late-meta", ORDERED_FEEDS).await;
+    let (base, base_exp, next, _) = two_exports(&stack);
+    let up = |name: &str, file: &std::path::Path, seq: &'static str| {
+        let (st, key, path) = (
+            &stack,
+            format!("incoming/labs_by_seq/{name}"),
+            file.to_path_buf(),
+        );
+        async move {
+            st.upload_with_metadata(&key, &path, &[("export-seq", seq)])
+                .await
+        }
+    };
+    baseline_of(&rie, &up("b.csv", &base, "9").await, &base_exp).await;
+    let resp = rie.invoke(&up("a.csv", &next, "10").await).await;
+    assert_eq!(result0(&resp)["status"], "applied", "{resp}");
+    assert_eq!(stack.drain(&stack.queue_url).await.len(), 12);
+    let state = stack.get(&state_key("labs_by_seq")).await;
+    let snap = Snapshot::decode(state.as_deref().unwrap(), Some("labs_by_seq")).unwrap();
+    let seq = snap
+        .header
+        .source
+        .order_metadata
+        .expect("the state keeps its order value");
+    assert_eq!(
+        (seq.name.as_str(), seq.value.as_str()),
+        ("export-seq", "10")
+    );
+    // 9 after 10: late (as strings "9" would sort after "10")
+    let resp = rie.invoke(&up("c.csv", &base, "9").await).await;
+    let r = result0(&resp);
+    assert_eq!(r["status"], "stale", "{resp}");
+    assert!(r["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("x-amz-meta-export-seq"));
+    // no value at all: rejected
+    let ev = stack.upload("incoming/labs_by_seq/d.csv", &base).await;
+    let resp = rie.invoke(&ev).await;
+    assert_eq!(result0(&resp)["status"], "rejected", "{resp}");
+    assert!(stack.drain(&stack.queue_url).await.is_empty());
+    assert_eq!(stack.get(&state_key("labs_by_seq")).await, state);
+}
+
+/// (3) The default `removed = "count"`: nothing is sent for removed rows, and the run's
+/// removed list names exactly the records the generator removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_records_are_listed_by_key_and_not_sent() {
+    let (stack, rie) = setup("removed").await;
+    let base = baseline(&stack, &rie, "400").await;
+    let next = stack.path("next.csv");
+    let exp = gen(
+        &[
+            "next",
+            "--prev",
+            base.to_str().unwrap(),
+            "--new",
+            "4",
+            "--changed",
+            "6",
+            "--removed",
+            "9",
+            "--seed",
+            "41",
+            "--shuffle",
+        ],
+        &next,
+    );
+    let ev = stack
+        .upload("incoming/lab_results/export-0002.csv", &next)
+        .await;
+    let resp = rie.invoke(&ev).await;
+    let r = result0(&resp);
+    assert_eq!(r["status"], "applied", "{resp}");
+    assert_eq!(r["counts"]["removed"], 9);
+    let msgs = stack.drain(&stack.queue_url).await;
+    assert_eq!(msgs.len(), 10, "only the new and changed rows");
+    check_envelopes(&msgs, &next, &exp);
+    let rep = &stack.reports(FEED).await[1];
+    let key = rep["removed_key"]
+        .as_str()
+        .expect("the report names the list");
+    assert!(
+        key.starts_with("removed/lab_results/") && key.ends_with(".jsonl"),
+        "{key}"
+    );
+    assert_eq!(rep["counts"]["removed_unnamed"], 0);
+    let body = String::from_utf8(stack.get(key).await.expect("removed list")).unwrap();
+    let mut listed = Vec::new();
+    for l in body.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(
+            v.as_object().unwrap().len(),
+            2,
+            "record_key and version only: {l}"
+        );
+        assert!(v["version"].as_u64().unwrap() >= 2, "{l}");
+        listed.push(v["record_key"].as_str().unwrap().to_string());
+    }
+    listed.sort();
+    let mut want = exp.removed.clone();
+    want.sort();
+    assert_eq!(listed, want);
 }

@@ -4,6 +4,7 @@
 //! the environment) and validated before the first event is handled; every error names the
 //! feed and the field.
 
+use crate::contract::source::ExportOrder;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 
@@ -54,10 +55,35 @@ pub enum FirstFile {
     Send,
 }
 
+/// What a feed does with the records a file no longer has (`removed` in `feeds.toml`).
+/// Either way they leave the state and a committed run lists them by record key in
+/// `removed/<feed>/<run>.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Removals {
+    /// Counted and listed, not sent.
+    #[default]
+    Count,
+    /// Also sent: one `removed` message (a tombstone, no fields) per removed record.
+    Send,
+}
+
+/// `order` as `feeds.toml` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawOrder {
+    Upload,
+    Key,
+    Metadata,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
     first_file: Option<FirstFile>,
+    removed: Option<Removals>,
+    order: Option<RawOrder>,
+    order_metadata: Option<String>,
     max_row_bytes: Option<usize>,
     max_columns: Option<usize>,
     max_object_bytes: Option<u64>,
@@ -80,6 +106,9 @@ struct RawFeed {
     #[serde(default)]
     required_columns: Vec<String>,
     first_file: Option<FirstFile>,
+    removed: Option<Removals>,
+    order: Option<RawOrder>,
+    order_metadata: Option<String>,
     max_row_bytes: Option<usize>,
     max_columns: Option<usize>,
     max_object_bytes: Option<u64>,
@@ -149,6 +178,10 @@ pub struct FeedConfig {
     pub required_columns: Vec<String>,
     /// What happens to the feed's first file.
     pub first_file: FirstFile,
+    /// Whether records a file no longer has are only counted or also sent as tombstones.
+    pub removed: Removals,
+    /// How the feed's exports are ordered (which is later); an older one is stale.
+    pub order: ExportOrder,
     /// The largest row accepted, in bytes; a longer row is rejected.
     pub max_row_bytes: usize,
     /// The most columns a header may have.
@@ -173,6 +206,8 @@ impl FeedConfig {
             ignore_columns: Vec::new(),
             required_columns: key_columns.iter().map(|s| s.to_string()).collect(),
             first_file: FirstFile::Baseline,
+            removed: Removals::Count,
+            order: ExportOrder::Upload,
             max_row_bytes: DEFAULT_MAX_ROW_BYTES,
             max_columns: DEFAULT_MAX_COLUMNS,
             trim_keys: false,
@@ -290,6 +325,7 @@ impl FeedConfig {
                 "must be at least 1".into(),
             ));
         }
+        let order = export_order(f, defaults)?;
         Ok(FeedConfig {
             name: f.name.clone(),
             prefix,
@@ -300,6 +336,8 @@ impl FeedConfig {
                 .first_file
                 .or(defaults.first_file)
                 .unwrap_or(FirstFile::Baseline),
+            removed: f.removed.or(defaults.removed).unwrap_or_default(),
+            order,
             max_row_bytes,
             max_columns,
             trim_keys: f.trim_keys.or(defaults.trim_keys).unwrap_or(false),
@@ -360,6 +398,55 @@ fn check_columns(f: &RawFeed) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(required)
+}
+
+/// `order` and `order_metadata`, checked: a metadata order needs the metadata's name, and
+/// only a metadata order takes one.
+fn export_order(f: &RawFeed, defaults: &RawDefaults) -> Result<ExportOrder, ConfigError> {
+    let order = f.order.or(defaults.order).unwrap_or(RawOrder::Upload);
+    if order != RawOrder::Metadata {
+        if f.order_metadata.is_some() {
+            return Err(feed_error(
+                f,
+                "order_metadata",
+                "is only used with order = \"metadata\"".into(),
+            ));
+        }
+        return Ok(match order {
+            RawOrder::Key => ExportOrder::Key,
+            _ => ExportOrder::Upload,
+        });
+    }
+    let Some(raw) = f
+        .order_metadata
+        .as_ref()
+        .or(defaults.order_metadata.as_ref())
+    else {
+        return Err(feed_error(
+            f,
+            "order_metadata",
+            "order = \"metadata\" needs order_metadata = \"<name>\": the S3 user metadata x-amz-meta-<name> whose value orders the exports".into(),
+        ));
+    };
+    let t = raw.trim();
+    let name = match t.get(..11) {
+        Some(p) if p.eq_ignore_ascii_case("x-amz-meta-") => &t[11..],
+        _ => t,
+    }
+    .to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !valid {
+        return Err(feed_error(
+            f,
+            "order_metadata",
+            format!("`{raw}` is not a metadata name: 1-128 characters of A-Z a-z 0-9 - _ . (with or without x-amz-meta-)"),
+        ));
+    }
+    Ok(ExportOrder::Metadata(name))
 }
 
 /// `max_row_bytes` and `max_columns`, checked against their ranges.
@@ -685,6 +772,60 @@ first_file = "send"
             let t = format!("[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\n{bad}\n");
             let e = Config::from_toml(&t).unwrap_err().to_string();
             assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
+        }
+    }
+
+    #[test]
+    fn removed_defaults_to_count_and_parses() {
+        let c = Config::from_toml(SAMPLE).unwrap();
+        assert_eq!(c.feed("lab_results").unwrap().removed, Removals::Count);
+        let t = "[defaults]\nremoved = \"send\"\n[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\n[[feed]]\nname=\"b\"\nkey_columns=[\"id\"]\nremoved = \"count\"\n";
+        let c = Config::from_toml(t).unwrap();
+        assert_eq!(c.feed("a").unwrap().removed, Removals::Send);
+        assert_eq!(c.feed("b").unwrap().removed, Removals::Count);
+        let bad = "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\nremoved = \"delete\"\n";
+        assert!(Config::from_toml(bad).is_err());
+    }
+
+    #[test]
+    fn order_defaults_to_upload_and_parses_key_and_metadata() {
+        let c = Config::from_toml(SAMPLE).unwrap();
+        assert_eq!(c.feed("lab_results").unwrap().order, ExportOrder::Upload);
+        let t = "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\norder = \"key\"\n[[feed]]\nname=\"b\"\nkey_columns=[\"id\"]\norder = \"metadata\"\norder_metadata = \"X-Amz-Meta-Export-Seq\"\n[[feed]]\nname=\"c\"\nkey_columns=[\"id\"]\norder = \"upload\"\n";
+        let c = Config::from_toml(t).unwrap();
+        assert_eq!(c.feed("a").unwrap().order, ExportOrder::Key);
+        assert_eq!(
+            c.feed("b").unwrap().order,
+            ExportOrder::Metadata("export-seq".into())
+        );
+        assert_eq!(c.feed("c").unwrap().order, ExportOrder::Upload);
+    }
+
+    #[test]
+    fn a_metadata_order_without_its_metadata_name_is_a_config_error() {
+        let feed = "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\n";
+        let e = Config::from_toml(&format!("{feed}order = \"metadata\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`a`") && e.contains("order_metadata") && e.contains("x-amz-meta-"),
+            "{e}"
+        );
+        let e = Config::from_toml(&format!(
+            "{feed}order = \"key\"\norder_metadata = \"seq\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("only used with"), "{e}");
+        for bad in ["", "x-amz-meta-", "a b", "seq/1"] {
+            let t = format!("{feed}order = \"metadata\"\norder_metadata = \"{bad}\"\n");
+            assert!(Config::from_toml(&t).is_err(), "`{bad}`");
+        }
+        for bad in ["order = \"time\"", "removed = \"delete\""] {
+            assert!(
+                Config::from_toml(&format!("{feed}{bad}\n")).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -43,7 +43,7 @@ S3_GRANTS = {
     "SplitterRole": {
         "s3:GetObject": {"incoming", "state", "config"},
         "s3:GetObjectVersion": {"incoming", "state", "config"},
-        "s3:PutObject": {"state", "runs", "rejects", "held"},
+        "s3:PutObject": {"state", "runs", "rejects", "removed", "held"},
     },
     "ConsumerRole": {},
 }

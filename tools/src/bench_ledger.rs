@@ -103,7 +103,11 @@ fn batch_event(from: usize, to: usize, receive: u32) -> Value {
     json!({ "Records": records })
 }
 
-async fn one_run(label: &str, bin: &PathBuf, n: usize) -> Result<[Pass; 2], BenchLedgerError> {
+async fn one_run(
+    label: &str,
+    bin: &std::path::Path,
+    n: usize,
+) -> Result<[Pass; 2], BenchLedgerError> {
     let stack = Stack::start("casefeed-bench", "", 10).await?;
     let api = ApiServer::start(ApiConfig::new("bench-token"))
         .await

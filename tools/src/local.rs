@@ -46,9 +46,18 @@ pub fn venv() -> PathBuf {
         .unwrap_or_else(|| root().join(".venv"))
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (relative to the workspace root),
+/// else `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => root().join(d),
+        None => root().join("target"),
+    }
+}
+
 /// A binary of the workspace built with `cargo build --release`.
 pub fn release_bin(name: &str) -> Result<PathBuf, LocalError> {
-    let p = root().join("target/release").join(name);
+    let p = target_dir().join("release").join(name);
     if p.exists() {
         Ok(p)
     } else {
@@ -347,14 +356,25 @@ impl Stack {
     /// Upload a local file; returns the S3 event S3 would send for it (fresh, increasing
     /// sequencer; the current time as event time).
     pub async fn upload(&self, key: &str, file: &Path) -> Result<Value, LocalError> {
+        self.upload_with_metadata(key, file, &[]).await
+    }
+
+    /// [`Stack::upload`] with S3 user metadata: each `(name, value)` is sent as the header
+    /// `x-amz-meta-<name>`.
+    pub async fn upload_with_metadata(
+        &self,
+        key: &str,
+        file: &Path,
+        metadata: &[(&str, &str)],
+    ) -> Result<Value, LocalError> {
         let body =
             std::fs::read(file).map_err(|e| setup(format!("reading {}", file.display()), e))?;
         let size = body.len() as u64;
-        let out = self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
+        let mut put = self.s3.put_object().bucket(&self.bucket).key(key);
+        for (name, value) in metadata {
+            put = put.metadata(*name, *value);
+        }
+        let out = put
             .body(body.into())
             .send()
             .await

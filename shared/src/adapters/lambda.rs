@@ -312,7 +312,7 @@ mod tests {
         );
         assert_eq!(messages[0].receive_count, 1);
         assert_eq!(messages[0].attributes["feed"], "lab_results");
-        assert!(messages[0].body.starts_with("{\"v\":1,"));
+        assert!(messages[0].body.starts_with("{\"v\":2,"));
         assert!(crate::contract::envelope::Envelope::decode(&messages[0].body).is_ok());
         assert!(crate::contract::envelope::Envelope::decode(&messages[1].body).is_err());
     }

@@ -100,6 +100,7 @@ impl S3Store {
             version_id: first.version_id().map(str::to_string),
             last_modified: fmt_time(first.last_modified()),
             size: total.or_else(|| first.content_length().and_then(|n| u64::try_from(n).ok())),
+            metadata: user_metadata(first.metadata()),
         };
         let head = first.body.into_async_read();
         let total = match total {
@@ -226,6 +227,17 @@ fn fmt_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<String> {
     t.and_then(|t| t.fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime).ok())
 }
 
+/// The user metadata of a GetObject answer (the SDK gives the names without `x-amz-meta-`),
+/// names lowercased: S3 treats them case-insensitively.
+fn user_metadata(
+    m: Option<&std::collections::HashMap<String, String>>,
+) -> std::collections::BTreeMap<String, String> {
+    m.into_iter()
+        .flatten()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect()
+}
+
 impl ObjectStore for S3Store {
     async fn get_bytes(&self, bucket: &str, key: &str) -> Result<Option<Fetched>, StoreError> {
         let out = match self
@@ -275,6 +287,7 @@ impl ObjectStore for S3Store {
             version_id: out.version_id().map(str::to_string),
             last_modified: fmt_time(out.last_modified()),
             size: out.content_length().and_then(|n| u64::try_from(n).ok()),
+            metadata: user_metadata(out.metadata()),
         };
         Ok(OpenObject {
             meta,

@@ -87,6 +87,7 @@ mod tests {
             sequencer: None,
             size: None,
             event_time: None,
+            order_metadata: None,
         }
     }
 

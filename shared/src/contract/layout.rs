@@ -19,6 +19,12 @@ pub fn rejects_key(feed: &str, run: &str) -> String {
     format!("rejects/{feed}/{run}.jsonl")
 }
 
+/// The records one committed run's file no longer had, by record key and version:
+/// `removed/<feed>/<run>.jsonl`.
+pub fn removed_key(feed: &str, run: &str) -> String {
+    format!("removed/{feed}/{run}.jsonl")
+}
+
 /// Held files of one feed (`Some`) or of every feed: `held/<feed>/` or `held/`.
 pub fn held_prefix(feed: Option<&str>) -> String {
     match feed {
@@ -68,6 +74,7 @@ mod tests {
             snapshot_key("f"),
             run_report_key("f", "r"),
             rejects_key("f", "r"),
+            removed_key("f", "r"),
             held_prefix(None),
             held_prefix(Some("f")),
             held_manifest_key("f", "0123456789abcdef"),

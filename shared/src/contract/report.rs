@@ -67,8 +67,13 @@ pub struct Counts {
     pub known: u64,
     /// Rows refused (unparseable, invalid, or refused by SQS), listed in the rejects report.
     pub rejected: u64,
-    /// Messages accepted by SQS.
+    /// Messages accepted by SQS (tombstones of removed records included).
     pub sent: u64,
+    /// Removed records that cannot be named: the state they were in was written before
+    /// states kept record keys (snapshot format 1 or 2). Counted in `removed`, left out of
+    /// the removed list, and never sent as tombstones.
+    #[serde(default)]
+    pub removed_unnamed: u64,
 }
 
 /// The file's columns, and how they compare with those the state hashed.
@@ -147,6 +152,11 @@ pub struct RunReport {
     /// The rejects report's key (`rejects/<feed>/<run>.jsonl`); `None` when no row was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejects_key: Option<String>,
+    /// The removed list's key (`removed/<feed>/<run>.jsonl`, one [`RemovedRecord`] a line),
+    /// written by a run that commits a file without some of the state's records; `None`
+    /// when it removed none. `counts.removed_unnamed` of them are not listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_key: Option<String>,
     /// The ETag of the state this run committed; `None` when the state did not move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_etag: Option<String>,
@@ -161,6 +171,16 @@ pub struct RunReport {
     pub finished_at: String,
     /// How long its phases took.
     pub timings: Timings,
+}
+
+/// One line of the removed list (`removed/<feed>/<run>.jsonl`): a record the state had and
+/// the run's file no longer has. Keys only, never fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedRecord {
+    /// The record's key, as its messages carried it (`record_key`).
+    pub record_key: String,
+    /// The version of the run that removed it (the generation its state commit gives).
+    pub version: u64,
 }
 
 /// A guard that can hold a file.

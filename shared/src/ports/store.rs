@@ -1,7 +1,7 @@
 //! Object storage behind a small trait: S3 in production, an in-memory store for unit tests
 //! and local tools.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -65,6 +65,9 @@ pub struct ObjectMeta {
     pub last_modified: Option<String>,
     /// The object's size in bytes; `None` when the store did not say.
     pub size: Option<u64>,
+    /// The object's user metadata (S3's `x-amz-meta-<name>` headers) by name: lowercase,
+    /// without the `x-amz-meta-` prefix.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// An object's body, read as it streams.
@@ -179,7 +182,15 @@ pub trait ObjectStore: Send + Sync + Clone + 'static {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
 
-type Objects = HashMap<(String, String), (Vec<u8>, String)>;
+/// One stored object: its bytes, ETag and user metadata.
+#[derive(Clone)]
+struct Stored {
+    body: Vec<u8>,
+    etag: String,
+    metadata: BTreeMap<String, String>,
+}
+
+type Objects = HashMap<(String, String), Stored>;
 
 /// In-memory store with S3's conditional-write semantics.
 #[derive(Clone, Default)]
@@ -201,19 +212,34 @@ impl MemoryStore {
     }
     /// Put an object unconditionally; returns its new ETag.
     pub fn insert(&self, bucket: &str, key: &str, body: Vec<u8>) -> String {
+        self.insert_with_metadata(bucket, key, body, BTreeMap::new())
+    }
+    /// Put an object with user metadata (names as S3 gives them back: lowercase, without
+    /// `x-amz-meta-`) unconditionally; returns its new ETag.
+    pub fn insert_with_metadata(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        metadata: BTreeMap<String, String>,
+    ) -> String {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let etag = format!("\"etag-{n}\"");
-        self.lock()
-            .insert((bucket.into(), key.into()), (body, etag.clone()));
+        let stored = Stored {
+            body,
+            etag: etag.clone(),
+            metadata,
+        };
+        self.lock().insert((bucket.into(), key.into()), stored);
         etag
     }
     /// An object's bytes, `None` if it does not exist.
     pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         self.lock()
             .get(&(bucket.to_string(), key.to_string()))
-            .map(|v| v.0.clone())
+            .map(|v| v.body.clone())
     }
     /// The keys under `prefix` in any bucket, sorted.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
@@ -233,9 +259,9 @@ impl ObjectStore for MemoryStore {
         Ok(self
             .lock()
             .get(&(bucket.to_string(), key.to_string()))
-            .map(|(b, e)| Fetched {
-                bytes: b.clone(),
-                etag: Some(e.clone()),
+            .map(|o| Fetched {
+                bytes: o.body.clone(),
+                etag: Some(o.etag.clone()),
             }))
     }
 
@@ -246,25 +272,26 @@ impl ObjectStore for MemoryStore {
         spec: &OpenSpec,
     ) -> Result<OpenObject, StoreError> {
         let g = self.lock();
-        let (b, e) = g
+        let o = g
             .get(&(bucket.to_string(), key.to_string()))
             .ok_or_else(|| StoreError::NotFound {
                 bucket: bucket.into(),
                 key: key.into(),
             })?;
         if let Some(m) = &spec.if_match {
-            if m.trim_matches('"') != e.trim_matches('"') {
+            if m.trim_matches('"') != o.etag.trim_matches('"') {
                 return Err(StoreError::PreconditionFailed);
             }
         }
         Ok(OpenObject {
             meta: ObjectMeta {
-                etag: Some(e.clone()),
+                etag: Some(o.etag.clone()),
                 version_id: None,
                 last_modified: None,
-                size: Some(b.len() as u64),
+                size: Some(o.body.len() as u64),
+                metadata: o.metadata.clone(),
             },
-            body: Box::pin(std::io::Cursor::new(b.clone())),
+            body: Box::pin(std::io::Cursor::new(o.body.clone())),
         })
     }
 
@@ -284,15 +311,20 @@ impl ObjectStore for MemoryStore {
         match (&cond, g.get(&k)) {
             (PutCondition::IfAbsent, Some(_)) => return Err(StoreError::PreconditionFailed),
             (PutCondition::IfMatch(_), None) => return Err(StoreError::PreconditionFailed),
-            (PutCondition::IfMatch(want), Some((_, have)))
-                if want.trim_matches('"') != have.trim_matches('"') =>
+            (PutCondition::IfMatch(want), Some(have))
+                if want.trim_matches('"') != have.etag.trim_matches('"') =>
             {
                 return Err(StoreError::PreconditionFailed)
             }
             _ => {}
         }
         let etag = format!("\"etag-{n}\"");
-        g.insert(k, (body, etag.clone()));
+        let stored = Stored {
+            body,
+            etag: etag.clone(),
+            metadata: BTreeMap::new(),
+        };
+        g.insert(k, stored);
         Ok(Some(etag))
     }
 
@@ -303,22 +335,28 @@ impl ObjectStore for MemoryStore {
         spec: &OpenSpec,
         to_key: &str,
     ) -> Result<Option<String>, StoreError> {
-        let body = {
+        // like S3's CopyObject by default, the copy keeps the user metadata
+        let from = {
             let g = self.lock();
-            let (b, e) = g
+            let o = g
                 .get(&(bucket.to_string(), from_key.to_string()))
                 .ok_or_else(|| StoreError::NotFound {
                     bucket: bucket.into(),
                     key: from_key.into(),
                 })?;
             if let Some(m) = &spec.if_match {
-                if m.trim_matches('"') != e.trim_matches('"') {
+                if m.trim_matches('"') != o.etag.trim_matches('"') {
                     return Err(StoreError::PreconditionFailed);
                 }
             }
-            b.clone()
+            o.clone()
         };
-        Ok(Some(self.insert(bucket, to_key, body)))
+        Ok(Some(self.insert_with_metadata(
+            bucket,
+            to_key,
+            from.body,
+            from.metadata,
+        )))
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {

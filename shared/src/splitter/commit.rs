@@ -1,19 +1,21 @@
 //! The end of a run that goes on past the guards: send what the pass kept (or read the file
-//! again to stream it), settle the rows SQS refused, write the rejects report, and replace the
-//! feed's state by a conditional write.
+//! again to stream it), then the tombstones of removed records (a feed with
+//! `removed = "send"`), settle what SQS refused, write the rejects report and the removed
+//! list, and replace the feed's state by a conditional write.
 
 use super::error::HeldError;
 use super::pass::{PassFailure, PassOutput, SendMode};
 use super::run::{ms, now_rfc3339, Attempt, Diffed, Job, Loaded};
-use super::sink::SendStats;
+use super::sink::{Outbox, SendStats, TOMBSTONE_LINE};
 use super::source::Rejected;
-use super::state::{NextState, Snapshot, SnapshotHeader, FORMAT_VERSION};
+use super::state::{NameRef, NextState, Snapshot, SnapshotHeader, FORMAT_VERSION};
 use super::{SplitError, Splitter};
-use crate::config::FeedConfig;
-use crate::contract::layout::{rejects_key, snapshot_key};
-use crate::contract::report::{RunReport, RunStatus};
+use crate::config::{FeedConfig, Removals};
+use crate::contract::envelope::{EnvelopeSource, Previous};
+use crate::contract::layout::{rejects_key, removed_key, snapshot_key};
+use crate::contract::report::{RemovedRecord, RunReport, RunStatus};
 use crate::contract::source::SourceObject;
-use crate::ports::queue::MessageQueue;
+use crate::ports::queue::{MessageQueue, OutMessage};
 use crate::ports::store::{ObjectStore, OpenSpec, PutCondition, StoreError};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -40,17 +42,41 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             send,
         } = diffed;
         let snapshot = state.as_ref().map(|s| s.snapshot.clone());
-        let (passed, stats) = self
+        let (passed, mut stats) = self
             .send_kept(feed, job, source, &snapshot, passed, stats, mode, report)
             .await?;
+        // the removed set is known only now, at the end of the pass: their tombstones go
+        // after the rows' messages
+        if let (true, Removals::Send, Some(s)) = (send, feed.removed, &snapshot) {
+            let t = Instant::now();
+            let tomb = self
+                .send_tombstones(
+                    feed,
+                    &report.run,
+                    source,
+                    s,
+                    &passed.removed,
+                    passed.version,
+                )
+                .await?;
+            report.timings.diff_and_send_ms += ms(t);
+            absorb(&mut stats, tomb);
+        }
         let (entries, rejects) = settle_refused(passed.entries, passed.rejects, &stats, &snapshot);
         report.counts.rejected = rejects.len() as u64;
         // attempts that lost a commit race sent messages too: count them all
         report.counts.sent += stats.sent;
         report.send_calls += stats.calls;
-        // the rejects report goes first: once the state moves, a retry is a no-op and could
-        // never write it again
+        // the rejects report and the removed list go first: once the state moves, a retry is
+        // a no-op and could never write them again
         self.write_rejects(&job.bucket, feed, report, &rejects)
+            .await?;
+        let removed = Removed {
+            snapshot: snapshot.as_deref(),
+            positions: &passed.removed,
+            version: passed.version,
+        };
+        self.write_removed(&job.bucket, feed, report, removed)
             .await?;
 
         let header = SnapshotHeader {
@@ -127,6 +153,119 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         }
     }
 
+    /// The tombstones of the removed records the snapshot can name (`removed`: their
+    /// positions in it), made one at a time and sent through the same sender as the rows.
+    async fn send_tombstones(
+        &self,
+        feed: &FeedConfig,
+        run: &str,
+        source: &SourceObject,
+        snapshot: &Snapshot,
+        removed: &[u32],
+        version: u64,
+    ) -> Result<SendStats, SplitError> {
+        if removed.is_empty() || snapshot.names().is_none() {
+            return Ok(SendStats::default());
+        }
+        let env_source = EnvelopeSource {
+            bucket: source.bucket.clone(),
+            key: source.key.clone(),
+            etag: source
+                .etag
+                .as_deref()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string(),
+            version_id: source.version_id.clone(),
+        };
+        let outbox = Outbox {
+            feed: &feed.name,
+            run,
+            source: &env_source,
+            header: &[],
+            version,
+        };
+        let messages = removed.iter().filter_map(|&pos| {
+            let pos = pos as usize;
+            let name = snapshot.name_at(pos)?;
+            let previous = Previous {
+                content: snapshot.content_at(pos),
+                chain: snapshot.chain_at(pos),
+            };
+            let rk = String::from_utf8_lossy(name);
+            match outbox.tombstone(&rk, snapshot.keys_at(pos), previous) {
+                Ok(m) => Some(m),
+                Err(r) => {
+                    warn!(feed = %feed.name, run, reason = %r.reason, "a tombstone was not made; its record leaves the state unsent");
+                    None
+                }
+            }
+        });
+        self.send_each(messages).await
+    }
+
+    /// Send messages made as they go (the sender's channel bounds how many wait).
+    async fn send_each(
+        &self,
+        messages: impl Iterator<Item = OutMessage>,
+    ) -> Result<SendStats, SplitError> {
+        let mut messages = messages.peekable();
+        if messages.peek().is_none() {
+            return Ok(SendStats::default());
+        }
+        let (tx, sender) = self.spawn_sender();
+        for m in messages {
+            if tx.send(m).await.is_err() {
+                break; // the sender stopped; its result says why
+            }
+        }
+        drop(tx);
+        super::pass::join_sender(sender).await
+    }
+
+    /// The removed list: one line per removed record the snapshot can name (`{"record_key",
+    /// "version"}`), written whenever the file removed records; the report names it and
+    /// counts the records that could not be named.
+    async fn write_removed(
+        &self,
+        bucket: &str,
+        feed: &FeedConfig,
+        report: &mut RunReport,
+        removed: Removed<'_>,
+    ) -> Result<(), SplitError> {
+        let Some(snapshot) = removed.snapshot.filter(|_| !removed.positions.is_empty()) else {
+            return Ok(());
+        };
+        let mut body = Vec::new();
+        let mut unnamed = 0u64;
+        for &pos in removed.positions {
+            let Some(name) = snapshot.name_at(pos as usize) else {
+                unnamed += 1;
+                continue;
+            };
+            let line = RemovedRecord {
+                record_key: String::from_utf8_lossy(name).into_owned(),
+                version: removed.version,
+            };
+            serde_json::to_writer(&mut body, &line)
+                .map_err(|e| SplitError::Internal(format!("removed list: {e}")))?;
+            body.push(b'\n');
+        }
+        let key = removed_key(&feed.name, &report.run);
+        self.store
+            .put(
+                bucket,
+                &key,
+                body,
+                "application/x-ndjson",
+                PutCondition::None,
+            )
+            .await?;
+        report.removed_key = Some(key);
+        report.counts.removed_unnamed = unnamed;
+        Ok(())
+    }
+
     pub(super) async fn write_rejects(
         &self,
         bucket: &str,
@@ -171,9 +310,8 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         report: &mut RunReport,
         started: Instant,
     ) -> Result<Attempt, SplitError> {
-        let bytes = Snapshot::encode_state(header, &entries)
+        let bytes = Snapshot::encode_state(header, entries)
             .map_err(|e| SplitError::Internal(format!("encoding the next state: {e}")))?;
-        drop(entries);
         let t = Instant::now();
         let put = self
             .store
@@ -212,8 +350,26 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
     }
 }
 
+/// What a run removed: positions in the snapshot it was diffed against, and the run's
+/// version.
+struct Removed<'a> {
+    snapshot: Option<&'a Snapshot>,
+    positions: &'a [u32],
+    version: u64,
+}
+
+/// Another send's counts added to a run's.
+fn absorb(stats: &mut SendStats, more: SendStats) {
+    stats.sent += more.sent;
+    stats.calls += more.calls;
+    stats.retried_entries += more.retried_entries;
+    stats.refused.extend(more.refused);
+    stats.max_in_flight = stats.max_in_flight.max(more.max_in_flight);
+}
+
 /// Rows SQS refused stay at their previous state (so a later file retries them) and join
-/// the rejects with SQS's reason.
+/// the rejects with SQS's reason. A refused tombstone puts its removed record back as the
+/// snapshot had it, so the next file removes it (and sends its tombstone) again.
 fn settle_refused(
     mut entries: NextState,
     mut rejects: Vec<Rejected>,
@@ -223,16 +379,34 @@ fn settle_refused(
     if stats.refused.is_empty() {
         return (entries, rejects);
     }
-    let refused: HashSet<u64> = stats.refused.iter().map(|r| r.key_fp).collect();
+    let (tombstones, rows): (Vec<_>, Vec<_>) =
+        stats.refused.iter().partition(|r| r.line == TOMBSTONE_LINE);
+    let refused: HashSet<u64> = rows.iter().map(|r| r.key_fp).collect();
     entries.revert(&refused, |key| {
         snapshot
             .as_ref()
             .and_then(|s| s.entry(key))
             .map(|e| [e.content, e.chain])
     });
-    rejects.extend(stats.refused.iter().map(|r| Rejected {
+    if let Some(s) = snapshot {
+        let back = tombstones
+            .iter()
+            .filter_map(|r| s.position(r.key_fp))
+            .map(|pos| (s.keys_at(pos), s.vals_at(pos), NameRef::old(pos)))
+            .collect();
+        entries.restore(back);
+    }
+    rejects.extend(rows.iter().map(|r| Rejected {
         line: r.line,
         reason: r.reason.clone(),
+        fields: Vec::new(),
+    }));
+    rejects.extend(tombstones.iter().map(|r| Rejected {
+        line: r.line,
+        reason: format!(
+            "{}: the removal (tombstone) of a record this file no longer has; the record stays in the state, so the next file removes it again",
+            r.reason
+        ),
         fields: Vec::new(),
     }));
     (entries, rejects)

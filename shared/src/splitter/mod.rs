@@ -150,6 +150,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             sequencer: ev.sequencer.clone(),
             size: ev.size,
             event_time: ev.event_time.clone(),
+            order_metadata: None,
         };
         let job = Job {
             bucket: ev.bucket.clone(),

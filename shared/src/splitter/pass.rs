@@ -3,7 +3,9 @@
 //! become messages (the sink stage's outbox) that are streamed to the sender, kept until the
 //! guards decide, or not made at all (a baseline).
 
-use super::filter::{key_fp, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter, Fingerprints};
+use super::filter::{
+    key_fp, write_record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter, Fingerprints,
+};
 use super::sink::{run_sender, Outbox, SendStats};
 use super::source::{open_stream, Batch, Batches, FileRejection, ReadError, RowReader, Slot};
 use super::source::{Record, Rejected};
@@ -45,6 +47,8 @@ pub(super) struct PassOutput {
     pub kept: Option<Vec<OutMessage>>,
     /// The version the messages carry: the generation the commit gives the state.
     pub version: u64,
+    /// Positions in the snapshot of the records the file no longer has (in key order).
+    pub removed: Vec<u32>,
 }
 
 /// Why a pass ended without an output.
@@ -160,8 +164,10 @@ impl Pass<'_> {
             match slot {
                 Slot::Rejected(rejected) => {
                     // a readable key keeps its record's state: not "removed"
-                    if let Some(k) = key_fp(&self.plan, &batch.recs[i], &mut self.fp) {
-                        self.differ.carry(k);
+                    let rec = &batch.recs[i];
+                    if let Some(k) = key_fp(&self.plan, rec, &mut self.fp) {
+                        self.differ
+                            .carry(k, |b| write_record_key(&self.plan, rec, b));
                     }
                     self.rejects.push(rejected);
                 }
@@ -177,6 +183,10 @@ impl Pass<'_> {
             }
         }
         self.differ.classify_batch(&self.fps, &mut self.classes);
+        // the record keys the next state cannot take from the snapshot (new rows, mostly)
+        let (plan, slots, recs) = (&self.plan, &self.slots, &batch.recs);
+        self.differ
+            .name_rows(|row, b| write_record_key(plan, &recs[slots[row]], b));
         for i in 0..self.classes.len() {
             let (change, previous) = match self.classes[i] {
                 Class::New => (Change::New, None),
@@ -261,7 +271,10 @@ fn run_pass(
         .as_ref()
         .is_some_and(|s| s.header.line_context.as_deref() == Some(line_context.as_str()));
     reader.set_line_ignored(&feed.ignore_columns);
-    let fast = same_lines && input.known_lines;
+    // a row known by its line is not split, so its record key must come from the snapshot:
+    // a state without record keys (format 1 or 2) takes the full path once
+    let named = snapshot.as_ref().is_some_and(|s| s.names().is_some());
+    let fast = same_lines && input.known_lines && named;
     if fast {
         reader.set_known(snapshot.clone().and_then(KnownLines::new).map(Arc::new));
     }
@@ -320,7 +333,7 @@ fn run_pass(
         read,
         ..
     } = pass;
-    let (entries, counts) = differ.finish();
+    let (entries, counts, removed) = differ.finish();
     Ok(PassOutput {
         header,
         plan,
@@ -331,6 +344,7 @@ fn run_pass(
         read,
         kept: out.into_kept(),
         version: input.version,
+        removed,
     })
 }
 
@@ -413,7 +427,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
     }
 
     /// A sender task draining a channel into `SendMessageBatch` calls.
-    fn spawn_sender(
+    pub(super) fn spawn_sender(
         &self,
     ) -> (
         mpsc::Sender<OutMessage>,
@@ -429,7 +443,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
     }
 }
 
-async fn join_sender(
+pub(super) async fn join_sender(
     sender: JoinHandle<Result<SendStats, super::sink::SendError>>,
 ) -> Result<SendStats, SplitError> {
     match sender.await {

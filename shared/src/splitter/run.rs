@@ -14,7 +14,7 @@ use crate::config::{FeedConfig, FirstFile};
 use crate::contract::held::HeldManifest;
 use crate::contract::layout::{run_report_key, snapshot_key};
 use crate::contract::report::{Counts, RunReport, RunStatus, SchemaReport, Timings};
-use crate::contract::source::SourceObject;
+use crate::contract::source::{ExportOrder, OrderMetadata, SourceObject};
 use crate::ports::queue::MessageQueue;
 use crate::ports::store::{ObjectStore, OpenObject, OpenSpec, PutCondition, StoreError};
 use std::sync::Arc;
@@ -72,6 +72,7 @@ pub(super) fn new_report(feed: &FeedConfig, run: String, source: SourceObject) -
         held: None,
         approved_held: None,
         rejects_key: None,
+        removed_key: None,
         snapshot_etag: None,
         send_calls: 0,
         commit_attempts: 0,
@@ -136,6 +137,8 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             attempt += 1;
             report.commit_attempts = attempt;
             report.rejects_key = None;
+            report.removed_key = None;
+            report.counts.removed_unnamed = 0;
             match self
                 .attempt(feed, &mut source, job, report, started)
                 .await?
@@ -169,7 +172,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         if let Some(m) = job.approve {
             report.approved_held = Some(m.id.clone());
         }
-        match admit::before_open(state_ref(&state), job.approve, source, limit)? {
+        match admit::before_open(state_ref(&state), job.approve, source, limit, &feed.order)? {
             Admission::Proceed => {}
             Admission::AlreadyApplied => {
                 return self.already_applied(feed, job, report, started).await
@@ -178,7 +181,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
                 return self.end(report, started, status, reason).await
             }
         }
-        let Some(obj) = self.open_source(job, source, report).await? else {
+        let Some(obj) = self.open_source(feed, job, source, report).await? else {
             return Ok(Attempt::Done(Outcome::Skipped {
                 key: source.key.clone(),
                 reason: "the object was deleted or replaced after this event; a later event covers the replacement".into(),
@@ -190,6 +193,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             source,
             obj.meta.size,
             limit,
+            &feed.order,
         );
         if let Admission::End { status, reason } = admitted {
             return self.end(report, started, status, reason).await;
@@ -300,9 +304,11 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
 
     /// Open the object to read. `None`: the upload was deleted or replaced after its event
     /// (a later event covers the replacement). An upload's identity is completed from the
-    /// store's answer (ETag, version, last-modified, size).
+    /// store's answer (ETag, version, last-modified, size, and the order metadata of a feed
+    /// ordered by it).
     async fn open_source(
         &self,
+        feed: &FeedConfig,
         job: &Job<'_>,
         source: &mut SourceObject,
         report: &mut RunReport,
@@ -329,6 +335,12 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
             source.version_id = obj.meta.version_id.clone().or(source.version_id.take());
             source.last_modified = obj.meta.last_modified.clone();
             source.size = obj.meta.size.or(source.size);
+            if let ExportOrder::Metadata(name) = &feed.order {
+                source.order_metadata = obj.meta.metadata.get(name).map(|value| OrderMetadata {
+                    name: name.clone(),
+                    value: value.clone(),
+                });
+            }
             report.source = source.clone();
         }
         Ok(Some(obj))

@@ -119,6 +119,8 @@ impl ObjectStore for FileStore {
                 version_id: None,
                 last_modified: None,
                 size: Some(meta.len()),
+                // files carry no user metadata: the bench's feed is ordered by upload
+                metadata: Default::default(),
             },
             body: Box::pin(f),
         })

@@ -4,11 +4,16 @@
 //! Schema drift: the comparison with the state uses the state's hashed columns that the file
 //! still has; the next state hashes all of the file's compared columns. An added column
 //! therefore never makes a row "changed"; it only enters the fingerprint from then on.
+//!
+//! Record keys: the next state names every row. A record the state has keeps the state's
+//! name (by position, nothing copied per row); the pass hands over the names of the rows
+//! only this file has ([`Differ::name_rows`]) — and, when the state has no names (format 1
+//! or 2), of every row of a known record, so the next state has them.
 
 use super::fingerprint::Fingerprints;
 use crate::contract::envelope::next_chain;
 use crate::contract::report::Counts;
-use crate::splitter::state::{prefetch, Entry, NextState, Snapshot};
+use crate::splitter::state::{prefetch, Entry, KeyNames, NameRef, NextState, Snapshot};
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -87,6 +92,22 @@ impl Hasher for FpHasher {
 /// A set of fingerprints, hashed by [`FpHasher`].
 pub type FpSet = HashSet<u64, BuildHasherDefault<FpHasher>>;
 
+/// A row of a key the snapshot does not have, and where its record key is.
+#[derive(Debug, Clone, Copy)]
+struct Added {
+    entry: Entry,
+    name: NameRef,
+}
+
+/// Where a row's record key goes once the pass hands it over.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// To the `added` row at this index.
+    Added(u32),
+    /// To the snapshot position (its state has no names).
+    Old(u32),
+}
+
 /// Classifies rows against a snapshot while the file streams, and collects the entries of
 /// the new snapshot.
 pub struct Differ<'a> {
@@ -98,7 +119,14 @@ pub struct Differ<'a> {
     /// same record turns up later in the file).
     carried: Vec<usize>,
     /// Rows of keys the snapshot does not have.
-    added: Vec<Entry>,
+    added: Vec<Added>,
+    /// Record keys this file gave (of the rows the snapshot cannot name).
+    names: KeyNames,
+    /// When the snapshot has no names: each position's name from this file.
+    old_from_file: Option<Vec<NameRef>>,
+    /// Rows of the last batch whose record key the next state needs: (row in the batch,
+    /// where it goes).
+    wanted: Vec<(u32, Want)>,
     /// Snapshot positions whose `[content, chain]` moves (changed rows; after schema drift,
     /// every row whose stored fingerprint moves to the new column set). Unchanged rows cost
     /// nothing: the new state is the snapshot merged with these and `added`, no sort of the
@@ -130,6 +158,7 @@ impl<'a> Differ<'a> {
         same_lines: bool,
     ) -> Self {
         let n = snapshot.map(|s| s.len()).unwrap_or(0);
+        let unnamed = snapshot.is_some_and(|s| s.names().is_none());
         Differ {
             lines: (!same_lines && n > 0).then(|| vec![0u64; n]),
             snapshot,
@@ -138,6 +167,9 @@ impl<'a> Differ<'a> {
             new_keys: FpSet::default(),
             carried: Vec::new(),
             added: Vec::with_capacity(if n == 0 { expected_rows } else { 1024 }),
+            names: KeyNames::default(),
+            old_from_file: unnamed.then(|| vec![NameRef::NONE; n]),
+            wanted: Vec::new(),
             updates: Vec::new(),
             counts: DiffCounts::default(),
             scratch_keys: Vec::new(),
@@ -147,23 +179,33 @@ impl<'a> Differ<'a> {
         }
     }
 
-    /// Classify one row by its fingerprints, and note what the next state keeps of it.
+    /// Classify one row by its fingerprints, and note what the next state keeps of it. Its
+    /// record key, when the next state needs it, is asked for by [`Differ::name_rows`] as
+    /// row 0.
     #[inline]
     pub fn classify(&mut self, p: Fingerprints) -> Class {
+        self.wanted.clear();
         let pos = self.snapshot.and_then(|s| s.position(p.key));
         let vals = match (pos, self.snapshot) {
             (Some(pos), Some(s)) => s.vals_at(pos),
             _ => [0, 0],
         };
-        self.classify_at(p, pos, vals)
+        self.classify_at(0, p, pos, vals)
     }
 
     /// Classify a batch of rows (in file order) into `out`; the same answers as calling
-    /// [`Differ::classify`] on each, with the snapshot lookups overlapped.
+    /// [`Differ::classify`] on each, with the snapshot lookups overlapped. The record keys
+    /// the next state needs of them are asked for by [`Differ::name_rows`], by row of the
+    /// batch.
     pub fn classify_batch(&mut self, fps: &[Fingerprints], out: &mut Vec<Class>) {
         out.clear();
+        self.wanted.clear();
         let Some(s) = self.snapshot else {
-            out.extend(fps.iter().map(|&p| self.classify_at(p, None, [0, 0])));
+            out.extend(
+                fps.iter()
+                    .enumerate()
+                    .map(|(row, &p)| self.classify_at(row, p, None, [0, 0])),
+            );
             return;
         };
         self.scratch_keys.clear();
@@ -188,8 +230,8 @@ impl<'a> Differ<'a> {
             std::mem::take(&mut self.scratch_pos),
             std::mem::take(&mut self.scratch_vals),
         );
-        for ((&p, &at), &v) in fps.iter().zip(&pos).zip(&vals) {
-            let c = self.classify_at(p, at, v);
+        for (row, ((&p, &at), &v)) in fps.iter().zip(&pos).zip(&vals).enumerate() {
+            let c = self.classify_at(row, p, at, v);
             out.push(c);
         }
         (self.scratch_pos, self.scratch_vals) = (pos, vals);
@@ -227,8 +269,44 @@ impl<'a> Differ<'a> {
         }
     }
 
+    /// The record keys the last [`Differ::classify_batch`] (or [`Differ::classify`]) needs:
+    /// `write(row, buf)` appends the record key of that row of the batch to `buf` (see
+    /// [`crate::splitter::filter::write_record_key`]). Only rows the snapshot cannot name are
+    /// asked for: new rows, and every row of a known record when the snapshot has no names.
+    pub fn name_rows(&mut self, mut write: impl FnMut(usize, &mut Vec<u8>)) {
+        for &(row, want) in &self.wanted {
+            let name = NameRef::file(self.names.push_with(|b| write(row as usize, b)));
+            match want {
+                Want::Added(i) => self.added[i as usize].name = name,
+                Want::Old(pos) => {
+                    if let Some(v) = self.old_from_file.as_mut() {
+                        v[pos as usize] = name;
+                    }
+                }
+            }
+        }
+        self.wanted.clear();
+    }
+
+    /// When the snapshot has no names, a known record's row at `pos` (in batch row `row`)
+    /// gives its name, once.
     #[inline]
-    fn classify_at(&mut self, p: Fingerprints, pos: Option<usize>, vals: [u64; 2]) -> Class {
+    fn want_old_name(&mut self, row: usize, pos: usize) {
+        if let Some(v) = self.old_from_file.as_ref() {
+            if v[pos] == NameRef::NONE {
+                self.wanted.push((row as u32, Want::Old(pos as u32)));
+            }
+        }
+    }
+
+    #[inline]
+    fn classify_at(
+        &mut self,
+        row: usize,
+        p: Fingerprints,
+        pos: Option<usize>,
+        vals: [u64; 2],
+    ) -> Class {
         let class = match pos {
             Some(pos) => {
                 let (w, bit) = (pos / 64, 1u64 << (pos % 64));
@@ -266,16 +344,24 @@ impl<'a> Differ<'a> {
         }
         match (class, pos) {
             (Class::Duplicate, _) => {}
-            (Class::New, _) | (_, None) => self.added.push(Entry {
-                key: p.key,
-                content: p.store,
-                chain: next_chain(None, p.store),
-                line: p.line,
-            }),
+            (Class::New, _) | (_, None) => {
+                self.wanted
+                    .push((row as u32, Want::Added(self.added.len() as u32)));
+                self.added.push(Added {
+                    entry: Entry {
+                        key: p.key,
+                        content: p.store,
+                        chain: next_chain(None, p.store),
+                        line: p.line,
+                    },
+                    name: NameRef::NONE,
+                });
+            }
             (Class::Changed { chain, .. }, Some(pos)) => {
                 self.updates
                     .push((pos as u32, [p.store, next_chain(Some(chain), p.store)]));
                 self.set_line(pos, p.line);
+                self.want_old_name(row, pos);
             }
             // unchanged: the history goes on as it was (the stored fingerprint may move to
             // a new column set after schema drift, the history does not)
@@ -284,17 +370,24 @@ impl<'a> Differ<'a> {
                     self.updates.push((pos as u32, [p.store, vals[1]]));
                 }
                 self.set_line(pos, p.line);
+                self.want_old_name(row, pos);
             }
         }
         class
     }
 
     /// A row of this key was rejected: keep the record's previous state (it is not
-    /// "removed", and comes back as unchanged when the row is fixed).
-    pub fn carry(&mut self, key: u64) {
+    /// "removed", and comes back as unchanged when the row is fixed). `name` appends the
+    /// row's record key, asked for only when the snapshot has no names.
+    pub fn carry(&mut self, key: u64, name: impl FnOnce(&mut Vec<u8>)) {
         let Some(s) = self.snapshot else { return };
         if let Some(pos) = s.position(key) {
             self.carried.push(pos);
+            if let Some(v) = self.old_from_file.as_mut() {
+                if v[pos] == NameRef::NONE {
+                    v[pos] = NameRef::file(self.names.push_with(name));
+                }
+            }
         }
     }
 
@@ -303,27 +396,43 @@ impl<'a> Differ<'a> {
         self.counts
     }
 
-    /// The new state (sorted by key) and the final counts.
-    pub fn finish(mut self) -> (NextState, DiffCounts) {
+    /// The new state (sorted by key), the final counts, and the snapshot positions of the
+    /// records this file no longer has (the removed ones, in key order).
+    pub fn finish(mut self) -> (NextState, DiffCounts, Vec<u32>) {
         let Some(s) = self.snapshot else {
             // no snapshot: every row is new (and unique: duplicates were not added)
-            self.added.sort_unstable_by_key(|e| e.key);
-            let keys = self.added.iter().map(|e| e.key).collect();
-            let vals = self.added.iter().map(|e| [e.content, e.chain]).collect();
-            let lines = self.added.iter().map(|e| e.line).collect();
-            return (NextState { keys, vals, lines }, self.counts);
+            self.added.sort_unstable_by_key(|a| a.entry.key);
+            let keys = self.added.iter().map(|a| a.entry.key).collect();
+            let vals = self
+                .added
+                .iter()
+                .map(|a| [a.entry.content, a.entry.chain])
+                .collect();
+            let lines = self.added.iter().map(|a| a.entry.line).collect();
+            let names = self.added.iter().map(|a| a.name).collect();
+            let state = NextState {
+                keys,
+                vals,
+                lines,
+                names,
+                old_names: None,
+                file_names: self.names,
+            };
+            return (state, self.counts, Vec::new());
         };
         for pos in std::mem::take(&mut self.carried) {
             self.seen[pos / 64] |= 1u64 << (pos % 64);
         }
         let kept: u64 = self.seen.iter().map(|w| u64::from(w.count_ones())).sum();
         self.counts.removed = s.len() as u64 - kept;
-        self.added.sort_unstable_by_key(|e| e.key);
+        let removed = unseen(&self.seen, s.len(), self.counts.removed as usize);
+        self.added.sort_unstable_by_key(|a| a.entry.key);
         self.updates.sort_unstable_by_key(|u| u.0);
         let n = kept as usize + self.added.len();
         let (mut keys, mut vals) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut lines = Vec::with_capacity(n);
+        let (mut lines, mut names) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let old_lines = self.lines.as_deref().unwrap_or(s.lines());
+        let old_from_file = self.old_from_file.as_deref();
         let mut added = self.added.iter().peekable();
         let mut updates = self.updates.iter().peekable();
         for (w, &word) in self.seen.iter().enumerate() {
@@ -332,10 +441,11 @@ impl<'a> Differ<'a> {
                 let pos = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let key = s.keys_at(pos);
-                while let Some(a) = added.next_if(|a| a.key < key) {
-                    keys.push(a.key);
-                    vals.push([a.content, a.chain]);
-                    lines.push(a.line);
+                while let Some(a) = added.next_if(|a| a.entry.key < key) {
+                    keys.push(a.entry.key);
+                    vals.push([a.entry.content, a.entry.chain]);
+                    lines.push(a.entry.line);
+                    names.push(a.name);
                 }
                 let v = match updates.next_if(|u| u.0 as usize == pos) {
                     Some(&(_, v)) => v,
@@ -344,13 +454,41 @@ impl<'a> Differ<'a> {
                 keys.push(key);
                 vals.push(v);
                 lines.push(old_lines[pos]);
+                names.push(old_from_file.map_or(NameRef::old(pos), |v| v[pos]));
             }
         }
         for a in added {
-            keys.push(a.key);
-            vals.push([a.content, a.chain]);
-            lines.push(a.line);
+            keys.push(a.entry.key);
+            vals.push([a.entry.content, a.entry.chain]);
+            lines.push(a.entry.line);
+            names.push(a.name);
         }
-        (NextState { keys, vals, lines }, self.counts)
+        let state = NextState {
+            keys,
+            vals,
+            lines,
+            names,
+            old_names: s.names().cloned(),
+            file_names: self.names,
+        };
+        (state, self.counts, removed)
     }
+}
+
+/// The positions below `n` whose bit in `seen` is clear (`count` of them), in order.
+fn unseen(seen: &[u64], n: usize, count: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(count);
+    for (w, &word) in seen.iter().enumerate() {
+        let mut gone = !word;
+        let first = w * 64;
+        if first + 64 > n {
+            // the last word: only its first n - first bits are positions
+            gone &= (1u64 << (n - first)) - 1;
+        }
+        while gone != 0 {
+            out.push((first + gone.trailing_zeros() as usize) as u32);
+            gone &= gone - 1;
+        }
+    }
+    out
 }

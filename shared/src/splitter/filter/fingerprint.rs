@@ -90,25 +90,39 @@ impl Fingerprinter {
 /// joined with `|` (a `|` or `\\` inside a value is escaped with `\\`, so distinct keys
 /// never share a record key); trimmed with the feed's `trim_keys`.
 pub fn record_key(plan: &ColumnPlan, rec: &Record) -> String {
+    let mut b = Vec::new();
+    write_record_key(plan, rec, &mut b);
+    // valid: written from `from_utf8_lossy` strings and ASCII separators
+    String::from_utf8(b).unwrap_or_default()
+}
+
+/// [`record_key`], appended to `out` as bytes (no allocation of its own): how the state's
+/// table of record keys is filled.
+/// A key column the record lacks (a rejected row's) counts as empty.
+pub fn write_record_key(plan: &ColumnPlan, rec: &Record, out: &mut Vec<u8>) {
     if plan.key_idx.len() == 1 {
-        return plan
-            .key_values(rec)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .collect();
+        for v in plan.key_values(rec) {
+            out.extend_from_slice(String::from_utf8_lossy(v).as_bytes());
+        }
+        return;
     }
-    let mut s = String::new();
     for (n, v) in plan.key_values(rec).enumerate() {
         if n > 0 {
-            s.push('|');
+            out.push(b'|');
         }
-        for ch in String::from_utf8_lossy(v).chars() {
+        let v = String::from_utf8_lossy(v);
+        if !v.contains(['|', '\\']) {
+            out.extend_from_slice(v.as_bytes());
+            continue;
+        }
+        for ch in v.chars() {
             if ch == '|' || ch == '\\' {
-                s.push('\\');
+                out.push(b'\\');
             }
-            s.push(ch);
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
         }
     }
-    s
 }
 
 /// The key fingerprint of a record whose key columns are readable (for rows rejected for

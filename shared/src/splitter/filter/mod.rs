@@ -10,5 +10,5 @@ mod plan;
 mod tests;
 
 pub use differ::{Class, DiffCounts, Differ, FpHasher, FpSet};
-pub use fingerprint::{key_fp, record_key, Fingerprinter, Fingerprints};
+pub use fingerprint::{key_fp, record_key, write_record_key, Fingerprinter, Fingerprints};
 pub use plan::ColumnPlan;

@@ -77,6 +77,12 @@ fn composite_keys() {
     let rb = record_key(&plan, &rec(&["LA|7", "CA", "v"]));
     assert_ne!(ra, rb);
     assert_eq!(ra, "CA\\|LA|7");
+    // the bytes the state's table keeps are the same record keys
+    for r in [["7", "CA|LA", "v"], ["1", "ca", "v"], ["x\\", "Zoë", "v"]] {
+        let mut b = Vec::new();
+        write_record_key(&plan, &rec(&r), &mut b);
+        assert_eq!(b, record_key(&plan, &rec(&r)).into_bytes());
+    }
     let plan2 = ColumnPlan::new(&hdr(&["v", "j", "id"]), &f, None).unwrap();
     assert_eq!(fp.fingerprints(&plan2, &rec(&["v", "ca", "1"])), a);
 }
@@ -135,7 +141,7 @@ fn removed_column_rebaselines_known_keys_and_finds_new_ones() {
         d.classify(fp.fingerprints(&plan, &rec(&["3", "x", "q"]))),
         Class::New
     );
-    let (entries, c) = d.finish();
+    let (entries, c, _) = d.finish();
     let entries = entries.to_entries();
     assert_eq!(
         (c.new, c.changed, c.unchanged, c.rebaselined, c.removed),
@@ -176,7 +182,7 @@ fn classification() {
     assert_eq!(d.classify(p("4", "x")), Class::New);
     assert_eq!(d.classify(p("4", "z")), Class::Duplicate);
     assert_eq!(d.classify(p("1", "q")), Class::Duplicate);
-    let (entries, c) = d.finish();
+    let (entries, c, _) = d.finish();
     let entries = entries.to_entries();
     assert_eq!(
         c,
@@ -210,10 +216,10 @@ fn carried_rows_are_not_removed() {
     let p = |id: &str, a: &str| fingerprints(&cols, &[id, a], None);
     let s = snap(vec![(p("1", "x").key, p("1", "x").compare)], hdr(&["a"]));
     let mut d = Differ::new(Some(&s), 0, true, false);
-    d.carry(p("1", "x").key);
-    d.carry(p("1", "x").key);
-    d.carry(p("9", "x").key);
-    let (entries, c) = d.finish();
+    d.carry(p("1", "x").key, |_| {});
+    d.carry(p("1", "x").key, |_| {});
+    d.carry(p("9", "x").key, |_| {});
+    let (entries, c, _) = d.finish();
     let entries = entries.to_entries();
     assert_eq!(c.removed, 0);
     assert_eq!(entries.len(), 1);
@@ -232,7 +238,7 @@ fn no_snapshot_everything_new() {
         d.classify(fingerprints(&cols, &["2", "x"], None)),
         Class::New
     );
-    let (_, c) = d.finish();
+    let (_, c, _) = d.finish();
     assert_eq!(c.new, 2);
     assert_eq!(c.removed, 0);
 }
@@ -266,11 +272,12 @@ fn batch_classification_matches_one_by_one() {
         b.extend_from_slice(&out);
     }
     assert_eq!(a, b);
-    let (ea, ca) = one.finish();
-    let (eb, cb) = batched.finish();
+    let (ea, ca, ra) = one.finish();
+    let (eb, cb, rb) = batched.finish();
     assert!(ea.keys.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
     assert_eq!(ca, cb);
     assert_eq!(ea, eb);
+    assert_eq!((ra.len() as u64, &ra), (ca.removed, &rb));
     assert!(ca.new > 0 && ca.changed > 0 && ca.duplicate > 0 && ca.removed > 0);
 }
 
@@ -370,4 +377,71 @@ fn with_trim_keys_a_padded_key_is_the_same_record_as_the_bare_one() {
             if trim { "ca|42" } else { " ca|42 " }
         );
     }
+}
+
+#[test]
+fn the_next_state_names_known_records_by_the_snapshot_and_new_ones_by_the_file() {
+    let cols = ["id", "a"];
+    let p = |id: &str, a: &str| fingerprints(&cols, &[id, a], None);
+    let entry = |id: &str| Entry::from((p(id, "x").key, p(id, "x").compare));
+    let s = Snapshot::from_named_entries(
+        snap(Vec::new(), hdr(&["a"])).header,
+        ["1", "2", "3"].map(|id| (entry(id), format!("name-{id}"))),
+    );
+    let mut d = Differ::new(Some(&s), 0, true, false);
+    let mut out = Vec::new();
+    // 1 unchanged, 2 changed, 4 new; 3 removed
+    d.classify_batch(&[p("1", "x"), p("2", "y"), p("4", "x")], &mut out);
+    let mut asked = Vec::new();
+    d.name_rows(|row, b| {
+        asked.push(row);
+        b.extend_from_slice(format!("file-{row}").as_bytes());
+    });
+    assert_eq!(asked, [2], "only the new row is asked for its record key");
+    let (next, c, removed) = d.finish();
+    assert_eq!(c.removed, 1);
+    assert_eq!(removed, [s.position(p("3", "x").key).unwrap() as u32]);
+    let name_of = |id: &str| {
+        let i = next.keys.iter().position(|&k| k == p(id, "x").key).unwrap();
+        next.name(i)
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+    };
+    assert_eq!(name_of("1").as_deref(), Some("name-1"));
+    assert_eq!(name_of("2").as_deref(), Some("name-2"));
+    assert_eq!(name_of("4").as_deref(), Some("file-2"));
+}
+
+#[test]
+fn a_state_without_record_keys_asks_the_file_for_every_known_record_s() {
+    let cols = ["id", "a"];
+    let p = |id: &str, a: &str| fingerprints(&cols, &[id, a], None);
+    let s = snap(
+        ["1", "2", "3"]
+            .map(|id| (p(id, "x").key, p(id, "x").compare))
+            .to_vec(),
+        hdr(&["a"]),
+    );
+    assert!(s.names().is_none(), "a state as format 2 wrote it");
+    let mut d = Differ::new(Some(&s), 0, true, false);
+    let mut out = Vec::new();
+    d.classify_batch(&[p("1", "x"), p("2", "y"), p("1", "x")], &mut out);
+    let mut asked = Vec::new();
+    d.name_rows(|row, b| {
+        asked.push(row);
+        b.extend_from_slice(format!("row-{row}").as_bytes());
+    });
+    assert_eq!(asked, [0, 1], "each known record once, not its duplicate");
+    // a rejected row of record 3 names it too
+    d.carry(p("3", "x").key, |b| b.extend_from_slice(b"carried-3"));
+    let (next, c, removed) = d.finish();
+    assert_eq!((c.removed, removed.len()), (0, 0));
+    let names: Vec<_> = (0..next.len())
+        .map(|i| {
+            next.name(i)
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+        })
+        .collect();
+    let mut names: Vec<String> = names.into_iter().map(|n| n.unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["carried-3", "row-0", "row-1"]);
 }

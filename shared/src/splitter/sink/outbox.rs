@@ -1,5 +1,6 @@
 //! The outbox: a new or changed row becomes one SQS message (envelope body + attributes),
-//! serialized straight from the CSV record.
+//! serialized straight from the CSV record; a removed record (in a feed that sends them)
+//! becomes a tombstone: its record key, no fields.
 
 use crate::contract::envelope::{
     idempotency_key, Change, EnvelopeSource, Previous, ENVELOPE_VERSION,
@@ -78,6 +79,63 @@ impl Outbox<'_> {
     }
 }
 
+/// The line a tombstone's message carries: it is no line of the file (rows start at 2).
+pub const TOMBSTONE_LINE: u64 = 0;
+
+impl Outbox<'_> {
+    /// The tombstone of a removed record: `change: "removed"`, its record key (from the
+    /// state's table: the raw key values are not stored, so the record key is the removal's
+    /// only key value in its idempotency key), no fields, the run's version, and the
+    /// idempotency key of the removal from the record's state (`previous`). Carries
+    /// [`TOMBSTONE_LINE`] and the record's key fingerprint, so a refused one is told apart
+    /// and its record kept.
+    pub fn tombstone(
+        &self,
+        record_key: &str,
+        key_fp: u64,
+        previous: Previous,
+    ) -> Result<OutMessage, Rejected> {
+        let change = Change::Removed;
+        let ikey = idempotency_key(
+            self.feed,
+            &[record_key.as_bytes()],
+            Some(previous),
+            None,
+            self.version,
+        );
+        let none = Record::new();
+        let env = EnvelopeRef {
+            v: ENVELOPE_VERSION,
+            feed: self.feed,
+            run: self.run,
+            source: self.source,
+            change,
+            record_key,
+            version: self.version,
+            idempotency_key: &ikey,
+            fields: FieldsRef {
+                header: &[],
+                record: &none,
+            },
+        };
+        let body = serde_json::to_string(&env).map_err(|_| Rejected {
+            line: TOMBSTONE_LINE,
+            reason: "the removal message of a removed record could not be encoded as JSON".into(),
+            fields: Vec::new(),
+        })?;
+        Ok(OutMessage {
+            body: sqs_safe(body),
+            attributes: vec![
+                ("feed", self.feed.to_string()),
+                ("change", change.as_str().to_string()),
+                ("idempotency_key", ikey),
+            ],
+            line: TOMBSTONE_LINE,
+            key_fp,
+        })
+    }
+}
+
 /// SQS accepts only #x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD #x10000-#x10FFFF; serde_json escapes
 /// control characters but not the two BMP non-characters.
 fn sqs_safe(body: String) -> String {
@@ -100,7 +158,7 @@ pub struct EnvelopeRef<'a> {
     pub run: &'a str,
     /// The export the row was read from.
     pub source: &'a EnvelopeSource,
-    /// Whether the record is new or changed.
+    /// Whether the record is new, changed or removed.
     pub change: Change,
     /// The record's key as the API sees it ([`record_key`]).
     pub record_key: &'a str,
@@ -211,5 +269,39 @@ mod tests {
             assert_eq!(padded.record_key, if trim { "42" } else { " 42\t" });
             assert_eq!(padded.fields["id"], " 42\t", "the fields are the file's");
         }
+    }
+
+    #[test]
+    fn a_tombstone_carries_the_record_key_and_no_fields() {
+        let source = EnvelopeSource {
+            bucket: "b".into(),
+            key: "incoming/f/x.csv".into(),
+            etag: "e".into(),
+            version_id: None,
+        };
+        let outbox = Outbox {
+            feed: "f",
+            run: "r",
+            source: &source,
+            header: &[],
+            version: 7,
+        };
+        let prev = Previous {
+            content: 1,
+            chain: 2,
+        };
+        let m = outbox.tombstone("CA|7", 99, prev).unwrap();
+        let e = Envelope::decode(&m.body).unwrap();
+        assert_eq!(
+            (e.change, e.record_key.as_str(), e.version, e.fields.len()),
+            (Change::Removed, "CA|7", 7, 0)
+        );
+        assert!(m.body.contains("\"fields\":{}"), "{}", m.body);
+        assert_eq!(
+            e.idempotency_key,
+            idempotency_key("f", &[b"CA|7"], Some(prev), None, 7)
+        );
+        assert_eq!((m.line, m.key_fp), (TOMBSTONE_LINE, 99));
+        assert_eq!(m.attributes[1], ("change", "removed".to_string()));
     }
 }

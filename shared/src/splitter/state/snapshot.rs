@@ -1,12 +1,17 @@
-//! The feed's fingerprint snapshot: what the last accepted file contained, in 32 bytes a row.
+//! The feed's fingerprint snapshot: what the last accepted file contained, in 32 bytes a row
+//! plus the row's record key.
 //!
 //! Layout (all integers little-endian):
 //! ```text
-//! "CFSNAP" 0x00 0x02          8 bytes: magic + format version
+//! "CFSNAP" 0x00 0x03          8 bytes: magic + format version
 //! header_len: u32             length of the JSON header that follows
 //! header: JSON                SnapshotHeader (feed, hashed columns, source object, row count)
 //! row_count: u64
 //! row_count × { key_fp: u64, content_fp: u64, chain: u64, line: u64 }   sorted by key_fp, unique
+//! names_len: u64              bytes of the record keys below
+//! row_count × end: u32        where each row's record key ends in them (it starts where the
+//!                             previous row's ends; an empty one is unnamed)
+//! names: names_len bytes      every row's record key (UTF-8), in entry order
 //! checksum: u64               xxh3-64 of every byte before it
 //! ```
 //! `chain` summarises the record's history of contents (see [`next_chain`]): it makes the
@@ -18,22 +23,35 @@
 //! plain line). The next file's identical lines are then known unchanged
 //! without splitting or fingerprinting them ([`KnownLines`]) — valid only while the header
 //! and the feed's row settings stay the same, which the header's `line_context` records.
-//! Format 1 (24-byte entries, no line hashes) is still read: its rows take the full path
-//! once, and the snapshot that run writes is format 2.
+//!
+//! The record keys (the `record_key` a message carries, [`crate::splitter::filter::record_key`])
+//! name the records a later file removes; the fingerprints alone cannot. They are loaded as
+//! two allocations ([`KeyNames`]: the bytes and the offsets), never a `String` per row, and a
+//! key is resolved only to name a removed record or to write the next state — where a row
+//! known by its line takes its key from this table by position, without the row being split.
+//!
+//! Formats 1 (24-byte entries, no line hashes) and 2 (no record keys) are still read: a
+//! format 1 state's rows take the full path once; so do a format 2 state's (its rows' record
+//! keys are read from the file), and the records such a state loses cannot be named, only
+//! counted. The snapshot the run writes is format 3.
 //!
 //! A file that is truncated, has a wrong magic/version/checksum, or belongs to another feed
 //! is an error: it is never treated as empty.
 //!
 //! [`KnownLines`]: super::KnownLines
 
+use super::names::{KeyNames, NameRef};
 use super::next_state::NextState;
 use crate::contract::envelope::next_chain;
 use crate::contract::source::SourceObject;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The first 8 bytes of a snapshot this build writes: `CFSNAP`, 0, the format version.
-pub const MAGIC: &[u8; 8] = b"CFSNAP\x00\x02";
+pub const MAGIC: &[u8; 8] = b"CFSNAP\x00\x03";
+/// The magic of format 2 snapshots (read, never written).
+const MAGIC_V2: &[u8; 8] = b"CFSNAP\x00\x02";
 /// The magic of format 1 snapshots (read, never written).
 const MAGIC_V1: &[u8; 8] = b"CFSNAP\x00\x01";
 const ENTRY_BYTES: usize = 32;
@@ -69,8 +87,8 @@ pub fn next_generation(state: Option<&Snapshot>) -> u64 {
     state.map_or(0, |s| s.header.generation).saturating_add(1)
 }
 
-/// The snapshot format this build writes (format 1 is still read).
-pub const FORMAT_VERSION: u32 = 2;
+/// The snapshot format this build writes (formats 1 and 2 are still read).
+pub const FORMAT_VERSION: u32 = 3;
 const MAX_HEADER_LEN: usize = 16 * 1024 * 1024;
 
 /// Why a snapshot cannot be read or written. A snapshot that cannot be read is never taken
@@ -154,6 +172,8 @@ pub struct Snapshot {
     vals: Vec<[u64; 2]>,
     /// The line hash per row (0: none).
     lines: Vec<u64>,
+    /// Each row's record key; `None` when the snapshot has none (formats 1 and 2).
+    names: Option<Arc<KeyNames>>,
     index: Vec<u32>,
     index_bits: u32,
 }
@@ -190,14 +210,51 @@ impl Snapshot {
             keys: entries.iter().map(|e| e.key).collect(),
             vals: entries.iter().map(|e| [e.content, e.chain]).collect(),
             lines: entries.iter().map(|e| e.line).collect(),
+            names: vec![NameRef::NONE; entries.len()],
+            ..NextState::default()
         };
         drop(entries);
         Snapshot::from_state(header, state)
     }
 
-    /// Build from a diff's sorted state (no sort needed).
+    /// Build from entries (any order) with each row's record key; duplicates by key keep the
+    /// first occurrence.
+    pub fn from_named_entries<N: AsRef<[u8]>>(
+        header: SnapshotHeader,
+        entries: impl IntoIterator<Item = (Entry, N)>,
+    ) -> Snapshot {
+        let mut entries: Vec<(Entry, N)> = entries.into_iter().collect();
+        entries.sort_by_key(|e| e.0.key);
+        entries.dedup_by_key(|e| e.0.key);
+        let mut file_names = KeyNames::default();
+        let names = entries
+            .iter()
+            .map(|(_, n)| NameRef::file(file_names.push(n.as_ref())))
+            .collect();
+        let state = NextState {
+            keys: entries.iter().map(|e| e.0.key).collect(),
+            vals: entries.iter().map(|e| [e.0.content, e.0.chain]).collect(),
+            lines: entries.iter().map(|e| e.0.line).collect(),
+            names,
+            old_names: None,
+            file_names,
+        };
+        Snapshot::from_state(header, state)
+    }
+
+    /// Build from a diff's sorted state (no sort needed). The record keys are copied into
+    /// the snapshot's own table (none when no row has one).
     pub fn from_state(header: SnapshotHeader, state: NextState) -> Snapshot {
-        let NextState { keys, vals, lines } = state;
+        let names = (state.names.iter().any(|&n| n != NameRef::NONE)).then(|| {
+            let mut table = KeyNames::with_capacity(state.len(), 0);
+            for i in 0..state.len() {
+                table.push(state.name(i).unwrap_or_default());
+            }
+            Arc::new(table)
+        });
+        let NextState {
+            keys, vals, lines, ..
+        } = state;
         let mut header = header;
         header.row_count = keys.len() as u64;
         let index_bits = index_bits(keys.len());
@@ -207,20 +264,51 @@ impl Snapshot {
             keys,
             vals,
             lines,
+            names,
             index,
             index_bits,
         }
     }
 
     /// The encoded snapshot of a diff's state, without building its index (the splitter
-    /// writes the state; it does not look anything up in it).
+    /// writes the state; it does not look anything up in it). The state is consumed: its
+    /// fingerprints are freed once written, before the record keys are, so the state and
+    /// its encoding are not both whole in memory.
     pub fn encode_state(
         header: &SnapshotHeader,
-        state: &NextState,
+        state: NextState,
     ) -> Result<Vec<u8>, SnapshotError> {
         let mut header = header.clone();
         header.row_count = state.keys.len() as u64;
-        encode_parts(&header, &state.keys, &state.vals, &state.lines)
+        header.format = FORMAT_VERSION;
+        let names_len: usize = (0..state.len())
+            .map(|i| state.name(i).map_or(0, <[u8]>::len))
+            .sum();
+        let (keys, vals, lines) = (&state.keys, &state.vals, &state.lines);
+        let mut out = encode_entries(&header, MAGIC, keys, vals, lines, names_len)?;
+        let NextState {
+            keys,
+            vals,
+            lines,
+            names,
+            old_names,
+            file_names,
+        } = state;
+        drop((keys, vals, lines));
+        let name = |i: usize| names[i].resolve(old_names.as_deref(), &file_names);
+        encode_names(&mut out, names.len(), name);
+        Ok(out)
+    }
+
+    /// The record keys, by position; `None` when the snapshot has none (format 1 or 2): its
+    /// removed records cannot be named, and a row of it known by its line would have none.
+    pub fn names(&self) -> Option<&Arc<KeyNames>> {
+        self.names.as_ref()
+    }
+
+    /// The record key at a position; `None` when the row is unnamed.
+    pub fn name_at(&self, pos: usize) -> Option<&[u8]> {
+        self.names.as_ref()?.get(pos)
     }
 
     /// Rows in the snapshot.
@@ -341,13 +429,35 @@ impl Snapshot {
 
     /// The snapshot's bytes, in the current format.
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
-        encode_parts(&self.header, &self.keys, &self.vals, &self.lines)
+        let names = self.names.as_deref();
+        let name = |i: usize| names.and_then(|n| n.get(i));
+        let names_len = names.map_or(0, KeyNames::bytes);
+        let mut header = self.header.clone();
+        header.format = FORMAT_VERSION;
+        let (keys, vals, lines) = (&self.keys, &self.vals, &self.lines);
+        let mut out = encode_entries(&header, MAGIC, keys, vals, lines, names_len)?;
+        encode_names(&mut out, self.keys.len(), name);
+        Ok(out)
+    }
+
+    /// The bytes a format 2 build would have written for this snapshot (no record keys): for
+    /// the tests of reading an older state.
+    #[cfg(test)]
+    pub(crate) fn encode_format_2(&self) -> Vec<u8> {
+        let mut header = self.header.clone();
+        header.format = 2;
+        let mut out = encode_entries(&header, MAGIC_V2, &self.keys, &self.vals, &self.lines, 0)
+            .unwrap_or_default();
+        let sum = xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
     }
 
     /// Decode and verify. `expected_feed` guards against reading another feed's state.
     pub fn decode(bytes: &[u8], expected_feed: Option<&str>) -> Result<Snapshot, SnapshotError> {
         let (format, entry_bytes) = match bytes.get(..8) {
             Some(m) if m == MAGIC => (FORMAT_VERSION, ENTRY_BYTES),
+            Some(m) if m == MAGIC_V2 => (2, ENTRY_BYTES),
             Some(m) if m == MAGIC_V1 => (1, ENTRY_BYTES_V1),
             _ => return Err(SnapshotError::BadMagic),
         };
@@ -399,7 +509,19 @@ impl Snapshot {
         let count_at = 12 + hlen;
         let count = read_u64(count_at)?;
         let entries_at = count_at + 8;
-        let entries_bytes = &body[entries_at.min(body.len())..];
+        let rest = &body[entries_at.min(body.len())..];
+        // format 3: exactly `count` entries, then the record keys; before: entries to the end
+        let (entries_bytes, names_bytes) = if format >= 3 {
+            let len = usize::try_from(count)
+                .ok()
+                .and_then(|c| c.checked_mul(entry_bytes))
+                .filter(|&len| len <= rest.len())
+                .ok_or(SnapshotError::Truncated("entries"))?;
+            let (e, n) = rest.split_at(len);
+            (e, Some(n))
+        } else {
+            (rest, None)
+        };
         if entries_bytes.len() % entry_bytes != 0 {
             return Err(SnapshotError::Truncated("entries"));
         }
@@ -410,6 +532,10 @@ impl Snapshot {
                 entries: n,
             });
         }
+        let names = match names_bytes {
+            Some(b) => decode_names(b, n as usize)?,
+            None => None,
+        };
         let mut keys = Vec::with_capacity(n as usize);
         let mut vals = Vec::with_capacity(n as usize);
         let mut lines = Vec::with_capacity(n as usize);
@@ -426,9 +552,10 @@ impl Snapshot {
         let mut header = header;
         if format == 1 {
             // a format 1 snapshot has no line hashes; the next run writes them
-            header.format = FORMAT_VERSION;
             header.line_context = None;
         }
+        // read as the current format: without record keys (format 1 or 2) it has no names
+        header.format = FORMAT_VERSION;
         if keys.windows(2).any(|w| w[0] >= w[1]) {
             return Err(SnapshotError::Unsorted);
         }
@@ -439,35 +566,88 @@ impl Snapshot {
             keys,
             vals,
             lines,
+            names: names.map(Arc::new),
             index,
             index_bits,
         })
     }
 }
 
-fn encode_parts(
+/// The record keys of a format 3 snapshot of `rows` rows: `names_len`, the offsets, the
+/// names. `None` when no row is named (then the state has no names to offer).
+fn decode_names(b: &[u8], rows: usize) -> Result<Option<KeyNames>, SnapshotError> {
+    let cut = || SnapshotError::Truncated("record keys");
+    let (len_b, rest) = b.split_first_chunk::<8>().ok_or_else(cut)?;
+    let names_len = usize::try_from(u64::from_le_bytes(*len_b)).map_err(|_| cut())?;
+    let ends_len = rows.checked_mul(4).ok_or_else(cut)?;
+    if rest.len() != ends_len.checked_add(names_len).ok_or_else(cut)? {
+        return Err(cut());
+    }
+    let (ends_b, blob) = rest.split_at(ends_len);
+    if blob.is_empty() {
+        return Ok(None);
+    }
+    let ends: Vec<u32> = ends_b
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    KeyNames::from_parts(blob.to_vec(), ends)
+        .map(Some)
+        .ok_or(SnapshotError::Truncated("record key offsets"))
+}
+
+/// `magic`, the header (as given) and the entries, into a buffer with room for the record
+/// keys (`names_len` bytes of them) and the checksum.
+fn encode_entries(
     header: &SnapshotHeader,
+    magic: &[u8; 8],
     keys: &[u64],
     vals: &[[u64; 2]],
     lines: &[u64],
+    names_len: usize,
 ) -> Result<Vec<u8>, SnapshotError> {
-    let mut header = header.clone();
-    header.format = FORMAT_VERSION;
-    let header = serde_json::to_vec(&header).map_err(|e| SnapshotError::Encode(e.to_string()))?;
-    let mut out = Vec::with_capacity(8 + 4 + header.len() + 8 + keys.len() * ENTRY_BYTES + 8);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    let header = serde_json::to_vec(header).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    let header_len = u32::try_from(header.len())
+        .map_err(|_| SnapshotError::Encode("the header is larger than 4 GiB".into()))?;
+    let n = keys.len();
+    let cap = 8 + 4 + header.len() + 8 + n * ENTRY_BYTES + 8 + n * 4 + names_len + 8;
+    let mut out = Vec::with_capacity(cap);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&header_len.to_le_bytes());
     out.extend_from_slice(&header);
-    out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(n as u64).to_le_bytes());
     for ((k, v), l) in keys.iter().zip(vals).zip(lines) {
         out.extend_from_slice(&k.to_le_bytes());
         out.extend_from_slice(&v[0].to_le_bytes());
         out.extend_from_slice(&v[1].to_le_bytes());
         out.extend_from_slice(&l.to_le_bytes());
     }
-    let sum = xxh3_64(&out);
-    out.extend_from_slice(&sum.to_le_bytes());
     Ok(out)
+}
+
+/// The record keys of `rows` rows (`name(i)`) and the checksum. Names are written while
+/// they fit 32-bit offsets (4 GiB together); a row past that is written unnamed.
+fn encode_names<'a>(out: &mut Vec<u8>, rows: usize, name: impl Fn(usize) -> Option<&'a [u8]>) {
+    let fitting =
+        |end: usize, n: Option<&'a [u8]>| n.filter(|n| u32::try_from(end + n.len()).is_ok());
+    let len_at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut end = 0usize;
+    for i in 0..rows {
+        end += fitting(end, name(i)).map_or(0, <[u8]>::len);
+        // fits: `fitting` keeps every end within u32
+        out.extend_from_slice(&(end as u32).to_le_bytes());
+    }
+    out[len_at..len_at + 8].copy_from_slice(&(end as u64).to_le_bytes());
+    let mut end = 0usize;
+    for i in 0..rows {
+        if let Some(n) = fitting(end, name(i)) {
+            out.extend_from_slice(n);
+            end += n.len();
+        }
+    }
+    let sum = xxh3_64(out);
+    out.extend_from_slice(&sum.to_le_bytes());
 }
 
 /// A hint to bring `x`'s cache line in (no effect on other architectures).
@@ -523,11 +703,19 @@ pub(crate) mod tests {
     fn round_trip_and_lookup() {
         let s = sample(10_000);
         let bytes = s.encode().unwrap();
+        // unnamed rows: an offset each, no key bytes
         assert_eq!(
             bytes.len(),
-            8 + 4 + serde_json::to_vec(&s.header).unwrap().len() + 8 + 32 * 10_000 + 8
+            8 + 4
+                + serde_json::to_vec(&s.header).unwrap().len()
+                + 8
+                + 32 * 10_000
+                + 8
+                + 4 * 10_000
+                + 8
         );
         let d = Snapshot::decode(&bytes, Some("f")).unwrap();
+        assert!(d.names().is_none(), "no row named: no names to offer");
         assert_eq!(d.header, s.header);
         assert_eq!(d.len(), 10_000);
         for i in 0..10_000u64 {
@@ -585,8 +773,10 @@ pub(crate) mod tests {
             let e = d.entry(*k).unwrap();
             assert_eq!((e.content, e.line), (i as u64, 0));
         }
-        // re-encoded, it is format 2
-        let again = Snapshot::decode(&d.encode().unwrap(), Some("f")).unwrap();
+        // re-encoded, it is the current format
+        let re = d.encode().unwrap();
+        assert_eq!(&re[..8], MAGIC);
+        let again = Snapshot::decode(&re, Some("f")).unwrap();
         assert_eq!(
             again.all_entries().collect::<Vec<_>>(),
             d.all_entries().collect::<Vec<_>>()
@@ -598,6 +788,107 @@ pub(crate) mod tests {
         let sum = xxh3_64(&wrong[..n - 8]);
         wrong[n - 8..].copy_from_slice(&sum.to_le_bytes());
         assert!(Snapshot::decode(&wrong, Some("f")).is_err());
+    }
+
+    fn named(n: u64) -> Snapshot {
+        let entries = (0..n).map(|i| {
+            let e = Entry {
+                key: xxh3_64(&i.to_le_bytes()),
+                content: i,
+                chain: next_chain(None, i),
+                line: i + 1,
+            };
+            (e, format!("LR-{i:08}"))
+        });
+        Snapshot::from_named_entries(header("f"), entries)
+    }
+
+    #[test]
+    fn record_keys_round_trip_by_position_in_a_blob_and_offsets() {
+        let s = named(1_000);
+        let bytes = s.encode().unwrap();
+        let hlen = serde_json::to_vec(&s.header).unwrap().len();
+        assert_eq!(
+            bytes.len(),
+            8 + 4 + hlen + 8 + 1_000 * (32 + 4 + 11) + 8 + 8
+        );
+        assert_eq!(&bytes[..8], b"CFSNAP\x00\x03");
+        let d = Snapshot::decode(&bytes, Some("f")).unwrap();
+        assert_eq!(d.header.format, 3);
+        for i in 0..1_000u64 {
+            let pos = d.position(xxh3_64(&i.to_le_bytes())).unwrap();
+            assert_eq!(d.name_at(pos), Some(format!("LR-{i:08}").as_bytes()));
+            assert_eq!(d.line_at(pos), i + 1);
+        }
+        assert_eq!(d.encode().unwrap(), bytes, "re-encoded byte for byte");
+        // a next state made of it writes the same names without copying them per row
+        let state = NextState {
+            keys: (0..d.len()).map(|p| d.keys_at(p)).collect(),
+            vals: (0..d.len()).map(|p| d.vals_at(p)).collect(),
+            lines: d.lines().to_vec(),
+            names: (0..d.len()).map(NameRef::old).collect(),
+            old_names: d.names().cloned(),
+            file_names: KeyNames::default(),
+        };
+        assert_eq!(Snapshot::encode_state(&d.header, state).unwrap(), bytes);
+    }
+
+    #[test]
+    fn format_2_snapshots_are_read_without_record_keys() {
+        // a format 2 snapshot as the previous release wrote it: 32-byte entries, nothing after
+        let mut h = header("f");
+        h.format = 2;
+        h.row_count = 3;
+        let hjson = serde_json::to_vec(&h).unwrap();
+        let mut b = MAGIC_V2.to_vec();
+        b.extend_from_slice(&(hjson.len() as u32).to_le_bytes());
+        b.extend_from_slice(&hjson);
+        b.extend_from_slice(&3u64.to_le_bytes());
+        for k in [10u64, 20, 30] {
+            for w in [k, k + 1, k + 2, k + 3] {
+                b.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        let sum = xxh3_64(&b);
+        b.extend_from_slice(&sum.to_le_bytes());
+        let d = Snapshot::decode(&b, Some("f")).unwrap();
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.header.format, FORMAT_VERSION);
+        assert!(d.names().is_none());
+        assert_eq!(d.name_at(0), None);
+        assert_eq!(d.entry(20).unwrap().line, 23, "its line hashes are kept");
+        assert_eq!(&d.encode().unwrap()[..8], MAGIC);
+    }
+
+    #[test]
+    fn cut_or_inconsistent_record_keys_are_an_error() {
+        let bytes = named(50).encode().unwrap();
+        let resum = |mut b: Vec<u8>| {
+            let n = b.len();
+            let sum = xxh3_64(&b[..n - 8]);
+            b[n - 8..].copy_from_slice(&sum.to_le_bytes());
+            b
+        };
+        // one name byte short (with a valid checksum)
+        let mut short = bytes[..bytes.len() - 9].to_vec();
+        short.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            Snapshot::decode(&resum(short), Some("f")).unwrap_err(),
+            SnapshotError::Truncated("record keys")
+        );
+        // an offset past the blob's end
+        let hlen = serde_json::to_vec(&named(50).header).unwrap().len();
+        let ends_at = 8 + 4 + hlen + 8 + 50 * 32 + 8;
+        let mut wild = bytes.clone();
+        wild[ends_at..ends_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            Snapshot::decode(&resum(wild), Some("f")).unwrap_err(),
+            SnapshotError::Truncated("record key offsets")
+        );
+        // a row count larger than the file
+        let mut big = bytes.clone();
+        big[8 + 4 + hlen..8 + 4 + hlen + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Snapshot::decode(&resum(big), Some("f")).is_err());
     }
 
     #[test]

@@ -451,6 +451,16 @@ impl<S: ObjectStore> Harness<S> {
         }
     }
 
+    /// The harness with feed `name`'s configuration changed by `f`.
+    pub(super) fn configure(mut self, name: &str, f: impl FnOnce(&mut FeedConfig)) -> Self {
+        let mut c = (*self.splitter.config).clone();
+        if let Some(feed) = c.feeds.iter_mut().find(|x| x.name == name) {
+            f(feed);
+        }
+        self.splitter.config = Arc::new(c);
+        self
+    }
+
     pub(super) fn feed(&self, name: &str) -> FeedConfig {
         self.splitter.config.feed(name).unwrap().clone()
     }
@@ -459,6 +469,31 @@ impl<S: ObjectStore> Harness<S> {
         let key = format!("incoming/{prefix}/{name}");
         let size = body.len() as u64;
         let etag = self.mem.insert(BUCKET, &key, body);
+        ObjectEvent {
+            bucket: BUCKET.into(),
+            key,
+            etag: Some(etag),
+            size: Some(size),
+            event_name: Some("ObjectCreated:Put".into()),
+            ..Default::default()
+        }
+    }
+
+    /// Upload with S3 user metadata (`x-amz-meta-<name>`: names lowercase, without the prefix).
+    pub(super) fn upload_with_metadata(
+        &self,
+        prefix: &str,
+        name: &str,
+        body: Vec<u8>,
+        metadata: &[(&str, &str)],
+    ) -> ObjectEvent {
+        let key = format!("incoming/{prefix}/{name}");
+        let size = body.len() as u64;
+        let meta = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let etag = self.mem.insert_with_metadata(BUCKET, &key, body, meta);
         ObjectEvent {
             bucket: BUCKET.into(),
             key,

@@ -10,6 +10,8 @@
 //! - `state`: the same event again, corrupt or foreign snapshots, commit races, skipped and
 //!   stale events;
 //! - `queue`: queue failures, refused rows, a second sending pass;
+//! - `removed`: the removed list, tombstones (`removed = "send"`), old-format states;
+//! - `order`: exports ordered by key or by metadata, late exports;
 //! - `guards`: guards, held files, approve and discard;
 //! - `privacy`: no row values in reasons, reports, errors or attributes;
 //! - `known_lines`: rows known by their line and the reader thread against the plain path, and
@@ -27,6 +29,8 @@ mod faults;
 mod guards;
 mod harness;
 mod known_lines;
+mod order;
 mod privacy;
 mod queue;
+mod removed;
 mod state;
