@@ -29,7 +29,19 @@ async fn pipeline(
     extra_env: &[(&str, &str)],
     faults: Faults,
 ) -> Pipeline {
-    let stack = Stack::with_receives(test, FEEDS, receives).await;
+    pipeline_of(test, FEEDS, receives, consumers, extra_env, faults).await
+}
+
+/// [`pipeline`] with another feed configuration.
+async fn pipeline_of(
+    test: &str,
+    feeds: &str,
+    receives: u32,
+    consumers: usize,
+    extra_env: &[(&str, &str)],
+    faults: Faults,
+) -> Pipeline {
+    let stack = Stack::with_receives(test, feeds, receives).await;
     let ledger = stack.path("api-ledger.jsonl");
     let mut cfg = ApiConfig::new(TOKEN);
     cfg.ledger = Some(ledger.clone());
@@ -632,8 +644,10 @@ async fn the_api_ends_with_the_newest_file_while_older_versions_keep_failing() {
     );
 }
 
-/// Two files change the same 1,000 records (2,000 messages) while 30% of the calls fail
-/// transiently and every answer is slow, with three consumers: no record's applied
+/// Two files change the same records (2 × `E2E_ORDER_RECORDS`, default 300, messages; the
+/// issue's 2,000-message run is `E2E_ORDER_RECORDS=1000`, ~11 minutes against moto) while
+/// 30% of the calls fail transiently and every answer is slow, with three consumers: no
+/// record's applied
 /// versions ever decrease, no two calls for one record overlap, in-flight calls never
 /// exceed the ceiling (consumers × RECORD_CONCURRENCY), every record ends with the last
 /// file's content and every transition has its fate; then a DLQ replay of an old
@@ -648,11 +662,16 @@ async fn under_faults_two_files_changing_the_same_records_end_with_the_last_one(
     };
     let env = [("RECORD_CONCURRENCY", "2"), ("BREAKER_THRESHOLD", "1000")];
     let p = pipeline("order", 20, 3, &env, faults).await;
+    let n: usize = std::env::var("E2E_ORDER_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let base = p.stack.path("o1.csv");
-    // 1,000 changes stay under the flood guard (10%)
-    gen(&["baseline", "--rows", "12000", "--seed", "12"], &base);
+    // the changes stay under the flood guard (10%)
+    let rows = (n * 12).max(4000).to_string();
+    gen(&["baseline", "--rows", &rows, "--seed", "12"], &base);
     assert_eq!(split_file(&p, "o1.csv", &base).await["status"], "baseline");
-    let changed: BTreeSet<String> = read_rows(&base).keys().take(1000).cloned().collect();
+    let changed: BTreeSet<String> = read_rows(&base).keys().take(n).cloned().collect();
     for (name, rev) in [("o2.csv", "rev2"), ("o3.csv", "rev3")] {
         let out = p.stack.path(name);
         rewrite_csv(&base, &out, |id, row| {
@@ -663,14 +682,17 @@ async fn under_faults_two_files_changing_the_same_records_end_with_the_last_one(
         let r = split_file(&p, name, &out).await;
         assert_eq!(
             (r["status"].as_str(), r["counts"]["sent"].as_u64()),
-            (Some("applied"), Some(1000)),
+            (Some("applied"), Some(n as u64)),
             "{r}"
         );
     }
     let st = p.drain(Duration::from_secs(900)).await;
     assert!(st.drained, "{st:?}");
     let s = p.api.stats();
-    assert!(s.server_errors_5xx > 100, "faults were injected: {s:?}");
+    assert!(
+        s.server_errors_5xx as usize > n / 5,
+        "faults were injected: {s:?}"
+    );
     assert_eq!(
         s.overlapping_record_calls, 0,
         "no two calls for one record overlap: {s:?}"
@@ -687,7 +709,7 @@ async fn under_faults_two_files_changing_the_same_records_end_with_the_last_one(
     );
     assert!(st.peak_concurrency <= 3, "{st:?}");
     let recs = api_records(&p);
-    assert_eq!(recs.len(), 1000);
+    assert_eq!(recs.len(), n);
     for id in &changed {
         let r = &recs[id];
         assert!(
@@ -705,12 +727,12 @@ async fn under_faults_two_files_changing_the_same_records_end_with_the_last_one(
         .iter()
         .filter(|i| i["pk"].starts_with("key#"))
         .collect();
-    assert_eq!(fates.len(), 2000, "one fate per transition");
+    assert_eq!(fates.len(), 2 * n, "one fate per transition");
     let superseded = fates.iter().filter(|i| i["fate"] == "superseded").count();
     let v2_applied = recs.values().filter(|r| r.versions.contains(&2)).count();
     assert_eq!(
         v2_applied + superseded,
-        1000,
+        n,
         "each version 2 applied or superseded"
     );
     assert!(fates
@@ -875,4 +897,80 @@ async fn a_lease_of_a_consumer_killed_mid_call_is_taken_over_after_expiry_and_ap
         retries(&logs).iter().any(|r| r.0 == "record_busy"),
         "the survivor found the record busy and backed off"
     );
+}
+
+/// A feed with `removed = "send"`: one tombstone per record that left the export, applied
+/// once (the API holds the record as removed, at the run's version); a re-run of the same
+/// file after a crash before its commit sends the same tombstones, which have no second
+/// effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_records_are_sent_as_tombstones_and_applied_once() {
+    let feeds = FEEDS.replace(
+        "first_file = \"baseline\"",
+        "first_file = \"baseline\"\nremoved = \"send\"",
+    );
+    assert!(feeds.contains("removed = \"send\""));
+    let p = pipeline_of("tombstones", &feeds, 5, 2, &[], Faults::default()).await;
+    let base = p.stack.path("t1.csv");
+    gen(&["baseline", "--rows", "400", "--seed", "21"], &base);
+    assert_eq!(split_file(&p, "t1.csv", &base).await["status"], "baseline");
+    let state = p.stack.get("state/lab_results/snapshot").await;
+    let next = p.stack.path("t2.csv");
+    let exp = gen(
+        &[
+            "next",
+            "--prev",
+            base.to_str().unwrap(),
+            "--new",
+            "0",
+            "--changed",
+            "0",
+            "--removed",
+            "6",
+            "--seed",
+            "22",
+        ],
+        &next,
+    );
+    assert_eq!(exp.removed.len(), 6);
+    let ev = p.stack.upload("incoming/lab_results/t2.csv", &next).await;
+    let r = p.splitter.invoke(&ev).await;
+    assert_eq!(r["results"][0]["status"], "applied", "{r}");
+    assert_eq!(r["results"][0]["counts"]["sent"], 6, "{r}");
+    let st = p.drain(Duration::from_secs(120)).await;
+    assert!(st.drained, "{st:?}");
+    let recs = api_records(&p);
+    let removed: BTreeSet<String> = exp.removed.iter().cloned().collect();
+    assert_eq!(recs.keys().cloned().collect::<BTreeSet<_>>(), removed);
+    for (k, rec) in &recs {
+        assert!(rec.removed && rec.fields.is_none(), "{k}: {rec:?}");
+        assert_eq!(rec.versions, [2], "{k}");
+    }
+    assert_eq!(p.api.stats().applied, 6);
+
+    // the run crashed before its commit and runs again: the same tombstones, no second effect
+    p.stack
+        .inner
+        .s3
+        .put_object()
+        .bucket(BUCKET)
+        .key("state/lab_results/snapshot")
+        .body(state.expect("the baseline state").into())
+        .send()
+        .await
+        .unwrap();
+    let r = p.splitter.invoke(&ev).await;
+    assert_eq!(r["results"][0]["counts"]["sent"], 6, "{r}");
+    let st = p.drain(Duration::from_secs(120)).await;
+    assert!(st.drained, "{st:?}");
+    let s = p.api.stats();
+    assert_eq!(s.applied, 6, "no second effect: {s:?}");
+    assert_eq!(s.requests, 6, "the ledger answered the repeats: {s:?}");
+    for k in &removed {
+        assert_eq!(
+            p.stack.ledger_fates(k).await,
+            [(2, "applied".to_string())],
+            "{k}"
+        );
+    }
 }
