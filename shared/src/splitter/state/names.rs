@@ -49,6 +49,24 @@ impl KeyNames {
         self.blob.get(start..end).filter(|n| !n.is_empty())
     }
 
+    /// Where row `i`'s name starts and ends in the blob (`i` < `len()`).
+    #[inline]
+    pub(crate) fn span(&self, i: usize) -> (usize, usize) {
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1] as usize,
+        };
+        (start, self.ends[i] as usize)
+    }
+
+    /// The bytes of the names of rows `first..=last`, back to back.
+    #[inline]
+    pub(crate) fn bytes_of(&self, first: usize, last: usize) -> &[u8] {
+        let (start, _) = self.span(first);
+        let (_, end) = self.span(last);
+        &self.blob[start..end]
+    }
+
     /// Append a row named `name` (empty: unnamed); returns its row.
     pub fn push(&mut self, name: &[u8]) -> u32 {
         self.push_with(|b| b.extend_from_slice(name))
@@ -105,6 +123,12 @@ impl NameRef {
             Ok(p) if p < NameRef::FILE => NameRef(p),
             _ => NameRef::NONE,
         }
+    }
+
+    /// The row of the previous snapshot's names this refers to, if it is one.
+    #[inline]
+    pub fn old_pos(self) -> Option<usize> {
+        (self.0 & NameRef::FILE == 0).then_some(self.0 as usize)
     }
 
     /// Row `row` of the names this file gave.

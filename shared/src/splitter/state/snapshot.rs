@@ -295,8 +295,13 @@ impl Snapshot {
             file_names,
         } = state;
         drop((keys, vals, lines));
-        let name = |i: usize| names[i].resolve(old_names.as_deref(), &file_names);
-        encode_names(&mut out, names.len(), name);
+        let old = old_names.as_deref();
+        if u32::try_from(names_len).is_ok() {
+            encode_name_runs(&mut out, &names, old, &file_names);
+        } else {
+            let name = |i: usize| names[i].resolve(old, &file_names);
+            encode_names(&mut out, names.len(), name);
+        }
         Ok(out)
     }
 
@@ -625,6 +630,84 @@ fn encode_entries(
     Ok(out)
 }
 
+/// A stretch of the next state's rows whose names are written together.
+enum NameRun {
+    /// `len` rows naming rows `pos..pos + len` of the previous snapshot's names: their bytes
+    /// lie back to back there, and are copied as one slice.
+    Old { pos: usize, len: usize },
+    /// One row named some other way (by the file, or not at all).
+    One(usize),
+}
+
+/// The next state's rows as [`NameRun`]s. Most rows of a next state are the previous
+/// state's, in the same order, so the runs are long.
+fn name_runs<'a>(
+    names: &'a [NameRef],
+    old: Option<&'a KeyNames>,
+) -> impl Iterator<Item = NameRun> + 'a {
+    let old_len = old.map_or(0, KeyNames::len);
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = *names.get(i)?;
+        let run = match first.old_pos().filter(|&p| p < old_len) {
+            Some(pos) => {
+                let mut len = 1;
+                while names.get(i + len).and_then(|n| n.old_pos()) == Some(pos + len)
+                    && pos + len < old_len
+                {
+                    len += 1;
+                }
+                NameRun::Old { pos, len }
+            }
+            None => NameRun::One(i),
+        };
+        i += match run {
+            NameRun::Old { len, .. } => len,
+            NameRun::One(_) => 1,
+        };
+        Some(run)
+    })
+}
+
+/// [`encode_names`] for a next state whose names fit 32-bit offsets: runs of rows that name
+/// consecutive rows of the previous snapshot's names are written with one copy each.
+fn encode_name_runs(out: &mut Vec<u8>, names: &[NameRef], old: Option<&KeyNames>, file: &KeyNames) {
+    let one = |i: usize| names[i].resolve(old, file).unwrap_or_default();
+    let len_at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut end = 0usize;
+    for run in name_runs(names, old) {
+        match (run, old) {
+            (NameRun::Old { pos, len }, Some(o)) => {
+                let (base, _) = o.span(pos);
+                for q in pos..pos + len {
+                    // fits: the caller checked the total against u32
+                    out.extend_from_slice(&((end + o.span(q).1 - base) as u32).to_le_bytes());
+                }
+                end += o.span(pos + len - 1).1 - base;
+            }
+            (NameRun::One(i), _) => {
+                end += one(i).len();
+                out.extend_from_slice(&(end as u32).to_le_bytes());
+            }
+            // an old run needs the old names: `name_runs` makes none without them
+            (NameRun::Old { .. }, None) => {}
+        }
+    }
+    out[len_at..len_at + 8].copy_from_slice(&(end as u64).to_le_bytes());
+    for run in name_runs(names, old) {
+        match (run, old) {
+            (NameRun::Old { pos, len }, Some(o)) => {
+                out.extend_from_slice(o.bytes_of(pos, pos + len - 1));
+            }
+            (NameRun::One(i), _) => out.extend_from_slice(one(i)),
+            (NameRun::Old { .. }, None) => {}
+        }
+    }
+    let sum = xxh3_64(out);
+    out.extend_from_slice(&sum.to_le_bytes());
+}
+
 /// The record keys of `rows` rows (`name(i)`) and the checksum. Names are written while
 /// they fit 32-bit offsets (4 GiB together); a row past that is written unnamed.
 fn encode_names<'a>(out: &mut Vec<u8>, rows: usize, name: impl Fn(usize) -> Option<&'a [u8]>) {
@@ -831,6 +914,51 @@ pub(crate) mod tests {
             file_names: KeyNames::default(),
         };
         assert_eq!(Snapshot::encode_state(&d.header, state).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_next_state_mixing_old_file_and_missing_names_encodes_as_its_names_say() {
+        let d = named(100);
+        let mut file_names = KeyNames::default();
+        // old rows in runs (reordered, with gaps), file rows and an unnamed row between them
+        let mut refs: Vec<NameRef> = Vec::new();
+        refs.extend((0..40).map(NameRef::old));
+        refs.push(NameRef::file(file_names.push(b"new-a")));
+        refs.extend((50..60).map(NameRef::old));
+        refs.push(NameRef::NONE);
+        refs.extend([NameRef::old(7), NameRef::old(3), NameRef::old(4)]);
+        refs.push(NameRef::file(file_names.push(b"new-b")));
+        refs.push(NameRef::old(99));
+        let n = refs.len() as u64;
+        let state = NextState {
+            keys: (0..n).collect(),
+            vals: (0..n).map(|i| [i, i]).collect(),
+            lines: vec![0; n as usize],
+            names: refs,
+            old_names: d.names().cloned(),
+            file_names,
+        };
+        let want = Snapshot::from_state(d.header.clone(), state.clone())
+            .encode()
+            .unwrap();
+        let got = Snapshot::encode_state(&d.header, state).unwrap();
+        assert_eq!(got, want);
+        let back = Snapshot::decode(&got, Some("f")).unwrap();
+        let name = |p: usize| {
+            back.name_at(p)
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+        };
+        let pos_of = |key: u64| back.position(key).unwrap();
+        assert_eq!(name(pos_of(40)).as_deref(), Some("new-a"));
+        assert_eq!(name(pos_of(51)), None);
+        let sample = Snapshot::decode(&d.encode().unwrap(), Some("f")).unwrap();
+        let old_name = |p: usize| {
+            sample
+                .name_at(p)
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+        };
+        assert_eq!(name(pos_of(52)), old_name(7));
+        assert_eq!(name(pos_of(56)), old_name(99));
     }
 
     #[test]
