@@ -66,7 +66,9 @@ fn moto_requests(log: &std::path::Path) -> u64 {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains(" HTTP/1.1\""))
+        // failed requests (a 4xx, e.g. a failed condition) are logged in colour: match the
+        // protocol, not the closing quote
+        .filter(|l| l.contains("HTTP/1.1"))
         .count() as u64
 }
 
