@@ -23,13 +23,13 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use std::collections::HashMap;
 use std::time::Duration;
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// The ledger table on DynamoDB.
 #[derive(Clone)]
 pub struct DynamoLedger {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
+    pub(super) client: aws_sdk_dynamodb::Client,
+    pub(super) table: String,
     ttl: Duration,
 }
 
@@ -49,11 +49,11 @@ impl DynamoLedger {
     }
 }
 
-fn s(v: &str) -> AttributeValue {
+pub(super) fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_string())
 }
 
-fn n(v: impl ToString) -> AttributeValue {
+pub(super) fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
@@ -175,14 +175,14 @@ impl DynamoLedger {
     }
 }
 
-fn conditional_failed<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+pub(super) fn conditional_failed<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
     e.as_service_error()
         .and_then(|se| se.code())
         .is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
 /// The item a failed condition returned (`ALL_OLD`), if the service sent it.
-fn failed_item(
+pub(super) fn failed_item(
     e: &SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError>,
 ) -> Option<Item> {
     match e.as_service_error() {
