@@ -128,7 +128,8 @@ impl WorkQueue for SqsWork {
             &self.work_queue_url,
             body,
             attributes,
-            Some(delay.as_secs().min(MAX_DELAY.as_secs()) as i32),
+            // whole seconds, rounded up: a copy never comes back before its time
+            Some(delay.as_millis().div_ceil(1000).min(u128::from(MAX_DELAY.as_secs())) as i32),
         )
         .await
     }
