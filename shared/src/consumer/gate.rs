@@ -225,14 +225,19 @@ impl<T: GateTable> Gate<T> {
             Report::Up => {
                 let seen = self.seen();
                 if probe || seen.failures > 0 || seen.state == BreakerState::Open {
-                    if self.table.succeeded(now_ms).await? {
+                    let closed = self.table.succeeded(now_ms).await?;
+                    if let Ok(mut g) = self.seen.lock() {
+                        g.failures = 0;
+                        if closed || probe {
+                            g.state = BreakerState::Closed;
+                            g.closed_at_ms = now_ms;
+                        }
+                    }
+                    if closed {
                         info!(
                             ramp_secs = s.ramp.as_secs(),
                             "circuit closed: the probe succeeded; the rate ramps up"
                         );
-                    }
-                    if let Ok(mut g) = self.seen.lock() {
-                        g.failures = 0;
                     }
                 }
             }

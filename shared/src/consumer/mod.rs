@@ -229,25 +229,35 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
         let mut result = BatchResult::default();
         result.stats.auth_failures = state.auth.load(Ordering::SeqCst);
         result.stats.circuit_opened = self.gate.seen().state == BreakerState::Open;
-        for (m, fate) in fates {
+        // the retries' copies (or visibility changes) all at once: the batch's end is near
+        let returned: Vec<bool> =
+            futures_util::future::join_all(fates.iter().map(|(m, fate)| async move {
+                match fate {
+                    Fate::Retry { delay, kind } => {
+                        if !retried_by_visibility(kind) && self.requeue(m, *delay).await {
+                            // the copy carries the message on: this receipt is done
+                            false
+                        } else {
+                            self.return_to_queue(m, *delay).await;
+                            true
+                        }
+                    }
+                    Fate::Unfinished { .. } => true,
+                    _ => false,
+                }
+            }))
+            .await;
+        for ((m, fate), failed) in fates.into_iter().zip(returned) {
             match &fate {
                 Fate::Applied => result.stats.applied += 1,
                 Fate::Duplicate => result.stats.duplicates += 1,
                 Fate::Superseded => result.stats.superseded += 1,
                 Fate::DeadLettered { .. } => result.stats.dead_lettered += 1,
-                Fate::Unfinished { .. } => {
-                    result.stats.unfinished += 1;
-                    result.failures.push(m.message_id.clone());
-                }
-                Fate::Retry { delay, kind } => {
-                    result.stats.retried += 1;
-                    if !retried_by_visibility(kind) && self.requeue(&m, *delay).await {
-                        // the copy carries the message on: this receipt is done
-                    } else {
-                        self.return_to_queue(&m, *delay).await;
-                        result.failures.push(m.message_id.clone());
-                    }
-                }
+                Fate::Unfinished { .. } => result.stats.unfinished += 1,
+                Fate::Retry { .. } => result.stats.retried += 1,
+            }
+            if failed {
+                result.failures.push(m.message_id.clone());
             }
             result.fates.push((m.message_id, fate));
         }
