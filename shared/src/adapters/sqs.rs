@@ -129,7 +129,12 @@ impl WorkQueue for SqsWork {
             body,
             attributes,
             // whole seconds, rounded up: a copy never comes back before its time
-            Some(delay.as_millis().div_ceil(1000).min(u128::from(MAX_DELAY.as_secs())) as i32),
+            Some(
+                delay
+                    .as_millis()
+                    .div_ceil(1000)
+                    .min(u128::from(MAX_DELAY.as_secs())) as i32,
+            ),
         )
         .await
     }
