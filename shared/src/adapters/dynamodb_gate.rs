@@ -87,7 +87,6 @@ impl DynamoLedger {
             .key("pk", s(GATE_PK))
             .expression_attribute_names("#st", "state")
             .expression_attribute_values(":closed", s("closed"))
-            .expression_attribute_values(":sp", n(req.spacing_us))
             .expression_attribute_values(":now", n(now_us))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
@@ -97,6 +96,7 @@ impl DynamoLedger {
                     "{CLOSED} AND tat_us >= :now AND tat_us <= :horizon"
                 ))
                 .expression_attribute_values(":horizon", n(req.horizon_ms.saturating_mul(1000)))
+                .expression_attribute_values(":sp", n(req.spacing_us))
         } else {
             u.update_expression("SET tat_us = :next")
                 .condition_expression(format!(
