@@ -17,7 +17,7 @@
 #
 # When dockerd cannot start (not root, no docker.io package, no kernel support) the script
 # says so, skips step 3 and exits 0: validate and build still ran. Set
-# SAM_TEST_REQUIRE_DOCKER=1 to make that a failure instead.
+# SAM_TEST_REQUIRE_DOCKER=1 to make that a failure instead (.ci/run does).
 #
 # Needs: the venv from `make tools` (aws-sam-cli, cargo-lambda, ziglang, moto) and the release
 # binaries from `make build` (casefeed, casefeed-api). Network: moto and the API listen only on

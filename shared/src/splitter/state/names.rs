@@ -3,6 +3,13 @@
 //! row's end offset in it — two allocations for millions of rows, no `String` per row. A
 //! name is resolved only when it is needed: to name a removed record, or to write the next
 //! state.
+//!
+//! Their encoding in a format 3 snapshot is here too, beside the table it reads and writes
+//! (the whole layout is in [`super::snapshot`]): after the entries, `names_len: u64`, one
+//! `end: u32` a row, then the names back to back. A next state's names are written in runs:
+//! most of its rows name the previous snapshot's rows in order, copied as one slice each.
+
+use super::snapshot::SnapshotError;
 
 /// Record keys in one blob, by row. An empty name is an *unnamed* row (a record key is never
 /// empty: rows with an empty key value are rejected), as every row of a state written before
@@ -51,7 +58,7 @@ impl KeyNames {
 
     /// Where row `i`'s name starts and ends in the blob (`i` < `len()`).
     #[inline]
-    pub(crate) fn span(&self, i: usize) -> (usize, usize) {
+    fn span(&self, i: usize) -> (usize, usize) {
         let start = match i {
             0 => 0,
             _ => self.ends[i - 1] as usize,
@@ -61,7 +68,7 @@ impl KeyNames {
 
     /// The bytes of the names of rows `first..=last`, back to back.
     #[inline]
-    pub(crate) fn bytes_of(&self, first: usize, last: usize) -> &[u8] {
+    fn bytes_of(&self, first: usize, last: usize) -> &[u8] {
         let (start, _) = self.span(first);
         let (_, end) = self.span(last);
         &self.blob[start..end]
@@ -87,19 +94,19 @@ impl KeyNames {
 
     /// Every row's end offset, in row order (the snapshot's encoding).
     #[cfg(test)]
-    pub(crate) fn ends(&self) -> &[u32] {
+    fn ends(&self) -> &[u32] {
         &self.ends
     }
 
     /// The blob of every name, in row order (the snapshot's encoding).
     #[cfg(test)]
-    pub(crate) fn blob(&self) -> &[u8] {
+    fn blob(&self) -> &[u8] {
         &self.blob
     }
 
     /// Names from their encoding; `None` when the offsets do not fit the blob (they must
     /// not decrease and the last must be the blob's end).
-    pub(crate) fn from_parts(blob: Vec<u8>, ends: Vec<u32>) -> Option<KeyNames> {
+    fn from_parts(blob: Vec<u8>, ends: Vec<u32>) -> Option<KeyNames> {
         let fits = ends.windows(2).all(|w| w[0] <= w[1])
             && ends.last().map_or(0, |&e| e as usize) == blob.len();
         fits.then_some(KeyNames { blob, ends })
@@ -154,9 +161,144 @@ impl NameRef {
     }
 }
 
+/// A stretch of the next state's rows whose names are written together.
+enum NameRun {
+    /// `len` rows naming rows `pos..pos + len` of the previous snapshot's names: their bytes
+    /// lie back to back there, and are copied as one slice.
+    Old { pos: usize, len: usize },
+    /// One row named some other way (by the file, or not at all).
+    One(usize),
+}
+
+/// The next state's rows as [`NameRun`]s. Most rows of a next state are the previous
+/// state's, in the same order, so the runs are long.
+fn name_runs<'a>(
+    names: &'a [NameRef],
+    old: Option<&'a KeyNames>,
+) -> impl Iterator<Item = NameRun> + 'a {
+    let old_len = old.map_or(0, KeyNames::len);
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = *names.get(i)?;
+        let run = match first.old_pos().filter(|&p| p < old_len) {
+            Some(pos) => {
+                let mut len = 1;
+                while names.get(i + len).and_then(|n| n.old_pos()) == Some(pos + len)
+                    && pos + len < old_len
+                {
+                    len += 1;
+                }
+                NameRun::Old { pos, len }
+            }
+            None => NameRun::One(i),
+        };
+        i += match run {
+            NameRun::Old { len, .. } => len,
+            NameRun::One(_) => 1,
+        };
+        Some(run)
+    })
+}
+
+/// [`encode_names`] for a next state whose names fit 32-bit offsets: runs of rows that name
+/// consecutive rows of the previous snapshot's names are written with one copy each.
+pub(super) fn encode_name_runs(
+    out: &mut Vec<u8>,
+    names: &[NameRef],
+    old: Option<&KeyNames>,
+    file: &KeyNames,
+) {
+    let one = |i: usize| names[i].resolve(old, file).unwrap_or_default();
+    let len_at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut end = 0usize;
+    for run in name_runs(names, old) {
+        match (run, old) {
+            (NameRun::Old { pos, len }, Some(o)) => {
+                let (base, _) = o.span(pos);
+                for q in pos..pos + len {
+                    // fits: the caller checked the total against u32
+                    out.extend_from_slice(&((end + o.span(q).1 - base) as u32).to_le_bytes());
+                }
+                end += o.span(pos + len - 1).1 - base;
+            }
+            (NameRun::One(i), _) => {
+                end += one(i).len();
+                out.extend_from_slice(&(end as u32).to_le_bytes());
+            }
+            // an old run needs the old names: `name_runs` makes none without them
+            (NameRun::Old { .. }, None) => {}
+        }
+    }
+    out[len_at..len_at + 8].copy_from_slice(&(end as u64).to_le_bytes());
+    for run in name_runs(names, old) {
+        match (run, old) {
+            (NameRun::Old { pos, len }, Some(o)) => {
+                out.extend_from_slice(o.bytes_of(pos, pos + len - 1));
+            }
+            (NameRun::One(i), _) => out.extend_from_slice(one(i)),
+            (NameRun::Old { .. }, None) => {}
+        }
+    }
+}
+
+/// The record keys of `rows` rows (`name(i)`), as a format 3 snapshot stores them after its
+/// entries: `names_len`, the offsets, the names. Names are written while they fit 32-bit
+/// offsets (4 GiB together); a row past that is written unnamed.
+pub(super) fn encode_names<'a>(
+    out: &mut Vec<u8>,
+    rows: usize,
+    name: impl Fn(usize) -> Option<&'a [u8]>,
+) {
+    let fitting =
+        |end: usize, n: Option<&'a [u8]>| n.filter(|n| u32::try_from(end + n.len()).is_ok());
+    let len_at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut end = 0usize;
+    for i in 0..rows {
+        end += fitting(end, name(i)).map_or(0, <[u8]>::len);
+        // fits: `fitting` keeps every end within u32
+        out.extend_from_slice(&(end as u32).to_le_bytes());
+    }
+    out[len_at..len_at + 8].copy_from_slice(&(end as u64).to_le_bytes());
+    let mut end = 0usize;
+    for i in 0..rows {
+        if let Some(n) = fitting(end, name(i)) {
+            out.extend_from_slice(n);
+            end += n.len();
+        }
+    }
+}
+
+/// The record keys of a format 3 snapshot of `rows` rows: `names_len`, the offsets, the
+/// names. `None` when no row is named (then the state has no names to offer).
+pub(super) fn decode_names(b: &[u8], rows: usize) -> Result<Option<KeyNames>, SnapshotError> {
+    let cut = || SnapshotError::Truncated("record keys");
+    let (len_b, rest) = b.split_first_chunk::<8>().ok_or_else(cut)?;
+    let names_len = usize::try_from(u64::from_le_bytes(*len_b)).map_err(|_| cut())?;
+    let ends_len = rows.checked_mul(4).ok_or_else(cut)?;
+    if rest.len() != ends_len.checked_add(names_len).ok_or_else(cut)? {
+        return Err(cut());
+    }
+    let (ends_b, blob) = rest.split_at(ends_len);
+    if blob.is_empty() {
+        return Ok(None);
+    }
+    let ends: Vec<u32> = ends_b
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    KeyNames::from_parts(blob.to_vec(), ends)
+        .map(Some)
+        .ok_or(SnapshotError::Truncated("record key offsets"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::splitter::state::snapshot::tests::named;
+    use crate::splitter::state::{NextState, Snapshot};
+    use xxhash_rust::xxh3::xxh3_64;
 
     #[test]
     fn names_are_found_by_row_and_an_empty_one_is_unnamed() {
@@ -196,5 +338,81 @@ mod tests {
         assert_eq!(NameRef::NONE.resolve(Some(&old), &file), None);
         assert_eq!(NameRef::old(usize::MAX), NameRef::NONE);
         assert_eq!(NameRef::file(u32::MAX), NameRef::NONE);
+    }
+
+    #[test]
+    fn a_next_state_mixing_old_file_and_missing_names_encodes_as_its_names_say() {
+        let d = named(100);
+        let mut file_names = KeyNames::default();
+        // old rows in runs (reordered, with gaps), file rows and an unnamed row between them
+        let mut refs: Vec<NameRef> = Vec::new();
+        refs.extend((0..40).map(NameRef::old));
+        refs.push(NameRef::file(file_names.push(b"new-a")));
+        refs.extend((50..60).map(NameRef::old));
+        refs.push(NameRef::NONE);
+        refs.extend([NameRef::old(7), NameRef::old(3), NameRef::old(4)]);
+        refs.push(NameRef::file(file_names.push(b"new-b")));
+        refs.push(NameRef::old(99));
+        let n = refs.len() as u64;
+        let state = NextState {
+            keys: (0..n).collect(),
+            vals: (0..n).map(|i| [i, i]).collect(),
+            lines: vec![0; n as usize],
+            names: refs,
+            old_names: d.names().cloned(),
+            file_names,
+        };
+        let want = Snapshot::from_state(d.header.clone(), state.clone())
+            .encode()
+            .unwrap();
+        let got = Snapshot::encode_state(&d.header, state).unwrap();
+        assert_eq!(got, want);
+        let back = Snapshot::decode(&got, Some("f")).unwrap();
+        let name = |p: usize| {
+            back.name_at(p)
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+        };
+        let pos_of = |key: u64| back.position(key).unwrap();
+        assert_eq!(name(pos_of(40)).as_deref(), Some("new-a"));
+        assert_eq!(name(pos_of(51)), None);
+        let sample = Snapshot::decode(&d.encode().unwrap(), Some("f")).unwrap();
+        let old_name = |p: usize| {
+            sample
+                .name_at(p)
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+        };
+        assert_eq!(name(pos_of(52)), old_name(7));
+        assert_eq!(name(pos_of(56)), old_name(99));
+    }
+
+    #[test]
+    fn cut_or_inconsistent_record_keys_are_an_error() {
+        let bytes = named(50).encode().unwrap();
+        let resum = |mut b: Vec<u8>| {
+            let n = b.len();
+            let sum = xxh3_64(&b[..n - 8]);
+            b[n - 8..].copy_from_slice(&sum.to_le_bytes());
+            b
+        };
+        // one name byte short (with a valid checksum)
+        let mut short = bytes[..bytes.len() - 9].to_vec();
+        short.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            Snapshot::decode(&resum(short), Some("f")).unwrap_err(),
+            SnapshotError::Truncated("record keys")
+        );
+        // an offset past the blob's end
+        let hlen = serde_json::to_vec(&named(50).header).unwrap().len();
+        let ends_at = 8 + 4 + hlen + 8 + 50 * 32 + 8;
+        let mut wild = bytes.clone();
+        wild[ends_at..ends_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            Snapshot::decode(&resum(wild), Some("f")).unwrap_err(),
+            SnapshotError::Truncated("record key offsets")
+        );
+        // a row count larger than the file
+        let mut big = bytes.clone();
+        big[8 + 4 + hlen..8 + 4 + hlen + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(Snapshot::decode(&resum(big), Some("f")).is_err());
     }
 }
