@@ -10,8 +10,8 @@
 #        - splitter: a baseline upload sends nothing; the next export (casefeed gen) sends
 #          exactly the generator's new + changed rows to the work queue;
 #        - consumer, events/sqs-batch.json (good, undecodable, rejected by the API):
-#          API down -> batchItemFailures = the two deliverable messages, the undecodable one
-#          dead-lettered; API up -> no failures, the good one applied, the rejected one
+#          API down -> the two deliverable messages requeued as delayed copies (no batch item
+#          failures: an outage uses no receives), the undecodable one dead-lettered; API up -> no failures, the good one applied, the rejected one
 #          dead-lettered with 422; the same batch again -> still applied exactly once.
 #   Everything started here is stopped on exit (trap).
 #
@@ -201,17 +201,18 @@ invoke SplitterFunction "$WORK/s3-put-0002.json" "$WORK/split-2.json"
 $CHECK splitter "$WORK/split-2.json" "$WORK/export-0002.csv.expected.json" --status applied
 
 # ------------------------------------------------------------------ consumer
-step "consumer: sam local invoke ConsumerFunction -e events/sqs-batch.json"
-echo "-- 1. the API is down (503): both deliverable messages come back for retry"
+step "consumer: sam local invoke ConsumerFunction -e events/sqs-batch.json (sent now)"
+$CHECK batch "$WORK/sqs-batch.json"
+echo "-- 1. the API is down (503): both deliverable messages are requeued for retry"
 $CHECK control '{"outage_secs": 600}'
-invoke ConsumerFunction events/sqs-batch.json "$WORK/cons-1.json"
-$CHECK consumer "$WORK/cons-1.json" --failures "$GOOD_ID,$REJECTED_ID" --applied 0 --rejected 0 --dlq undecodable
+invoke ConsumerFunction "$WORK/sqs-batch.json" "$WORK/cons-1.json"
+$CHECK consumer "$WORK/cons-1.json" --requeued "$GOOD_ID,$REJECTED_ID" --applied 0 --rejected 0 --dlq undecodable
 echo "-- 2. the API is up: the good one is applied, the rejected one dead-lettered (422)"
 $CHECK control '{"outage_secs": 0}'
-invoke ConsumerFunction events/sqs-batch.json "$WORK/cons-2.json"
+invoke ConsumerFunction "$WORK/sqs-batch.json" "$WORK/cons-2.json"
 $CHECK consumer "$WORK/cons-2.json" --applied 1 --applied-key "$GOOD_KEY" --rejected 1 --dlq permanent,undecodable
 echo "-- 3. the same batch again (SQS delivers at least once): still applied exactly once"
-invoke ConsumerFunction events/sqs-batch.json "$WORK/cons-3.json"
+invoke ConsumerFunction "$WORK/sqs-batch.json" "$WORK/cons-3.json"
 $CHECK consumer "$WORK/cons-3.json" --applied 1 --applied-key "$GOOD_KEY" --rejected 2 --dlq permanent,undecodable
 
 echo

@@ -8,9 +8,13 @@ stand-in API that the script started on the docker bridge's gateway address.
   sam_test.py splitter OUT EXPECTED --status S
                             check one splitter invoke: its answer, and the work queue holds
                             exactly the generator's new + changed rows (then purge it)
-  sam_test.py consumer OUT --failures ID,... --applied N --dlq CLASS,... --rejected N
+  sam_test.py batch OUT     events/sqs-batch.json sent now (fresh SentTimestamp)
+  sam_test.py consumer OUT --failures ID,... --requeued ID,... --applied N --dlq CLASS,...
+                            --rejected N
                             check one consumer invoke of events/sqs-batch.json: its
-                            batchItemFailures, the API's counters and ledger, the DLQ
+                            batchItemFailures, the copies it requeued on the work queue (the
+                            bodies of those messages, attempt 1), the API's counters and
+                            ledger, the DLQ
 
 Endpoints: MOTO_URL, API_URL, API_TOKEN, API_LEDGER (environment). Exits 1 with the reason on
 the first failed check. Never prints a row's field values.
@@ -205,6 +209,15 @@ def cmd_consumer(a) -> None:
            f"the API's ledger has {a.applied} effect(s), each key once (got {len(keys)}, {len(set(keys))} distinct)")
     if a.applied_key:
         ensure(keys == [a.applied_key] * (1 if a.applied else 0), f"the applied effect is {a.applied_key}")
+    batch = {r["messageId"]: r["body"] for r in json.loads((EVENTS / "sqs-batch.json").read_text())["Records"]}
+    copies = drain(sqs, WORK)
+    want_copies = sorted(batch[x] for x in a.requeued.split(",") if x)
+    ensure(sorted(m["Body"] for m in copies) == want_copies,
+           f"the work queue holds a requeued copy of exactly {a.requeued or 'nothing'} (got {len(copies)} message(s))")
+    for m in copies:
+        at = m.get("MessageAttributes", {})
+        ensure(at.get("attempts", {}).get("StringValue") == "1", "a requeued copy counts its first attempt")
+        ensure(at.get("retry_since_ms", {}).get("StringValue", "").isdigit(), "a requeued copy carries its retry clock")
     dead = drain(sqs, DLQ)
     classes = sorted(m.get("MessageAttributes", {}).get("error_class", {}).get("StringValue", "?") for m in dead)
     want_dlq = sorted(x for x in a.dlq.split(",") if x)
@@ -213,6 +226,17 @@ def cmd_consumer(a) -> None:
         at = m.get("MessageAttributes", {})
         if at.get("error_class", {}).get("StringValue") == "permanent":
             ensure(at.get("http_status", {}).get("StringValue") == "422", "the permanent dead letter carries http_status 422")
+
+
+def cmd_batch(a) -> None:
+    """events/sqs-batch.json as SQS would deliver it now: the sample's SentTimestamp is of
+    2025, older than any retry window, so its retries would be dead-lettered at once."""
+    batch = json.loads((EVENTS / "sqs-batch.json").read_text())
+    now = str(int(__import__("time").time() * 1000))
+    for r in batch["Records"]:
+        r["attributes"]["SentTimestamp"] = now
+        r["attributes"]["ApproximateFirstReceiveTimestamp"] = now
+    Path(a.out).write_text(json.dumps(batch))
 
 
 def cmd_control(a) -> None:
@@ -238,11 +262,15 @@ def main() -> int:
     c = sub.add_parser("consumer")
     c.add_argument("out")
     c.add_argument("--failures", default="")
+    c.add_argument("--requeued", default="")
     c.add_argument("--applied", type=int, required=True)
     c.add_argument("--applied-key", default="")
     c.add_argument("--rejected", type=int, required=True)
     c.add_argument("--dlq", default="")
     c.set_defaults(f=cmd_consumer)
+    b = sub.add_parser("batch")
+    b.add_argument("out")
+    b.set_defaults(f=cmd_batch)
     k = sub.add_parser("control")
     k.add_argument("patch")
     k.set_defaults(f=cmd_control)

@@ -93,6 +93,7 @@ struct RawDefaults {
     guard_floor: Option<u64>,
     max_inflated_bytes: Option<u64>,
     trim_keys: Option<bool>,
+    retry_window_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +119,7 @@ struct RawFeed {
     guard_floor: Option<u64>,
     max_inflated_bytes: Option<u64>,
     trim_keys: Option<bool>,
+    retry_window_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +194,10 @@ pub struct FeedConfig {
     pub trim_keys: bool,
     /// The most bytes a gzip object may inflate to; past it the file is rejected.
     pub max_inflated_bytes: u64,
+    /// How long the consumer retries a transient failure of one of the feed's messages
+    /// (backoff with jitter, the breaker's waits included) before it dead-letters it with
+    /// `retry window exceeded`; carried in each message.
+    pub retry_window_secs: u64,
     /// The guards' limits.
     pub guards: Guards,
 }
@@ -212,6 +218,7 @@ impl FeedConfig {
             max_columns: DEFAULT_MAX_COLUMNS,
             trim_keys: false,
             max_inflated_bytes: DEFAULT_MAX_INFLATED_BYTES,
+            retry_window_secs: DEFAULT_RETRY_WINDOW_SECS,
             guards: Guards::default(),
         }
     }
@@ -224,6 +231,11 @@ pub const DEFAULT_MAX_COLUMNS: usize = 1024;
 /// The default limit on a gzip object's inflated bytes: 16 GiB (a 5-million-row export of
 /// rows up to about 3.4 KiB; four times the default largest plain object).
 pub const DEFAULT_MAX_INFLATED_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+/// The default retry window: 24 hours.
+pub const DEFAULT_RETRY_WINDOW_SECS: u64 = 86_400;
+/// The longest retry window: 3 days. The work queue keeps a message 4 days: a window this
+/// long plus the longest backoff (15 minutes) still ends before SQS would drop it.
+pub const MAX_RETRY_WINDOW_SECS: u64 = 259_200;
 /// The prefix that triggers the splitter; nothing else may be written there.
 use crate::contract::layout::INCOMING_PREFIX;
 
@@ -326,6 +338,17 @@ impl FeedConfig {
             ));
         }
         let order = export_order(f, defaults)?;
+        let retry_window_secs = f
+            .retry_window_secs
+            .or(defaults.retry_window_secs)
+            .unwrap_or(DEFAULT_RETRY_WINDOW_SECS);
+        if !(1..=MAX_RETRY_WINDOW_SECS).contains(&retry_window_secs) {
+            return Err(feed_error(
+                f,
+                "retry_window_secs",
+                format!("must be 1 to {MAX_RETRY_WINDOW_SECS} seconds (3 days: the work queue keeps a message 4)"),
+            ));
+        }
         Ok(FeedConfig {
             name: f.name.clone(),
             prefix,
@@ -342,6 +365,7 @@ impl FeedConfig {
             max_columns,
             trim_keys: f.trim_keys.or(defaults.trim_keys).unwrap_or(false),
             max_inflated_bytes,
+            retry_window_secs,
             guards: guards(f, defaults)?,
         })
     }
@@ -708,6 +732,26 @@ first_file = "send"
             e.contains("ignore_columns") && e.contains("`c99999` is also a required column"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_retry_window_defaults_to_a_day_is_set_per_feed_or_in_defaults_and_is_bounded() {
+        let c = Config::from_toml(
+            "[defaults]\nretry_window_secs = 3600\n[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\nretry_window_secs = 60\n[[feed]]\nname=\"b\"\nkey_columns=[\"id\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.feed("a").unwrap().retry_window_secs, 60);
+        assert_eq!(c.feed("b").unwrap().retry_window_secs, 3600);
+        let d = Config::from_toml("[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\n").unwrap();
+        assert_eq!(d.feeds[0].retry_window_secs, 86_400);
+        for bad in ["0", "259201"] {
+            let e = Config::from_toml(&format!(
+                "[[feed]]\nname=\"a\"\nkey_columns=[\"id\"]\nretry_window_secs = {bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("retry_window_secs"), "{e}");
+        }
     }
 
     #[test]

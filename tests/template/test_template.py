@@ -520,6 +520,49 @@ def check_consumer_ledger_env(t: dict) -> list[str]:
     return problems
 
 
+# The longest retry window a feed may set (MAX_RETRY_WINDOW_SECS in shared/src/config.rs) and
+# SQS's longest message delay (a requeued copy waits at most that long).
+MAX_RETRY_WINDOW_SECS = 259_200
+SQS_MAX_DELAY_SECS = 900
+
+
+def check_consumer_gate_env(t: dict) -> list[str]:
+    """The consumer's outage settings: the API's rate from the ApiRequestsPerSecond parameter
+    (at least 1), the breaker's probe interval from BreakerProbeSeconds, a backoff that fits
+    SQS's 15-minute delay, a default retry window within the longest one, a work queue that
+    keeps a message longer than the longest window plus one delay (else a message still
+    inside its window could expire), and the consumer's right to requeue onto the work queue."""
+    problems = []
+    fn = t["Resources"].get("ConsumerFunction", {})
+    env = fn.get("Properties", {}).get("Environment", {}).get("Variables", {})
+    params = t.get("Parameters", {})
+    for var, param, floor in (("API_RATE_PER_SEC", "ApiRequestsPerSecond", 1),
+                              ("BREAKER_PROBE_SECS", "BreakerProbeSeconds", 1)):
+        if env.get(var) != {"Ref": param}:
+            problems.append(f"ConsumerFunction: {var} is {env.get(var)!r}, not !Ref {param}")
+        p = params.get(param, {})
+        if p.get("Type") != "Number" or not isinstance(p.get("MinValue"), int) or p["MinValue"] < floor:
+            problems.append(f"{param}: must be a Number with MinValue >= {floor}")
+    cap = params.get("BackoffCapSeconds", {})
+    if not isinstance(cap.get("MaxValue"), int) or cap["MaxValue"] > SQS_MAX_DELAY_SECS:
+        problems.append(f"BackoffCapSeconds: MaxValue {cap.get('MaxValue')} beyond SQS's {SQS_MAX_DELAY_SECS} s delay")
+    window = env.get("RETRY_WINDOW_SECS")
+    if not (isinstance(window, str) and window.isdigit() and 1 <= int(window) <= MAX_RETRY_WINDOW_SECS):
+        problems.append(f"ConsumerFunction: RETRY_WINDOW_SECS={window!r} (1..{MAX_RETRY_WINDOW_SECS})")
+    work = of_type(t, "AWS::SQS::Queue").get("WorkQueue", {}).get("Properties", {})
+    retention = work.get("MessageRetentionPeriod", 345600)
+    if not isinstance(retention, int) or retention <= MAX_RETRY_WINDOW_SECS + SQS_MAX_DELAY_SECS:
+        problems.append(f"WorkQueue: MessageRetentionPeriod {retention!r} <= the longest retry window + one delay "
+                        f"({MAX_RETRY_WINDOW_SECS + SQS_MAX_DELAY_SECS} s)")
+    role = t["Resources"].get("ConsumerRole", {})
+    requeue = [st for st in role_statements(role) if st.get("Effect") == "Allow"
+               and "sqs:SendMessage" in as_list(st.get("Action"))
+               and any(refers_to(r, "WorkQueue") for r in as_list(st.get("Resource")))]
+    if not requeue:
+        problems.append("ConsumerRole: no sqs:SendMessage on the WorkQueue (a retry is a requeued copy)")
+    return problems
+
+
 def check_parameters(source: dict) -> list[str]:
     problems = []
     params = source["Parameters"]
@@ -606,6 +649,10 @@ def test_ledger_access(deployed):
 
 def test_consumer_ledger_env(deployed):
     assert check_consumer_ledger_env(deployed) == []
+
+
+def test_consumer_gate_env(deployed):
+    assert check_consumer_gate_env(deployed) == []
 
 
 def test_parameters(source):
@@ -792,6 +839,18 @@ CONSUMER_LEDGER_ENV_BREAKS = {
     "wait beyond the consumer's maximum": _set(CONSUMER_ENV + ["LEDGER_WAIT_MS"])("120000"),
 }
 
+CONSUMER_GATE_ENV_BREAKS = {
+    "a literal rate": _set(CONSUMER_ENV + ["API_RATE_PER_SEC"])("50"),
+    "no rate": _del(CONSUMER_ENV + ["API_RATE_PER_SEC"]),
+    "a rate of zero allowed": _set(["Parameters", "ApiRequestsPerSecond", "MinValue"])(0),
+    "no probe interval": _del(CONSUMER_ENV + ["BREAKER_PROBE_SECS"]),
+    "a 12-hour backoff": _set(["Parameters", "BackoffCapSeconds", "MaxValue"])(43200),
+    "a window of 4 days": _set(CONSUMER_ENV + ["RETRY_WINDOW_SECS"])("345600"),
+    "a 3-day work queue": _set(["Resources", "WorkQueue", "Properties", "MessageRetentionPeriod"])(259200),
+    "no requeue": lambda t: t["Resources"]["ConsumerRole"]["Properties"]["Policies"][0]["PolicyDocument"].__setitem__(
+        "Statement", [s for s in role_statements(t["Resources"]["ConsumerRole"]) if s.get("Sid") != "RequeueForRetry"]),
+}
+
 PARAMETER_BREAKS = {
     "http allowed": _set(["Parameters", "ApiBaseUrl", "AllowedPattern"])("^https?://.*"),
     "empty host allowed": _set(["Parameters", "ApiBaseUrl", "AllowedPattern"])("^https://.*"),
@@ -840,6 +899,11 @@ def test_ledger_access_check_catches(deployed, break_):
 @pytest.mark.parametrize("break_", CONSUMER_LEDGER_ENV_BREAKS.values(), ids=CONSUMER_LEDGER_ENV_BREAKS.keys())
 def test_consumer_ledger_env_check_catches(deployed, break_):
     assert check_consumer_ledger_env(broken(deployed, break_)) != []
+
+
+@pytest.mark.parametrize("break_", CONSUMER_GATE_ENV_BREAKS.values(), ids=CONSUMER_GATE_ENV_BREAKS.keys())
+def test_consumer_gate_env_check_catches(deployed, break_):
+    assert check_consumer_gate_env(broken(deployed, break_)) != []
 
 
 @pytest.mark.parametrize("break_", PARAMETER_BREAKS.values(), ids=PARAMETER_BREAKS.keys())

@@ -356,6 +356,11 @@ impl Stack {
             // at least twice the longest call (3 s + 1 s): a call whose outcome is unknown
             // keeps its record's lease this long
             ("LEDGER_LEASE_SECS".into(), "10".into()),
+            // the fleet-wide gate, compressed: a rate no local run reaches unless a test
+            // sets one, a probe every 2 s while the breaker is open, a 2 s ramp
+            ("API_RATE_PER_SEC".into(), "1000".into()),
+            ("BREAKER_PROBE_SECS".into(), "2".into()),
+            ("BREAKER_RAMP_SECS".into(), "2".into()),
             ("RUST_LOG".into(), "info".into()),
         ]
     }

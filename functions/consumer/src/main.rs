@@ -20,7 +20,7 @@ async fn main() -> Result<(), Error> {
     info!(concurrency = app.settings.concurrency, "consumer ready");
     let app = &app;
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| async move {
-        lambda::handle_sqs(app, ev.payload)
+        lambda::handle_sqs(app, ev.payload, ev.context.deadline)
             .await
             .map_err(Error::from)
     }))

@@ -13,8 +13,8 @@
 //! (`ReturnValuesOnConditionCheckFailure: ALL_OLD`), and [`admit`] says why.
 
 use super::sdk::describe;
-use crate::consumer::ledger::admit;
 use crate::contract::layout::{ledger_fate_pk, ledger_record_pk};
+use crate::ports::ledger::admit;
 use crate::ports::ledger::{
     Acquired, FateItem, LeaseItem, LeaseRequest, LedgerError, LedgerTable, RecordItem,
 };
@@ -23,13 +23,13 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use std::collections::HashMap;
 use std::time::Duration;
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// The ledger table on DynamoDB.
 #[derive(Clone)]
 pub struct DynamoLedger {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
+    pub(super) client: aws_sdk_dynamodb::Client,
+    pub(super) table: String,
     ttl: Duration,
 }
 
@@ -49,11 +49,11 @@ impl DynamoLedger {
     }
 }
 
-fn s(v: &str) -> AttributeValue {
+pub(super) fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_string())
 }
 
-fn n(v: impl ToString) -> AttributeValue {
+pub(super) fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
@@ -130,6 +130,28 @@ fn fate_item(item: &Item) -> Result<FateItem, LedgerError> {
 }
 
 impl DynamoLedger {
+    /// The item `pk` read (strongly consistent) and parsed by `parse`.
+    async fn read_as<T>(
+        &self,
+        pk: String,
+        parse: fn(&Item) -> Result<T, LedgerError>,
+    ) -> Result<Option<T>, LedgerError> {
+        self.get(pk).await?.as_ref().map(parse).transpose()
+    }
+
+    /// The record's item as a failed condition found it: the `ALL_OLD` item the service
+    /// returned, or read again when it sent none.
+    async fn old_record(
+        &self,
+        e: &SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError>,
+        pk: String,
+    ) -> Result<Option<RecordItem>, LedgerError> {
+        match failed_item(e) {
+            Some(item) => record_item(&item).map(Some),
+            None => self.read_as(pk, record_item).await,
+        }
+    }
+
     async fn get(&self, pk: String) -> Result<Option<Item>, LedgerError> {
         let out = self
             .client
@@ -175,14 +197,14 @@ impl DynamoLedger {
     }
 }
 
-fn conditional_failed<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+pub(super) fn conditional_failed<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
     e.as_service_error()
         .and_then(|se| se.code())
         .is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
 /// The item a failed condition returned (`ALL_OLD`), if the service sent it.
-fn failed_item(
+pub(super) fn failed_item(
     e: &SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError>,
 ) -> Option<Item> {
     match e.as_service_error() {
@@ -224,11 +246,7 @@ impl LedgerTable for DynamoLedger {
         match r {
             Ok(_) => Ok(Acquired::Owned),
             Err(e) if conditional_failed(&e) => {
-                let item = match failed_item(&e) {
-                    Some(item) => Some(item),
-                    None => self.get(pk).await?,
-                };
-                let rec = item.as_ref().map(record_item).transpose()?;
+                let rec = self.old_record(&e, pk).await?;
                 Ok(Acquired::Refused(admit(
                     rec.as_ref(),
                     req.version,
@@ -274,15 +292,7 @@ impl LedgerTable for DynamoLedger {
         match r {
             Ok(_) => Ok(true),
             Err(e) if conditional_failed(&e) => {
-                let item = match failed_item(&e) {
-                    Some(item) => Some(item),
-                    None => self.get(pk.clone()).await?,
-                };
-                let rec = item
-                    .as_ref()
-                    .map(record_item)
-                    .transpose()?
-                    .unwrap_or_default();
+                let rec = self.old_record(&e, pk.clone()).await?.unwrap_or_default();
                 if rec.acknowledged.is_some_and(|a| a >= version) {
                     // a newer version was acknowledged meanwhile: it stands; our lease (if it
                     // is still ours) must not keep the record busy
@@ -347,11 +357,8 @@ impl LedgerTable for DynamoLedger {
         feed: &str,
         record_key: &str,
     ) -> Result<Option<RecordItem>, LedgerError> {
-        self.get(ledger_record_pk(feed, record_key))
-            .await?
-            .as_ref()
-            .map(record_item)
-            .transpose()
+        self.read_as(ledger_record_pk(feed, record_key), record_item)
+            .await
     }
 
     async fn fate(
@@ -359,11 +366,8 @@ impl LedgerTable for DynamoLedger {
         feed: &str,
         idempotency_key: &str,
     ) -> Result<Option<FateItem>, LedgerError> {
-        self.get(ledger_fate_pk(feed, idempotency_key))
-            .await?
-            .as_ref()
-            .map(fate_item)
-            .transpose()
+        self.read_as(ledger_fate_pk(feed, idempotency_key), fate_item)
+            .await
     }
 }
 

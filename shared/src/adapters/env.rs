@@ -5,11 +5,11 @@
 use super::dynamodb::DynamoLedger;
 use super::http_api::HttpApi;
 use super::s3::{RangedReads, S3Store};
-use super::secrets::read_token_secret;
+use super::secrets::TokenSecret;
 use super::sqs::{SqsQueue, SqsWork};
 use crate::backoff::Backoff;
 use crate::config::{env_number, env_required, Config, ConfigError, ConfigSource};
-use crate::consumer::{Consumer, ConsumerSettings, Ledger};
+use crate::consumer::{Consumer, ConsumerSettings, Gate, GateSettings, Ledger};
 use crate::ports::store::ObjectStore;
 use crate::splitter::sink::SenderSettings;
 use crate::splitter::{Splitter, SplitterSettings};
@@ -111,17 +111,24 @@ pub async fn splitter_from_env(
 
 /// The consumer, configured from the environment:
 /// `API_BASE_URL` (https; `API_ALLOW_HTTP=1` for local runs only), `API_TOKEN_SECRET_ARN`
-/// (Secrets Manager; the secret is the token, or JSON `{"token": "…"}`) — or `API_TOKEN`
-/// when `API_ALLOW_HTTP=1` —, `WORK_QUEUE_URL`, `DLQ_URL`, `LEDGER_TABLE` (required);
-/// `RECORD_CONCURRENCY` (1-10, default 2), `BACKOFF_BASE_SECS` (default 5),
-/// `BACKOFF_CAP_SECS` (default 900, at most 43200), `API_TIMEOUT_MS` (default 10000),
-/// `API_CONNECT_TIMEOUT_MS` (default 2000), `LEDGER_LEASE_SECS` (default 120; at least twice
-/// `API_TIMEOUT_MS + API_CONNECT_TIMEOUT_MS`), `LEDGER_WAIT_MS` (default 2000: how long a message waits in
-/// process for another attempt's lease on its record), `LEDGER_TTL_DAYS` (default 30; longer
-/// than a message can live in the work queue and the DLQ), `BREAKER_THRESHOLD` (default 3).
+/// (Secrets Manager; the secret is the token, or JSON `{"token": "…"}`; re-read when the API
+/// refuses the token) — or `API_TOKEN` when `API_ALLOW_HTTP=1` —, `WORK_QUEUE_URL`,
+/// `DLQ_URL`, `LEDGER_TABLE` (required); `RECORD_CONCURRENCY` (1-10, default 2),
+/// `BACKOFF_BASE_SECS` (default 5), `BACKOFF_CAP_SECS` (default 900, at most 900: SQS's
+/// longest delay), `RETRY_WINDOW_SECS` (default 86400, at most 259200: for messages whose
+/// envelope names no window), `API_TIMEOUT_MS` (default 10000), `API_CONNECT_TIMEOUT_MS`
+/// (default 2000), `LEDGER_LEASE_SECS` (default 120; at least twice `API_TIMEOUT_MS +
+/// API_CONNECT_TIMEOUT_MS`), `LEDGER_WAIT_MS` (default 2000: how long a message waits in
+/// process for another attempt's lease on its record), `LEDGER_TTL_DAYS` (default 30;
+/// longer than a message can live in the work queue and the DLQ); the fleet-wide gate:
+/// `API_RATE_PER_SEC` (1-100000, default 10), `API_RATE_HEADROOM_PCT` (0-50, default 5),
+/// `API_RATE_HORIZON_MS` (10-5000, default 200), `GATE_WAIT_MS` (0-60000, default 2000),
+/// `BREAKER_THRESHOLD` (default 3), `BREAKER_PROBE_SECS` (1-3600, default 30),
+/// `BREAKER_RAMP_SECS` (0-3600, default 60); `DEADLINE_MARGIN_MS` (100-60000, default
+/// 1500: the end of an invocation kept for reporting the batch).
 pub async fn consumer_from_env(
     sdk: &aws_config::SdkConfig,
-) -> Result<Consumer<DynamoLedger, HttpApi, SqsWork>, ConfigError> {
+) -> Result<Consumer<DynamoLedger, DynamoLedger, HttpApi, SqsWork>, ConfigError> {
     let base_url = env_required("API_BASE_URL")?;
     let allow_http = matches!(
         std::env::var("API_ALLOW_HTTP").as_deref(),
@@ -132,7 +139,7 @@ pub async fn consumer_from_env(
     let table = env_required("LEDGER_TABLE")?;
     let concurrency = env_number("RECORD_CONCURRENCY", 2, 1, 10)? as usize;
     let base = env_number("BACKOFF_BASE_SECS", 5, 1, 3600)?;
-    let cap = env_number("BACKOFF_CAP_SECS", 900, 1, 43_200)?;
+    let cap = env_number("BACKOFF_CAP_SECS", 900, 1, 900)?;
     if cap < base {
         return Err(ConfigError::Env {
             name: "BACKOFF_CAP_SECS".into(),
@@ -156,11 +163,27 @@ pub async fn consumer_from_env(
     }
     let wait = env_number("LEDGER_WAIT_MS", 2_000, 0, 60_000)?;
     let ttl_days = env_number("LEDGER_TTL_DAYS", 30, 1, 3_650)?;
-    let breaker = env_number("BREAKER_THRESHOLD", 3, 1, 1000)? as u32;
+    let window = env_number(
+        "RETRY_WINDOW_SECS",
+        86_400,
+        1,
+        crate::config::MAX_RETRY_WINDOW_SECS,
+    )?;
+    let gate = GateSettings {
+        rate_per_sec: env_number("API_RATE_PER_SEC", 10, 1, 100_000)? as f64,
+        headroom: env_number("API_RATE_HEADROOM_PCT", 5, 0, 50)? as f64 / 100.0,
+        horizon: Duration::from_millis(env_number("API_RATE_HORIZON_MS", 200, 10, 5_000)?),
+        threshold: env_number("BREAKER_THRESHOLD", 3, 1, 1000)? as u32,
+        probe_interval: Duration::from_secs(env_number("BREAKER_PROBE_SECS", 30, 1, 3_600)?),
+        ramp: Duration::from_secs(env_number("BREAKER_RAMP_SECS", 60, 0, 3_600)?),
+    };
+    let gate_wait = env_number("GATE_WAIT_MS", 2_000, 0, 60_000)?;
+    let deadline_margin = env_number("DEADLINE_MARGIN_MS", 1_500, 100, 60_000)?;
 
     let secret_arn = std::env::var("API_TOKEN_SECRET_ARN").unwrap_or_default();
-    let token = if !secret_arn.trim().is_empty() {
-        read_token_secret(sdk, secret_arn.trim()).await?
+    let secret = (!secret_arn.trim().is_empty()).then(|| TokenSecret::new(sdk, secret_arn.trim()));
+    let token = if let Some(secret) = &secret {
+        secret.read().await?
     } else if allow_http {
         env_required("API_TOKEN")?
     } else {
@@ -180,16 +203,22 @@ pub async fn consumer_from_env(
         name: "API_BASE_URL".into(),
         problem: e.to_string(),
     })?;
+    let api = match secret {
+        Some(secret) => api.with_secret(secret),
+        None => api,
+    };
+    let table = DynamoLedger::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        table,
+        Duration::from_secs(ttl_days * 86_400),
+    );
     Ok(Consumer {
         ledger: Ledger {
-            table: DynamoLedger::new(
-                aws_sdk_dynamodb::Client::new(sdk),
-                table,
-                Duration::from_secs(ttl_days * 86_400),
-            ),
+            table: table.clone(),
             lease: Duration::from_secs(lease),
             wait: Duration::from_millis(wait),
         },
+        gate: Gate::new(table, gate),
         api,
         queue: SqsWork {
             client: aws_sdk_sqs::Client::new(sdk),
@@ -199,7 +228,9 @@ pub async fn consumer_from_env(
         settings: ConsumerSettings {
             concurrency,
             backoff: Backoff::new(Duration::from_secs(base), Duration::from_secs(cap)),
-            breaker_threshold: breaker,
+            retry_window: Duration::from_secs(window),
+            gate_wait: Duration::from_millis(gate_wait),
+            deadline_margin: Duration::from_millis(deadline_margin),
         },
     })
 }

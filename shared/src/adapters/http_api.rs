@@ -32,8 +32,16 @@ pub enum ApiConfigError {
 pub struct HttpApi {
     client: reqwest::Client,
     cases_url: String,
-    auth: String,
+    auth: std::sync::Arc<std::sync::RwLock<String>>,
+    secret: Option<super::secrets::TokenSecret>,
+    /// When the secret was last re-read: at most once per [`REFRESH_EVERY`].
+    /// And whether that read changed the token.
+    refreshed: std::sync::Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>>,
 }
+
+/// The least time between two re-reads of the token's secret (every refused call would
+/// otherwise read it).
+pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(serde::Serialize)]
 struct CaseBody<'a> {
@@ -79,12 +87,63 @@ impl HttpApi {
         Ok(HttpApi {
             client,
             cases_url: format!("{}/cases", base_url.trim_end_matches('/')),
-            auth: format!("Bearer {}", token.trim()),
+            auth: std::sync::Arc::new(std::sync::RwLock::new(format!("Bearer {}", token.trim()))),
+            secret: None,
+            refreshed: Default::default(),
         })
     }
 }
 
+impl HttpApi {
+    /// Re-read the token from `secret` when the API refuses it.
+    pub fn with_secret(mut self, secret: super::secrets::TokenSecret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    fn auth(&self) -> String {
+        self.auth.read().map(|a| a.clone()).unwrap_or_default()
+    }
+}
+
 impl Api for HttpApi {
+    async fn refresh_credentials(&self) -> bool {
+        let Some(secret) = &self.secret else {
+            return false;
+        };
+        let mut last = self.refreshed.lock().await;
+        if let Some((at, changed)) = *last {
+            if at.elapsed() < REFRESH_EVERY {
+                // read moments ago (by another call refused at the same time): a new token
+                // from that read is worth one more call
+                return changed;
+            }
+        }
+        let before = self.auth();
+        match secret.read().await {
+            Ok(token) if !token.trim().is_empty() => {
+                let auth = format!("Bearer {}", token.trim());
+                let changed = auth != before;
+                if let Ok(mut a) = self.auth.write() {
+                    *a = auth;
+                }
+                *last = Some((tokio::time::Instant::now(), changed));
+                tracing::info!(changed, "re-read the API token's secret");
+                changed
+            }
+            Ok(_) => {
+                *last = Some((tokio::time::Instant::now(), false));
+                tracing::error!("the API token's secret is empty now; keeping the token we have");
+                false
+            }
+            Err(e) => {
+                *last = Some((tokio::time::Instant::now(), false));
+                tracing::error!(error = %e, "could not re-read the API token's secret");
+                false
+            }
+        }
+    }
+
     async fn deliver(&self, env: &Envelope) -> ApiAnswer {
         let body = CaseBody {
             feed: &env.feed,
@@ -97,7 +156,7 @@ impl Api for HttpApi {
         let resp = self
             .client
             .post(&self.cases_url)
-            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .header(reqwest::header::AUTHORIZATION, self.auth())
             .header("Idempotency-Key", &env.idempotency_key)
             .header(VERSION_HEADER, env.version)
             .json(&body)
@@ -197,6 +256,9 @@ mod tests {
             version: 7,
             idempotency_key: "ik-0123456789".into(),
             fields,
+            sent_at_ms: Some(1_700_000_000_000),
+            uploaded_at_ms: None,
+            retry_window_secs: Some(86_400),
         }
     }
 

@@ -6,6 +6,7 @@
 use crate::consumer::{BatchResult, Consumer, InMessage};
 use crate::contract::event::{decode_s3_key, ObjectEvent};
 use crate::ports::api::Api;
+use crate::ports::gate::GateTable;
 use crate::ports::ledger::LedgerTable;
 use crate::ports::queue::{MessageQueue, WorkQueue};
 use crate::ports::store::ObjectStore;
@@ -175,6 +176,10 @@ pub fn in_messages(event: SqsEvent) -> Result<Vec<InMessage>, EventError> {
             .get("ApproximateReceiveCount")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
+        let sent_timestamp_ms = r
+            .attributes
+            .get("SentTimestamp")
+            .and_then(|v| v.parse().ok());
         let attributes = r
             .message_attributes
             .into_iter()
@@ -186,6 +191,7 @@ pub fn in_messages(event: SqsEvent) -> Result<Vec<InMessage>, EventError> {
             body: r.body.unwrap_or_default(),
             receive_count,
             attributes,
+            sent_timestamp_ms,
         });
     }
     Ok(messages)
@@ -202,21 +208,29 @@ pub fn batch_response(result: &BatchResult) -> SqsBatchResponse {
     response
 }
 
-/// The consumer's invocation: the batch processed, its metrics emitted, the messages to
-/// retry reported.
-pub async fn handle_sqs<L: LedgerTable, A: Api, Q: WorkQueue>(
-    app: &Consumer<L, A, Q>,
+/// The consumer's invocation: the batch processed by the invocation's deadline (Unix
+/// epoch ms, from the Lambda context; 0: none), its metrics emitted, the messages to retry
+/// reported.
+pub async fn handle_sqs<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue>(
+    app: &Consumer<L, G, A, Q>,
     event: SqsEvent,
+    deadline_ms: u64,
 ) -> Result<SqsBatchResponse, EventError> {
     let messages = in_messages(event)?;
-    let result = app.process_batch(messages).await;
+    let deadline = (deadline_ms > 0).then(|| {
+        let left = deadline_ms as i64 - chrono::Utc::now().timestamp_millis();
+        tokio::time::Instant::now() + std::time::Duration::from_millis(left.max(0) as u64)
+    });
+    let result = app.process_batch_until(messages, deadline).await;
     crate::metrics::emit_batch(&result.stats);
+    crate::metrics::emit_ages(&result.ages);
     info!(
         applied = result.stats.applied,
         duplicates = result.stats.duplicates,
         superseded = result.stats.superseded,
         dead_lettered = result.stats.dead_lettered,
         retried = result.stats.retried,
+        unfinished = result.stats.unfinished,
         circuit_opened = result.stats.circuit_opened,
         "batch finished"
     );

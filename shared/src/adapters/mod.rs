@@ -4,6 +4,7 @@
 //! one place an SDK error becomes a message and a retryable/permanent class.
 
 pub mod dynamodb;
+mod dynamodb_gate;
 pub mod env;
 pub mod http_api;
 pub mod lambda;

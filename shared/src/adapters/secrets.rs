@@ -4,12 +4,41 @@
 use super::sdk::describe;
 use crate::config::ConfigError;
 
+/// The API token's secret: read at start-up, and again when the API refuses the token (the
+/// secret may have been rotated).
+#[derive(Clone)]
+pub struct TokenSecret {
+    client: aws_sdk_secretsmanager::Client,
+    arn: String,
+}
+
+impl TokenSecret {
+    /// The secret `arn`, read through one client built from `sdk`.
+    pub fn new(sdk: &aws_config::SdkConfig, arn: &str) -> Self {
+        TokenSecret {
+            client: aws_sdk_secretsmanager::Client::new(sdk),
+            arn: arn.to_string(),
+        }
+    }
+
+    /// The token the secret holds now.
+    pub async fn read(&self) -> Result<String, ConfigError> {
+        read_with(&self.client, &self.arn).await
+    }
+}
+
 /// Read the token the secret `arn` holds; an empty or missing token is a start-up error.
 pub async fn read_token_secret(
     sdk: &aws_config::SdkConfig,
     arn: &str,
 ) -> Result<String, ConfigError> {
-    let client = aws_sdk_secretsmanager::Client::new(sdk);
+    TokenSecret::new(sdk, arn).read().await
+}
+
+async fn read_with(
+    client: &aws_sdk_secretsmanager::Client,
+    arn: &str,
+) -> Result<String, ConfigError> {
     let out = client
         .get_secret_value()
         .secret_id(arn)

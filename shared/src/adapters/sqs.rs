@@ -1,10 +1,11 @@
 //! The SQS adapters: [`SqsQueue`] sends the splitter's batches (`SendMessageBatch`);
 //! [`SqsWork`] backs the consumer's messages off (`ChangeMessageVisibility` on the work
-//! queue) and dead-letters them (`SendMessage` to the DLQ).
+//! queue), requeues them (`SendMessage` with a delay to the work queue) and dead-letters them
+//! (`SendMessage` to the DLQ).
 
 use super::sdk::describe;
 use crate::ports::queue::{
-    EntryFailure, MessageQueue, OutMessage, QueueError, WorkQueue, MAX_VISIBILITY,
+    EntryFailure, MessageQueue, OutMessage, QueueError, WorkQueue, MAX_DELAY, MAX_VISIBILITY,
 };
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use std::time::Duration;
@@ -116,33 +117,67 @@ impl WorkQueue for SqsWork {
         Ok(())
     }
 
+    async fn requeue(
+        &self,
+        body: &str,
+        attributes: &[(String, String)],
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        send_with_attributes(
+            &self.client,
+            &self.work_queue_url,
+            body,
+            attributes,
+            // whole seconds, rounded up: a copy never comes back before its time
+            Some(
+                delay
+                    .as_millis()
+                    .div_ceil(1000)
+                    .min(u128::from(MAX_DELAY.as_secs())) as i32,
+            ),
+        )
+        .await
+    }
+
     async fn dead_letter(
         &self,
         body: &str,
         attributes: &[(String, String)],
     ) -> Result<(), QueueError> {
-        use aws_sdk_sqs::types::MessageAttributeValue;
-        let mut req = self
-            .client
-            .send_message()
-            .queue_url(&self.dlq_url)
-            .message_body(body);
-        for (k, v) in attributes {
-            if v.is_empty() {
-                continue;
-            }
-            let attr = MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v)
-                .build()
-                .map_err(|e| QueueError::Service {
-                    op: "SendMessage",
-                    message: e.to_string(),
-                    retryable: false,
-                })?;
-            req = req.message_attributes(k, attr);
-        }
-        req.send().await.map_err(sqs_error("SendMessage"))?;
-        Ok(())
+        send_with_attributes(&self.client, &self.dlq_url, body, attributes, None).await
     }
+}
+
+/// `SendMessage` of `body` with string attributes (empty values left out) and an optional
+/// delay.
+async fn send_with_attributes(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    body: &str,
+    attributes: &[(String, String)],
+    delay_secs: Option<i32>,
+) -> Result<(), QueueError> {
+    use aws_sdk_sqs::types::MessageAttributeValue;
+    let mut req = client
+        .send_message()
+        .queue_url(queue_url)
+        .message_body(body)
+        .set_delay_seconds(delay_secs);
+    for (k, v) in attributes {
+        if v.is_empty() {
+            continue;
+        }
+        let attr = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .map_err(|e| QueueError::Service {
+                op: "SendMessage",
+                message: e.to_string(),
+                retryable: false,
+            })?;
+        req = req.message_attributes(k, attr);
+    }
+    req.send().await.map_err(sqs_error("SendMessage"))?;
+    Ok(())
 }

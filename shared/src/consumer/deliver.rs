@@ -1,66 +1,92 @@
 //! One message's flow: decode → ledger (the record's lease, or superseded / duplicate) → the
-//! API → classify the answer → a fate: applied (the version acknowledged), duplicate,
-//! superseded, dead-lettered now (permanent), or retried after a backoff.
+//! gate (a slot within the fleet's rate; the breaker) → the API (credentials re-read once on
+//! a refusal) → classify the answer → tell the gate → a fate: applied (the version
+//! acknowledged), duplicate, superseded, dead-lettered now (permanent, or the retry window
+//! is over), or retried after a backoff.
 
 use super::answer::{classify, Delivery, TransientKind};
+use super::gate::{Pass, Report};
 use super::ledger::{Lease, Take};
-use super::{Consumer, Fate, InMessage, WorkQueue};
+use super::{Aged, BatchState, Consumer, Fate, InMessage, WorkQueue};
 use crate::contract::envelope::Envelope;
 use crate::ports::api::Api;
+use crate::ports::gate::GateTable;
 use crate::ports::ledger::{FateItem, LedgerTable};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::{error, info, warn};
 
-/// The batch's circuit breaker: consecutive transient API failures, whether it is open, and
-/// how many answers refused our credentials.
-#[derive(Debug, Default)]
-pub(super) struct Breaker {
-    consecutive: AtomicU32,
-    open: AtomicBool,
-    pub(super) auth: AtomicU32,
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
-impl Breaker {
-    /// Open: the rest of the batch is retried without calling the API.
-    pub(super) fn is_open(&self) -> bool {
-        self.open.load(Ordering::SeqCst)
-    }
-
-    /// An answer that shows the API is up: the count of consecutive failures restarts.
-    fn success(&self) {
-        self.consecutive.store(0, Ordering::SeqCst);
-    }
-
-    /// A failure that shows the API is down or refusing us: opens at `threshold` in a row.
-    fn failure(&self, threshold: u32) {
-        let n = self.consecutive.fetch_add(1, Ordering::SeqCst) + 1;
-        if n >= threshold && !self.open.swap(true, Ordering::SeqCst) {
-            warn!(consecutive_failures = n, "circuit opened: the rest of this batch is returned for retry without calling the API");
-        }
-    }
+/// How a retry is asked for: its kind, the earliest time worth trying, and what happened.
+struct RetryAsk<'a> {
+    kind: &'static str,
+    not_before: Option<Duration>,
+    reason: &'a str,
 }
 
-impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
-    fn retry(
+impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
+    /// The message's retry window: its envelope's (the feed's), else the consumer's default.
+    fn window(&self, env: Option<&Envelope>) -> Duration {
+        env.and_then(|e| e.retry_window_secs)
+            .map(Duration::from_secs)
+            .unwrap_or(self.settings.retry_window)
+    }
+
+    /// Retry after a backoff — or, once the message is older than its retry window,
+    /// dead-letter it with the last reason, its attempts and its age.
+    async fn retry(
         &self,
         m: &InMessage,
-        kind: &'static str,
-        retry_after: Option<Duration>,
-        reason: &str,
+        env: Option<&Envelope>,
+        ask: RetryAsk<'_>,
+        state: &BatchState,
     ) -> Fate {
-        let (delay, ceiling) = self.backoff(m.receive_count, retry_after);
+        let attempt = m.earlier_attempts() + 1;
+        let now = now_ms();
+        let age = Duration::from_millis((now - m.retry_since_ms(now)).max(0) as u64);
+        let window = self.window(env);
+        if ask.kind != "record_busy" && age >= window {
+            let reason = format!(
+                "retry window exceeded: {} s of retries over {attempt} attempts; last: {}",
+                window.as_secs(),
+                ask.reason
+            );
+            let fate = self
+                .dead_letter(m, "retry_window", None, &reason, attempt, age)
+                .await;
+            if let (Fate::DeadLettered { .. }, Some(env)) = (&fate, env) {
+                self.note(
+                    m,
+                    env,
+                    "dead_lettered",
+                    Some("retry window exceeded".into()),
+                    state,
+                )
+                .await;
+            }
+            return fate;
+        }
+        let (delay, ceiling) = self.backoff(attempt, ask.not_before);
         info!(
             message_id = %m.message_id,
+            attempt,
             receive_count = m.receive_count,
-            kind,
-            reason,
+            kind = ask.kind,
+            reason = ask.reason,
+            age_ms = age.as_millis() as u64,
+            window_secs = window.as_secs(),
             ceiling_ms = ceiling.as_millis() as u64,
-            retry_after_ms = retry_after.map(|r| r.as_millis() as u64),
+            not_before_ms = ask.not_before.map(|r| r.as_millis() as u64),
             delay_ms = delay.as_millis() as u64,
             "retry scheduled"
         );
-        Fate::Retry { delay, kind }
+        Fate::Retry {
+            delay,
+            kind: ask.kind,
+        }
     }
 
     async fn dead_letter(
@@ -69,6 +95,8 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
         class: &'static str,
         status: Option<u16>,
         reason: &str,
+        attempts: u32,
+        age: Duration,
     ) -> Fate {
         let mut attrs: Vec<(String, String)> = Vec::new();
         for k in ["feed", "change", "idempotency_key"] {
@@ -82,7 +110,8 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
         }
         let short: String = reason.chars().take(256).collect();
         attrs.push(("reason".into(), short));
-        attrs.push(("attempts".into(), m.receive_count.to_string()));
+        attrs.push(("attempts".into(), attempts.to_string()));
+        attrs.push(("age_ms".into(), age.as_millis().to_string()));
         attrs.push((
             "failed_at".into(),
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -90,29 +119,61 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
         attrs.push(("source_message_id".into(), m.message_id.clone()));
         match self.queue.dead_letter(&m.body, &attrs).await {
             Ok(()) => {
-                warn!(message_id = %m.message_id, class, status, reason, "dead-lettered");
+                warn!(message_id = %m.message_id, class, status, reason, attempts, age_ms = age.as_millis() as u64, "dead-lettered");
                 Fate::DeadLettered { class }
             }
-            Err(e) => self.retry(m, "dead_letter_failed", None, &e.to_string()),
+            Err(e) => {
+                // not lost: the message comes back (a receive used) and is tried again
+                warn!(message_id = %m.message_id, error = %e, "could not dead-letter the message: it is retried");
+                let (delay, _) = self.backoff(attempts, None);
+                Fate::Retry {
+                    delay,
+                    kind: "dead_letter_failed",
+                }
+            }
         }
     }
 
-    pub(super) async fn process_one(&self, m: &InMessage, breaker: &Breaker) -> Fate {
+    /// The age of a message now, from its envelope's first send and its retry clock.
+    fn age_of(&self, m: &InMessage) -> Duration {
+        let now = now_ms();
+        Duration::from_millis((now - m.retry_since_ms(now)).max(0) as u64)
+    }
+
+    pub(super) async fn process_one(&self, m: &InMessage, state: &BatchState) -> Fate {
         let env = match Envelope::decode(&m.body) {
             Ok(e) => e,
             Err(e) => {
+                let attempts = m.earlier_attempts() + 1;
                 return self
-                    .dead_letter(m, "undecodable", None, &e.to_string())
-                    .await
+                    .dead_letter(
+                        m,
+                        "undecodable",
+                        None,
+                        &e.to_string(),
+                        attempts,
+                        self.age_of(m),
+                    )
+                    .await;
             }
         };
-        if breaker.is_open() {
-            return self.retry(
-                m,
-                "circuit_open",
-                None,
-                "the API failed repeatedly in this batch",
-            );
+        let env = &env;
+        if let Some(until_ms) = self.gate.open_until() {
+            // this container saw the breaker open and its next probe is not due: wait
+            // without touching the ledger or the gate's table
+            let wait = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
+            return self
+                .retry(
+                    m,
+                    Some(env),
+                    RetryAsk {
+                        kind: "circuit_open",
+                        not_before: Some(wait),
+                        reason: "the API's circuit breaker is open",
+                    },
+                    state,
+                )
+                .await;
         }
         let owner = format!("{}:{}", m.message_id, m.receive_count);
         let lease = match self
@@ -125,9 +186,10 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
                 info!(message_id = %m.message_id, version = env.version, acknowledged, "superseded: the API acknowledged a newer version of the record; not sent");
                 self.note(
                     m,
-                    &env,
+                    env,
                     "superseded",
                     Some(format!("acknowledged {acknowledged}")),
+                    state,
                 )
                 .await;
                 return Fate::Superseded;
@@ -137,18 +199,90 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
                 return Fate::Duplicate;
             }
             Ok(Take::Busy(remaining)) => {
-                return self.retry(
-                    m,
-                    "record_busy",
-                    Some(remaining.min(Duration::from_secs(900))),
-                    "another attempt holds this record's lease",
-                )
+                let ask = RetryAsk {
+                    kind: "record_busy",
+                    not_before: Some(remaining.min(Duration::from_secs(900))),
+                    reason: "another attempt holds this record's lease",
+                };
+                return self.retry(m, Some(env), ask, state).await;
             }
-            Err(e) => return self.retry(m, "ledger", None, &e.to_string()),
+            Err(e) => {
+                let reason = e.to_string();
+                let ask = RetryAsk {
+                    kind: "ledger",
+                    not_before: None,
+                    reason: &reason,
+                };
+                return self.retry(m, Some(env), ask, state).await;
+            }
         };
-        let answer = self.api.deliver(&env).await;
-        self.settle(m, &env, &lease, classify(&answer), breaker)
-            .await
+        let mut probe = match self.pass_gate(m, env, &lease, state).await {
+            Ok(probe) => probe,
+            Err(fate) => return fate,
+        };
+        let mut delivery = classify(&self.api.deliver(env).await);
+        if matches!(
+            delivery,
+            Delivery::Transient {
+                kind: TransientKind::Auth,
+                ..
+            }
+        ) && self.api.refresh_credentials().await
+        {
+            info!(message_id = %m.message_id, "the API refused our credentials and the secret has changed: calling again with the new one");
+            probe = match self.pass_gate(m, env, &lease, state).await {
+                Ok(p) => p,
+                Err(fate) => return fate,
+            };
+            delivery = classify(&self.api.deliver(env).await);
+        }
+        let report = match &delivery {
+            Delivery::Applied { .. } | Delivery::AlreadyApplied | Delivery::Permanent { .. } => {
+                Report::Up
+            }
+            Delivery::Transient {
+                kind: TransientKind::RateLimited,
+                retry_after,
+                ..
+            } => Report::Paused(retry_after.unwrap_or(Duration::from_secs(1))),
+            Delivery::Transient { kind, .. } if kind.trips_breaker() => Report::Down,
+            Delivery::Transient { .. } => Report::Neutral,
+        };
+        if let Err(e) = self.gate.report(report, probe).await {
+            warn!(message_id = %m.message_id, error = %e, "could not tell the gate what the API said");
+        }
+        self.settle(m, env, &lease, delivery, state).await
+    }
+
+    /// Pass the gate with the record's lease held: `Ok(probe)` to call now; otherwise the
+    /// lease is released and the message's fate (a wait) returned.
+    async fn pass_gate(
+        &self,
+        m: &InMessage,
+        env: &Envelope,
+        lease: &Lease,
+        state: &BatchState,
+    ) -> Result<bool, Fate> {
+        let (kind, not_before, reason) = match self.gate.pass(self.settings.gate_wait).await {
+            Ok(Pass::Go { probe }) => return Ok(probe),
+            Ok(Pass::Wait { until_ms, why }) => (
+                why,
+                Some(Duration::from_millis((until_ms - now_ms()).max(0) as u64)),
+                match why {
+                    "circuit_open" => "the API's circuit breaker is open".to_string(),
+                    "rate_paused" => "the API asked every consumer to pause (429)".to_string(),
+                    _ => "the API's rate is booked beyond the wait".to_string(),
+                },
+            ),
+            Err(e) => ("gate", None, e.to_string()),
+        };
+        self.release(m, lease).await;
+        let ask = RetryAsk {
+            kind,
+            not_before,
+            reason: &reason,
+        };
+        Err(self.retry(m, Some(env), ask, state).await)
     }
 
     /// The fate the API's answer gives the message, with the lease ended to match.
@@ -158,30 +292,43 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
         env: &Envelope,
         lease: &Lease,
         delivery: Delivery,
-        breaker: &Breaker,
+        state: &BatchState,
     ) -> Fate {
         match delivery {
             Delivery::Applied { status } => {
-                breaker.success();
                 self.acknowledge(m, env, lease).await;
-                self.note(m, env, "applied", Some(status.to_string())).await;
+                self.note(m, env, "applied", Some(status.to_string()), state)
+                    .await;
                 Fate::Applied
             }
             Delivery::AlreadyApplied => {
-                breaker.success();
                 self.acknowledge(m, env, lease).await;
-                self.note(m, env, "duplicate", Some("409".into())).await;
+                self.note(m, env, "duplicate", Some("409".into()), state)
+                    .await;
                 Fate::Duplicate
             }
             Delivery::Permanent { status, reason } => {
-                breaker.success();
                 self.release(m, lease).await;
+                let attempts = m.earlier_attempts() + 1;
                 let fate = self
-                    .dead_letter(m, "permanent", Some(status), &reason)
+                    .dead_letter(
+                        m,
+                        "permanent",
+                        Some(status),
+                        &reason,
+                        attempts,
+                        self.age_of(m),
+                    )
                     .await;
                 if matches!(fate, Fate::DeadLettered { .. }) {
-                    self.note(m, env, "dead_lettered", Some(format!("permanent {status}")))
-                        .await;
+                    self.note(
+                        m,
+                        env,
+                        "dead_lettered",
+                        Some(format!("permanent {status}")),
+                        state,
+                    )
+                    .await;
                 }
                 fate
             }
@@ -192,11 +339,8 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
                 reason,
             } => {
                 if kind == TransientKind::Auth {
-                    breaker.auth.fetch_add(1, Ordering::SeqCst);
+                    state.auth.fetch_add(1, Ordering::SeqCst);
                     error!(message_id = %m.message_id, status, "the API refused our credentials: check the API token secret");
-                }
-                if kind.trips_breaker() {
-                    breaker.failure(self.settings.breaker_threshold);
                 }
                 if kind.outcome_unknown() {
                     // the API may still be working on the request we gave up on: keep the
@@ -204,10 +348,20 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
                     // cannot overlap it, and come back no sooner than that
                     info!(message_id = %m.message_id, "outcome unknown: the record's lease is kept until it expires");
                     let wait = retry_after.unwrap_or_default().max(self.ledger.lease);
-                    return self.retry(m, kind.as_str(), Some(wait), &reason);
+                    let ask = RetryAsk {
+                        kind: kind.as_str(),
+                        not_before: Some(wait),
+                        reason: &reason,
+                    };
+                    return self.retry(m, Some(env), ask, state).await;
                 }
                 self.release(m, lease).await;
-                self.retry(m, kind.as_str(), retry_after, &reason)
+                let ask = RetryAsk {
+                    kind: kind.as_str(),
+                    not_before: retry_after,
+                    reason: &reason,
+                };
+                self.retry(m, Some(env), ask, state).await
             }
         }
     }
@@ -244,15 +398,42 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
         }
     }
 
-    /// Record the message's fate under its idempotency key (logged when the write fails:
-    /// the fate itself stands).
+    /// Record the message's fate under its idempotency key, and log and keep its age
+    /// (since the row was sent, since its export was uploaded). A failed ledger write is
+    /// tried once more, then logged: the fate itself stands.
     async fn note(
         &self,
         m: &InMessage,
         env: &Envelope,
         fate: &'static str,
         detail: Option<String>,
+        state: &BatchState,
     ) {
+        let now = now_ms();
+        let sent_age_ms = env.sent_at_ms.map(|t| (now - t).max(0));
+        let upload_age_ms = env.uploaded_at_ms.map(|t| (now - t).max(0));
+        info!(
+            message_id = %m.message_id,
+            feed = %env.feed,
+            run = %env.run,
+            idempotency_key = %env.idempotency_key,
+            version = env.version,
+            fate,
+            attempts = m.earlier_attempts() + 1,
+            sent_age_ms,
+            upload_age_ms,
+            "message done"
+        );
+        if fate != "duplicate" {
+            if let Ok(mut ages) = state.ages.lock() {
+                ages.push(Aged {
+                    feed: env.feed.clone(),
+                    fate,
+                    sent_age_ms,
+                    upload_age_ms,
+                });
+            }
+        }
         let item = FateItem {
             feed: env.feed.clone(),
             idempotency_key: env.idempotency_key.clone(),
@@ -261,11 +442,16 @@ impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
             run: env.run.clone(),
             fate,
             detail,
-            attempts: m.receive_count,
-            at_ms: chrono::Utc::now().timestamp_millis(),
+            attempts: m.earlier_attempts() + 1,
+            at_ms: now,
         };
-        if let Err(e) = self.ledger.record_fate(&item).await {
-            warn!(message_id = %m.message_id, fate, error = %e, "the ledger could not record the message's fate");
+        let mut tries = 0;
+        while let Err(e) = self.ledger.record_fate(&item).await {
+            tries += 1;
+            if tries >= 2 || !e.is_retryable() {
+                warn!(message_id = %m.message_id, fate, error = %e, "the ledger could not record the message's fate");
+                break;
+            }
         }
     }
 }

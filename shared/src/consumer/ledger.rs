@@ -15,53 +15,12 @@
 //! in flight. The idempotency key still goes with every call: a call the API applied but
 //! whose acknowledgement was lost is answered 409 on the retry.
 //!
-//! [`admit`] is the one decision; the table implementations ([`crate::ports::ledger`]) apply
-//! it atomically.
+//! [`admit`] is the one decision (part of the table's contract, in [`crate::ports::ledger`]);
+//! the table implementations apply it atomically.
 
-use crate::ports::ledger::{
-    Acquired, FateItem, LeaseRequest, LedgerError, LedgerTable, RecordItem,
-};
+pub use crate::ports::ledger::{admit, Admit};
+use crate::ports::ledger::{Acquired, FateItem, LeaseRequest, LedgerError, LedgerTable};
 use std::time::Duration;
-
-/// What a record's item means for a message of `version`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admit {
-    /// Take the lease and call the API.
-    Take,
-    /// The API acknowledged a newer version: this one must never be sent.
-    Superseded {
-        /// The acknowledged version.
-        acknowledged: u64,
-    },
-    /// The API acknowledged this very version: applied before.
-    Duplicate,
-    /// Another attempt holds a live lease.
-    Busy {
-        /// The version it delivers.
-        holder_version: u64,
-        /// Milliseconds until its lease expires.
-        remaining_ms: i64,
-    },
-}
-
-/// The decision: what the record's `item` means for `owner`'s message of `version`, now.
-pub fn admit(item: Option<&RecordItem>, version: u64, owner: &str, now_ms: i64) -> Admit {
-    let Some(item) = item else {
-        return Admit::Take;
-    };
-    match item.acknowledged {
-        Some(a) if a > version => return Admit::Superseded { acknowledged: a },
-        Some(a) if a == version => return Admit::Duplicate,
-        _ => {}
-    }
-    match &item.lease {
-        Some(l) if l.owner != owner && l.until_ms > now_ms => Admit::Busy {
-            holder_version: l.version,
-            remaining_ms: l.until_ms - now_ms,
-        },
-        _ => Admit::Take,
-    }
-}
 
 /// The outcome of [`Ledger::take`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +154,7 @@ impl<L: LedgerTable> Ledger<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::ledger::{LeaseItem, MemoryLedger};
+    use crate::ports::ledger::{LeaseItem, MemoryLedger, RecordItem};
 
     fn item(acked: Option<u64>, lease: Option<(&str, u64, i64)>) -> RecordItem {
         RecordItem {

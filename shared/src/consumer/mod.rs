@@ -1,38 +1,55 @@
 //! The consumer's decisions: for each SQS message, decode → ledger (the record's lease; a
-//! version at or below the acknowledged one is never sent) → POST to the contact-tracing
-//! API → classify; applied, duplicate and superseded messages are done, permanent
-//! failures go to the dead-letter queue now (with the reason), transient ones get a backoff
-//! (visibility timeout) and are reported as batch item failures so SQS retries them — and
-//! after maxReceiveCount, redrive moves them to the dead-letter queue.
+//! version at or below the acknowledged one is never sent) → the fleet-wide gate (the rate
+//! limit and the circuit breaker, [`gate`]) → POST to the contact-tracing API → classify.
+//!
+//! * Applied, duplicate and superseded messages are done.
+//! * Permanent failures go to the dead-letter queue now, with the reason.
+//! * Transient failures, and waits for the gate, are **requeued**: a copy goes back on the
+//!   work queue with a capped exponential backoff (full jitter, SQS's 15-minute delay at
+//!   most) and the received message is done. A wait does not use up a receive, so an outage
+//!   is ridden out for the feed's retry window (default 24 hours), after which the message
+//!   is dead-lettered `retry window exceeded` with its attempts and age.
+//! * A message that never finishes — it crashes its task or runs past the invocation's
+//!   deadline (a *poison* message) — is reported as a batch item failure, and so is one
+//!   waiting for its record's lease: those use receives, and redrive moves a poison message
+//!   to the dead-letter queue after maxReceiveCount while the rest of its batch is done.
 
 pub mod answer;
 mod deliver;
+pub mod gate;
 pub mod ledger;
 #[cfg(test)]
 mod tests;
 
 pub use crate::ports::queue::{InMessage, WorkQueue};
+pub use gate::{Gate, GateSettings};
 pub use ledger::{admit, Admit, Lease, Ledger, Take};
 
 use crate::backoff::Backoff;
 use crate::ports::api::Api;
+use crate::ports::gate::{BreakerState, GateTable};
 use crate::ports::ledger::LedgerTable;
-use crate::ports::queue::MAX_VISIBILITY;
-use deliver::Breaker;
-use futures_util::StreamExt;
-use std::sync::atomic::Ordering;
+use crate::ports::queue::{ATTEMPTS_ATTRIBUTE, MAX_DELAY, MAX_VISIBILITY, RETRY_SINCE_ATTRIBUTE};
+use futures_util::{FutureExt, StreamExt};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tracing::warn;
+use tracing::{error, warn};
 
 /// How the consumer works through a batch (defaults suit a Lambda function).
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     /// Messages of one batch processed at once (= API calls in flight per invocation).
     pub concurrency: usize,
-    /// The waits before a message is retried, by its receive count.
+    /// The waits before a message is retried, by its attempt.
     pub backoff: Backoff,
-    /// Consecutive transient API failures that open the circuit for the rest of the batch.
-    pub breaker_threshold: u32,
+    /// How long a message is retried when its envelope does not say (the feed's window).
+    pub retry_window: Duration,
+    /// How long a message may wait in process for the gate (a slot, a short pause) before
+    /// it is requeued instead.
+    pub gate_wait: Duration,
+    /// Time kept at the end of an invocation to report the batch: a message still running
+    /// then is abandoned and reported as a failure.
+    pub deadline_margin: Duration,
 }
 
 impl Default for ConsumerSettings {
@@ -40,7 +57,9 @@ impl Default for ConsumerSettings {
         ConsumerSettings {
             concurrency: 2,
             backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(900)),
-            breaker_threshold: 3,
+            retry_window: Duration::from_secs(86_400),
+            gate_wait: Duration::from_secs(2),
+            deadline_margin: Duration::from_millis(1_500),
         }
     }
 }
@@ -56,17 +75,32 @@ pub enum Fate {
     Superseded,
     /// Sent to the dead-letter queue now, with the reason.
     DeadLettered {
-        /// Why: `undecodable` (not an envelope) or `permanent` (the API refused it for good).
+        /// Why: `undecodable` (not an envelope), `permanent` (the API refused it for good)
+        /// or `retry_window` (transient failures outlasted the feed's retry window).
         class: &'static str,
     },
-    /// Returned to the queue, visible again after a backoff.
+    /// To be tried again after `delay`: requeued (a copy), or — waiting for its record's
+    /// lease (`record_busy`) — returned to the queue invisible that long.
     Retry {
-        /// How long the message stays invisible.
+        /// How long until the next attempt.
         delay: Duration,
-        /// Why: a [`answer::TransientKind`] name, or `circuit_open`, `record_busy`,
-        /// `ledger`, `dead_letter_failed`.
+        /// Why: a [`answer::TransientKind`] name, or `circuit_open`, `rate_paused`,
+        /// `rate_booked`, `record_busy`, `ledger`, `gate`, `dead_letter_failed`.
         kind: &'static str,
     },
+    /// Never finished: its task panicked, or the invocation's deadline came first. Reported
+    /// as a batch item failure (a receive used: a poison message reaches the DLQ by redrive).
+    Unfinished {
+        /// `crashed` or `deadline`.
+        why: &'static str,
+    },
+}
+
+/// Whether a retry of this kind waits on the queue's visibility (using a receive) rather
+/// than as a requeued copy: waiting for a record's lease is bounded by the lease, and a
+/// record held by a poison message must not keep its own messages away from redrive.
+fn retried_by_visibility(kind: &str) -> bool {
+    kind == "record_busy"
 }
 
 /// What one batch's messages became, counted.
@@ -80,12 +114,27 @@ pub struct BatchStats {
     pub superseded: u32,
     /// Messages sent to the dead-letter queue.
     pub dead_lettered: u32,
-    /// Messages returned for retry.
+    /// Messages to be tried again (requeued or returned).
     pub retried: u32,
+    /// Messages that never finished (crashed, or cut off by the deadline).
+    pub unfinished: u32,
     /// Answers that refused our credentials (401, 403).
     pub auth_failures: u32,
-    /// Whether the circuit breaker opened during the batch.
+    /// Whether the fleet's circuit breaker was open when the batch ended.
     pub circuit_opened: bool,
+}
+
+/// One finished message's age, for the latency metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aged {
+    /// The feed.
+    pub feed: String,
+    /// `applied`, `superseded` or `dead_lettered`.
+    pub fate: &'static str,
+    /// Since the splitter sent the row, when the envelope says.
+    pub sent_age_ms: Option<i64>,
+    /// Since the export was uploaded, when the envelope says.
+    pub upload_age_ms: Option<i64>,
 }
 
 /// The consumer's answer for one batch.
@@ -97,75 +146,167 @@ pub struct BatchResult {
     pub fates: Vec<(String, Fate)>,
     /// The batch's counts.
     pub stats: BatchStats,
+    /// The ages of the messages that reached a final fate.
+    pub ages: Vec<Aged>,
+}
+
+/// What one message's processing leaves behind besides its fate.
+#[derive(Debug, Default)]
+pub(crate) struct BatchState {
+    pub(crate) auth: AtomicU32,
+    pub(crate) ages: std::sync::Mutex<Vec<Aged>>,
 }
 
 /// The consumer: one message, one API call, once in effect, never older than what the API
-/// holds.
-pub struct Consumer<L: LedgerTable, A: Api, Q: WorkQueue> {
+/// holds, never faster than the API's rate.
+pub struct Consumer<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> {
     /// The ledger: per record, the acknowledged version and the lease.
     pub ledger: Ledger<L>,
+    /// The fleet-wide gate: rate limit and circuit breaker.
+    pub gate: Gate<G>,
     /// The contact-tracing API.
     pub api: A,
-    /// The work queue (backoff) and the dead-letter queue.
+    /// The work queue (requeue, backoff) and the dead-letter queue.
     pub queue: Q,
     /// How it works through a batch.
     pub settings: ConsumerSettings,
 }
 
-impl<L: LedgerTable, A: Api, Q: WorkQueue> Consumer<L, A, Q> {
-    /// The backoff for a message received `receive_count` times, never sooner than
-    /// `retry_after`, never beyond SQS's 12 hours. Returns (delay, ceiling).
-    pub fn backoff(
-        &self,
-        receive_count: u32,
-        retry_after: Option<Duration>,
-    ) -> (Duration, Duration) {
+impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
+    /// The backoff for a message's `attempt` (1-based), never sooner than `retry_after`,
+    /// never beyond SQS's 15-minute delay. Returns (delay, ceiling).
+    pub fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> (Duration, Duration) {
         let b = self.settings.backoff;
-        let ceiling = b.ceiling(receive_count.max(1));
-        let mut d = b.delay(receive_count.max(1));
+        let ceiling = b.ceiling(attempt.max(1));
+        let mut d = b.delay(attempt.max(1));
         if let Some(r) = retry_after {
             d = d.max(r);
         }
-        (d.min(MAX_VISIBILITY), ceiling)
+        (d.min(MAX_DELAY), ceiling)
     }
 
-    /// Process a batch, `concurrency` messages at a time; messages to retry get their backoff
-    /// and are listed in `failures`.
+    /// Process a batch with no deadline.
     pub async fn process_batch(&self, messages: Vec<InMessage>) -> BatchResult {
-        let breaker = &Breaker::default();
+        self.process_batch_until(messages, None).await
+    }
+
+    /// Process a batch, `concurrency` messages at a time, each finished by `deadline` less
+    /// the margin (the invocation's end) or reported unfinished. Retries are requeued (or,
+    /// waiting for a lease, get their visibility); unfinished messages and retries that
+    /// could not be requeued are listed in `failures`.
+    pub async fn process_batch_until(
+        &self,
+        messages: Vec<InMessage>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> BatchResult {
+        let state = &BatchState::default();
+        let cutoff = deadline.map(|d| {
+            d.checked_sub(self.settings.deadline_margin)
+                .unwrap_or_else(tokio::time::Instant::now)
+        });
         let fates: Vec<(InMessage, Fate)> = futures_util::stream::iter(messages)
             .map(|m| async move {
-                let fate = self.process_one(&m, breaker).await;
+                let run = std::panic::AssertUnwindSafe(self.process_one(&m, state)).catch_unwind();
+                let fate = match cutoff {
+                    Some(at) => match tokio::time::timeout_at(at, run).await {
+                        Ok(done) => done,
+                        Err(_) => {
+                            warn!(message_id = %m.message_id, receive_count = m.receive_count, "the invocation's deadline came first: the message is reported unfinished");
+                            return (m, Fate::Unfinished { why: "deadline" });
+                        }
+                    },
+                    None => run.await,
+                };
+                let fate = fate.unwrap_or_else(|_| {
+                    error!(message_id = %m.message_id, receive_count = m.receive_count, "processing the message crashed: it is reported unfinished (redrive dead-letters it after maxReceiveCount)");
+                    Fate::Unfinished { why: "crashed" }
+                });
                 (m, fate)
             })
             .buffer_unordered(self.settings.concurrency.max(1))
             .collect()
             .await;
         let mut result = BatchResult::default();
-        result.stats.circuit_opened = breaker.is_open();
-        result.stats.auth_failures = breaker.auth.load(Ordering::SeqCst);
-        for (m, fate) in fates {
+        result.stats.auth_failures = state.auth.load(Ordering::SeqCst);
+        result.stats.circuit_opened = self.gate.seen().state == BreakerState::Open;
+        // the retries' copies (or visibility changes) all at once: the batch's end is near
+        let returned: Vec<bool> =
+            futures_util::future::join_all(fates.iter().map(|(m, fate)| async move {
+                match fate {
+                    Fate::Retry { delay, kind } => {
+                        if !retried_by_visibility(kind) && self.requeue(m, *delay).await {
+                            // the copy carries the message on: this receipt is done
+                            false
+                        } else {
+                            self.return_to_queue(m, *delay).await;
+                            true
+                        }
+                    }
+                    Fate::Unfinished { .. } => true,
+                    _ => false,
+                }
+            }))
+            .await;
+        for ((m, fate), failed) in fates.into_iter().zip(returned) {
             match &fate {
                 Fate::Applied => result.stats.applied += 1,
                 Fate::Duplicate => result.stats.duplicates += 1,
                 Fate::Superseded => result.stats.superseded += 1,
                 Fate::DeadLettered { .. } => result.stats.dead_lettered += 1,
-                Fate::Retry { delay, .. } => {
-                    result.stats.retried += 1;
-                    // the backoff: keep the message invisible that long; SQS then redelivers
-                    // it (or redrive moves it to the DLQ after maxReceiveCount receives)
-                    if let Err(e) = self
-                        .queue
-                        .change_visibility(&m.receipt_handle, *delay)
-                        .await
-                    {
-                        warn!(message_id = %m.message_id, error = %e, "could not set the backoff; the queue's visibility timeout applies");
-                    }
-                    result.failures.push(m.message_id.clone());
-                }
+                Fate::Unfinished { .. } => result.stats.unfinished += 1,
+                Fate::Retry { .. } => result.stats.retried += 1,
+            }
+            if failed {
+                result.failures.push(m.message_id.clone());
             }
             result.fates.push((m.message_id, fate));
         }
+        result.ages = state.ages.lock().map(|a| a.clone()).unwrap_or_default();
         result
+    }
+
+    /// Send a copy of `m` visible after `delay`, with its attempts and retry clock;
+    /// `false` when SQS refused it (the message is then returned to the queue instead).
+    async fn requeue(&self, m: &InMessage, delay: Duration) -> bool {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut attrs: Vec<(String, String)> = m
+            .attributes
+            .iter()
+            .filter(|(k, _)| {
+                k.as_str() != ATTEMPTS_ATTRIBUTE && k.as_str() != RETRY_SINCE_ATTRIBUTE
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        attrs.push((
+            ATTEMPTS_ATTRIBUTE.into(),
+            (m.earlier_attempts() + 1).to_string(),
+        ));
+        attrs.push((
+            RETRY_SINCE_ATTRIBUTE.into(),
+            m.retry_since_ms(now).to_string(),
+        ));
+        match self
+            .queue
+            .requeue(&m.body, &attrs, delay.min(MAX_DELAY))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(message_id = %m.message_id, error = %e, "could not requeue the message: it is returned to the queue instead (a receive used)");
+                false
+            }
+        }
+    }
+
+    /// Keep the received message invisible for `delay`; SQS then redelivers it (or redrive
+    /// moves it to the DLQ after maxReceiveCount receives).
+    async fn return_to_queue(&self, m: &InMessage, delay: Duration) {
+        if let Err(e) = self
+            .queue
+            .change_visibility(&m.receipt_handle, delay.min(MAX_VISIBILITY))
+            .await
+        {
+            warn!(message_id = %m.message_id, error = %e, "could not set the backoff; the queue's visibility timeout applies");
+        }
     }
 }

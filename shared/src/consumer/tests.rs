@@ -6,10 +6,12 @@
 
 use crate::backoff::Backoff;
 use crate::consumer::{
-    BatchResult, BatchStats, Consumer, ConsumerSettings, Fate, InMessage, Ledger, Take, WorkQueue,
+    BatchResult, BatchStats, Consumer, ConsumerSettings, Fate, Gate, GateSettings, InMessage,
+    Ledger, Take, WorkQueue,
 };
 use crate::contract::envelope::Envelope;
 use crate::ports::api::{Api, ApiAnswer};
+use crate::ports::gate::{BreakerState, GateTable, MemoryGate};
 use crate::ports::ledger::{LeaseItem, LedgerTable, MemoryLedger, RecordItem};
 use crate::ports::queue::QueueError;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -22,7 +24,7 @@ const FEED: &str = "labs";
 /// attributes.
 const PATIENT: &str = "Jane Doe";
 const PHONE: &str = "555-0100";
-const TWELVE_HOURS: Duration = Duration::from_secs(43_200);
+const FIFTEEN_MINUTES: Duration = Duration::from_secs(900);
 
 // ---------------------------------------------------------------------------------------
 // messages
@@ -71,6 +73,7 @@ fn msg_of(id: &str, ikey: &str, record: &str, version: u64) -> InMessage {
         body: body_of(ikey, record, version),
         receive_count: 1,
         attributes,
+        sent_timestamp_ms: Some(now_ms()),
     }
 }
 
@@ -113,6 +116,15 @@ struct FakeApi {
     record_applied: Mutex<Vec<(String, u64)>>,
     /// Calls that started while another call for the same record was in flight.
     record_overlaps: AtomicUsize,
+    /// Idempotency keys whose call panics (a poison message).
+    panic_on: Mutex<BTreeSet<String>>,
+    /// Idempotency keys whose call never answers.
+    hang_on: Mutex<BTreeSet<String>>,
+    /// Whether the credentials have been rotated: a refresh then reports a new token and
+    /// the keys answering 401 succeed.
+    rotated: AtomicBool,
+    /// `refresh_credentials` calls.
+    refreshes: AtomicUsize,
 }
 
 impl FakeApi {
@@ -127,7 +139,21 @@ impl FakeApi {
             record_in_flight: Mutex::new(HashMap::new()),
             record_applied: Mutex::new(Vec::new()),
             record_overlaps: AtomicUsize::new(0),
+            panic_on: Mutex::new(BTreeSet::new()),
+            hang_on: Mutex::new(BTreeSet::new()),
+            rotated: AtomicBool::new(false),
+            refreshes: AtomicUsize::new(0),
         }
+    }
+
+    fn panicking_on(self, key: &str) -> Self {
+        self.panic_on.lock().unwrap().insert(key.to_string());
+        self
+    }
+
+    fn hanging_on(self, key: &str) -> Self {
+        self.hang_on.lock().unwrap().insert(key.to_string());
+        self
     }
 
     /// The versions called for `record`, in call order.
@@ -195,8 +221,29 @@ impl FakeApi {
 }
 
 impl Api for FakeApi {
+    async fn refresh_credentials(&self) -> bool {
+        self.refreshes.fetch_add(1, Ordering::SeqCst);
+        self.rotated.load(Ordering::SeqCst)
+    }
+
     async fn deliver(&self, env: &Envelope) -> ApiAnswer {
         self.calls.lock().unwrap().push(env.idempotency_key.clone());
+        if self.panic_on.lock().unwrap().contains(&env.idempotency_key) {
+            panic!("a poison message");
+        }
+        if self.hang_on.lock().unwrap().contains(&env.idempotency_key) {
+            std::future::pending::<()>().await;
+        }
+        if self.rotated.load(Ordering::SeqCst)
+            && self
+                .calls()
+                .iter()
+                .filter(|k| **k == env.idempotency_key)
+                .count()
+                > 1
+        {
+            return status(201);
+        }
         self.record_calls
             .lock()
             .unwrap()
@@ -259,10 +306,21 @@ impl DeadLetter {
     }
 }
 
+/// A copy put back on the work queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Requeued {
+    body: String,
+    attrs: BTreeMap<String, String>,
+    delay: Duration,
+}
+
 #[derive(Clone, Default)]
 struct FakeQueue {
     /// `(receipt handle, timeout)` of every `change_visibility` call.
     visibility: Arc<Mutex<Vec<(String, Duration)>>>,
+    /// Every accepted `requeue`.
+    requeued: Arc<Mutex<Vec<Requeued>>>,
+    fail_requeue: Arc<AtomicBool>,
     /// Dead letters accepted.
     dead: Arc<Mutex<Vec<DeadLetter>>>,
     /// Every `dead_letter` call, accepted or not.
@@ -273,6 +331,25 @@ struct FakeQueue {
 impl FakeQueue {
     fn visibility(&self) -> Vec<(String, Duration)> {
         self.visibility.lock().unwrap().clone()
+    }
+    fn requeued(&self) -> Vec<Requeued> {
+        self.requeued.lock().unwrap().clone()
+    }
+    /// The requeued copies so far, as the messages SQS delivers next (fresh ids,
+    /// received once), the list emptied.
+    fn take_requeued(&self, round: usize) -> Vec<InMessage> {
+        std::mem::take(&mut *self.requeued.lock().unwrap())
+            .into_iter()
+            .enumerate()
+            .map(|(i, q)| InMessage {
+                message_id: format!("copy-{round}-{i}"),
+                receipt_handle: format!("rh-copy-{round}-{i}"),
+                body: q.body,
+                receive_count: 1,
+                attributes: q.attrs,
+                sent_timestamp_ms: Some(now_ms()),
+            })
+            .collect()
     }
     fn dead(&self) -> Vec<DeadLetter> {
         self.dead.lock().unwrap().clone()
@@ -295,6 +372,27 @@ impl WorkQueue for FakeQueue {
             .lock()
             .unwrap()
             .push((receipt_handle.to_string(), timeout));
+        Ok(())
+    }
+
+    async fn requeue(
+        &self,
+        body: &str,
+        attributes: &[(String, String)],
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        if self.fail_requeue.load(Ordering::SeqCst) {
+            return Err(QueueError::Service {
+                op: "SendMessage",
+                message: "ServiceUnavailable: try again".into(),
+                retryable: true,
+            });
+        }
+        self.requeued.lock().unwrap().push(Requeued {
+            body: body.to_string(),
+            attrs: attributes.iter().cloned().collect(),
+            delay,
+        });
         Ok(())
     }
 
@@ -323,18 +421,36 @@ impl WorkQueue for FakeQueue {
 // the consumer under test
 // ---------------------------------------------------------------------------------------
 
-type TestConsumer = Consumer<MemoryLedger, FakeApi, FakeQueue>;
+type TestConsumer = Consumer<MemoryLedger, MemoryGate, FakeApi, FakeQueue>;
 
-/// Backoffs of milliseconds (1 ms doubling to 8 ms).
-fn settings(concurrency: usize, breaker_threshold: u32) -> ConsumerSettings {
-    ConsumerSettings {
-        concurrency,
-        backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(8)),
-        breaker_threshold,
+/// The breaker's probe interval in these tests.
+const PROBE: Duration = Duration::from_millis(200);
+
+/// A gate that never holds a call back for its rate, opening after `threshold` failures.
+fn gate_settings(threshold: u32) -> GateSettings {
+    GateSettings {
+        rate_per_sec: 100_000.0,
+        threshold,
+        probe_interval: PROBE,
+        ramp: Duration::ZERO,
+        ..GateSettings::default()
     }
 }
 
-fn consumer_with(api: FakeApi, settings: ConsumerSettings) -> TestConsumer {
+/// Backoffs of milliseconds (1 ms doubling to 8 ms); the breaker opens at
+/// `breaker_threshold`.
+fn settings(concurrency: usize, breaker_threshold: u32) -> (ConsumerSettings, GateSettings) {
+    (
+        ConsumerSettings {
+            concurrency,
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(8)),
+            ..ConsumerSettings::default()
+        },
+        gate_settings(breaker_threshold),
+    )
+}
+
+fn consumer_with(api: FakeApi, (settings, gate): (ConsumerSettings, GateSettings)) -> TestConsumer {
     Consumer {
         ledger: Ledger {
             table: MemoryLedger::new(),
@@ -342,6 +458,7 @@ fn consumer_with(api: FakeApi, settings: ConsumerSettings) -> TestConsumer {
             // no waiting in process for a busy record (a test that wants it sets it)
             wait: Duration::ZERO,
         },
+        gate: Gate::new(MemoryGate::new(), gate),
         api,
         queue: FakeQueue::default(),
         settings,
@@ -421,36 +538,60 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Every Retry fate has exactly one `change_visibility` call, with its receipt handle and
-/// its delay, and is reported in `failures`; no other message is.
-fn assert_retries_scheduled(c: &TestConsumer, r: &BatchResult) {
-    let mut want: Vec<(String, Duration)> = r
-        .fates
-        .iter()
-        .filter_map(|(id, f)| match f {
-            Fate::Retry { delay, .. } => Some((receipt(id), *delay)),
-            _ => None,
+/// Every Retry fate but `record_busy` is requeued exactly once: its body, its attributes
+/// plus one more attempt and its retry clock, its delay; none of those is a batch item
+/// failure. A `record_busy` retry has exactly one `change_visibility` call with its receipt
+/// handle and delay, and is reported in `failures`. No other message is either.
+fn assert_retries_scheduled(c: &TestConsumer, r: &BatchResult, sent: &[InMessage]) {
+    let by_id: HashMap<&str, &InMessage> =
+        sent.iter().map(|m| (m.message_id.as_str(), m)).collect();
+    let mut want_visibility: Vec<(String, Duration)> = Vec::new();
+    let mut want_requeued: Vec<(String, Duration, String)> = Vec::new();
+    let mut busy: BTreeSet<&str> = BTreeSet::new();
+    for (id, f) in &r.fates {
+        if let Fate::Retry { delay, kind } = f {
+            assert!(*delay <= FIFTEEN_MINUTES, "{id}: {delay:?}");
+            if *kind == "record_busy" {
+                want_visibility.push((receipt(id), *delay));
+                busy.insert(id.as_str());
+            } else {
+                let m = by_id[id.as_str()];
+                want_requeued.push((
+                    m.body.clone(),
+                    *delay,
+                    (m.earlier_attempts() + 1).to_string(),
+                ));
+            }
+        }
+    }
+    let mut got_visibility = c.queue.visibility();
+    want_visibility.sort();
+    got_visibility.sort();
+    assert_eq!(got_visibility, want_visibility, "change_visibility calls");
+    let mut got_requeued: Vec<(String, Duration, String)> = c
+        .queue
+        .requeued()
+        .into_iter()
+        .map(|q| {
+            let since: i64 = q.attrs["retry_since_ms"].parse().unwrap();
+            assert!(since > 0 && since <= now_ms(), "{since}");
+            assert_eq!(q.attrs["feed"], FEED, "the message's attributes are kept");
+            (q.body, q.delay, q.attrs["attempts"].clone())
         })
         .collect();
-    let mut got = c.queue.visibility();
-    want.sort();
-    got.sort();
-    assert_eq!(got, want, "change_visibility calls");
-    let retried: BTreeSet<&str> = r
-        .fates
-        .iter()
-        .filter(|(_, f)| matches!(f, Fate::Retry { .. }))
-        .map(|(id, _)| id.as_str())
-        .collect();
+    want_requeued.sort();
+    got_requeued.sort();
+    assert_eq!(got_requeued, want_requeued, "requeued copies");
     let failures: BTreeSet<&str> = r.failures.iter().map(String::as_str).collect();
-    assert_eq!(failures, retried, "batch item failures");
-    assert_eq!(r.failures.len(), retried.len(), "no failure reported twice");
+    assert_eq!(failures, busy, "batch item failures");
+    assert_eq!(r.failures.len(), busy.len(), "no failure reported twice");
 }
 
 fn assert_stats_add_up(r: &BatchResult, messages: usize) {
     let s = &r.stats;
     assert_eq!(
-        (s.applied + s.duplicates + s.superseded + s.dead_lettered + s.retried) as usize,
+        (s.applied + s.duplicates + s.superseded + s.dead_lettered + s.retried + s.unfinished)
+            as usize,
         messages,
         "{s:?}"
     );
@@ -547,7 +688,8 @@ async fn a_5xx_is_retried_with_its_backoff_and_the_lease_released() {
     let c = consumer_with(api, settings(1, 100));
     let mut messages = msgs(2);
     messages[1].receive_count = 3;
-    let r = c.process_batch(messages).await;
+    let sent = messages;
+    let r = c.process_batch(sent.clone()).await;
 
     for (i, k) in ["k1", "k2"].iter().enumerate() {
         let id = format!("m{}", i + 1);
@@ -562,7 +704,7 @@ async fn a_5xx_is_retried_with_its_backoff_and_the_lease_released() {
     assert_eq!(r.stats.retried, 2);
     assert!(!r.stats.circuit_opened);
     assert_eq!(c.queue.dead_letter_calls(), 0);
-    assert_retries_scheduled(&c, &r);
+    assert_retries_scheduled(&c, &r, &sent);
 }
 
 #[tokio::test]
@@ -576,7 +718,8 @@ async fn a_timeout_or_broken_connection_keeps_the_records_lease_until_it_expires
             [ApiAnswer::Connection("connection reset by peer".into())],
         );
     let c = consumer_with(api, settings(1, 100));
-    let r = c.process_batch(msgs(2)).await;
+    let sent = msgs(2);
+    let r = c.process_batch(sent.clone()).await;
 
     for (id, k, kind) in [("m1", "k1", "timeout"), ("m2", "k2", "connection")] {
         let (got_kind, delay) = retry_of(&r, id);
@@ -589,7 +732,7 @@ async fn a_timeout_or_broken_connection_keeps_the_records_lease_until_it_expires
         assert_eq!(lease.owner, format!("{id}:1"), "{id}: the lease stays ours");
         assert!(lease.until_ms > now_ms(), "{id}");
     }
-    assert_retries_scheduled(&c, &r);
+    assert_retries_scheduled(&c, &r, &sent);
     // another message of the same record finds it busy and is not sent
     let other = msg_of("m9", "k1-v2", &record_key("k1"), 2);
     let r2 = c.process_batch(vec![other]).await;
@@ -655,16 +798,18 @@ async fn an_undecodable_body_is_dead_lettered_without_calling_the_api() {
 #[tokio::test]
 async fn a_302_is_retried_as_an_unexpected_status() {
     let c = consumer(FakeApi::new().answering("k1", [status(302)]));
-    let r = c.process_batch(msgs(1)).await;
+    let sent = msgs(1);
+    let r = c.process_batch(sent.clone()).await;
 
     let (kind, delay) = retry_of(&r, "m1");
     assert_eq!(kind, "unexpected_status");
     assert!(delay <= c.backoff(1, None).1);
-    assert_eq!(r.failures, ["m1"]);
+    assert!(r.failures.is_empty(), "requeued, not a batch item failure");
+    assert_eq!(c.queue.requeued().len(), 1);
     assert_eq!(c.api.calls(), ["k1"]);
     assert_eq!(c.queue.dead_letter_calls(), 0);
     assert_eq!(kept(&c, "k1").await, released());
-    assert_retries_scheduled(&c, &r);
+    assert_retries_scheduled(&c, &r, &sent);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -675,7 +820,9 @@ async fn a_302_is_retried_as_an_unexpected_status() {
 async fn a_dead_letter_carries_its_context_and_no_row_value() {
     let c = consumer(FakeApi::new().answering("k1", [status(422)]));
     let mut m = msg("m-4711", "k1");
-    m.receive_count = 4;
+    // three earlier attempts (requeued copies), this copy received twice
+    m.attributes.insert("attempts".into(), "3".into());
+    m.receive_count = 2;
     // attributes other than feed/change/idempotency_key are not copied
     m.attributes.insert("note".into(), PATIENT.into());
     let before = chrono::Utc::now();
@@ -737,7 +884,8 @@ async fn consecutive_transient_failures_open_the_circuit_for_the_rest_of_the_bat
         .answering("k2", [ApiAnswer::Timeout])
         .answering("k3", [ApiAnswer::Connection("refused".into())]);
     let c = consumer(api); // threshold 3, one at a time
-    let r = c.process_batch(msgs(6)).await;
+    let sent = msgs(6);
+    let r = c.process_batch(sent.clone()).await;
 
     assert_eq!(c.api.calls(), ["k1", "k2", "k3"], "no call once open");
     assert_eq!(retry_of(&r, "m1").0, "server_error");
@@ -746,7 +894,7 @@ async fn consecutive_transient_failures_open_the_circuit_for_the_rest_of_the_bat
     for i in 4..=6 {
         let (kind, delay) = retry_of(&r, &format!("m{i}"));
         assert_eq!(kind, "circuit_open");
-        assert!(delay <= c.backoff(1, None).1);
+        assert!(delay <= PROBE, "no later than the next probe: {delay:?}");
         assert_eq!(
             c.ledger
                 .table
@@ -759,12 +907,34 @@ async fn consecutive_transient_failures_open_the_circuit_for_the_rest_of_the_bat
     }
     assert!(r.stats.circuit_opened);
     assert_eq!(r.stats.retried, 6);
-    assert_retries_scheduled(&c, &r);
+    assert_retries_scheduled(&c, &r, &sent);
+    let item = c.gate.table.read().await.unwrap().unwrap();
+    assert_eq!(item.state, BreakerState::Open);
 
-    // the breaker is per batch: the next batch calls the API again
-    let r2 = c.process_batch(vec![msg("m7", "k7")]).await;
-    assert_eq!(fate(&r2, "m7"), &Fate::Applied);
-    assert!(!r2.stats.circuit_opened);
+    // the breaker is the fleet's: the next batch (another consumer's, sharing the table)
+    // does not call the API before the probe is due …
+    let other = Consumer {
+        ledger: c.ledger.clone(),
+        gate: Gate::new(c.gate.table.clone(), c.gate.settings.clone()),
+        api: FakeApi::new(),
+        queue: FakeQueue::default(),
+        settings: c.settings.clone(),
+    };
+    let r2 = other.process_batch(vec![msg("m7", "k7")]).await;
+    assert_eq!(retry_of(&r2, "m7").0, "circuit_open");
+    assert!(other.api.calls().is_empty());
+    // … then one probe, whose success closes it for everyone
+    tokio::time::sleep(PROBE + Duration::from_millis(20)).await;
+    let r3 = other
+        .process_batch(vec![msg("m8", "k8"), msg("m9", "k9")])
+        .await;
+    assert_eq!(fate(&r3, "m8"), &Fate::Applied);
+    assert_eq!(fate(&r3, "m9"), &Fate::Applied);
+    assert_eq!(
+        c.gate.table.read().await.unwrap().unwrap().state,
+        BreakerState::Closed
+    );
+    assert!(!r3.stats.circuit_opened);
 }
 
 #[tokio::test]
@@ -816,7 +986,8 @@ async fn a_401_or_403_is_retried_as_auth_and_counted() {
         .answering("k1", [status(401)])
         .answering("k2", [status(403)]);
     let c = consumer_with(api, settings(1, 100));
-    let r = c.process_batch(msgs(3)).await;
+    let sent = msgs(3);
+    let r = c.process_batch(sent.clone()).await;
 
     assert_eq!(retry_of(&r, "m1").0, "auth");
     assert_eq!(retry_of(&r, "m2").0, "auth");
@@ -829,7 +1000,7 @@ async fn a_401_or_403_is_retried_as_auth_and_counted() {
         0,
         "credentials are not the row's fault"
     );
-    assert_retries_scheduled(&c, &r);
+    assert_retries_scheduled(&c, &r, &sent);
 }
 
 #[tokio::test]
@@ -852,14 +1023,17 @@ async fn auth_failures_trip_the_breaker() {
 
 /// The production default: 5 s doubling to 900 s.
 fn default_backoff_consumer() -> TestConsumer {
-    consumer_with(FakeApi::new(), ConsumerSettings::default())
+    consumer_with(
+        FakeApi::new(),
+        (ConsumerSettings::default(), gate_settings(3)),
+    )
 }
 
 #[tokio::test]
 async fn the_backoff_ceiling_grows_then_caps_and_bounds_the_delay() {
     let c = default_backoff_consumer();
     let secs = |n: u32| c.backoff(n, None).1.as_secs();
-    assert_eq!(secs(0), 5, "a receive count of 0 counts as the first");
+    assert_eq!(secs(0), 5, "an attempt of 0 counts as the first");
     assert_eq!(secs(1), 5);
     assert_eq!(secs(2), 10);
     assert_eq!(secs(3), 20);
@@ -876,79 +1050,90 @@ async fn the_backoff_ceiling_grows_then_caps_and_bounds_the_delay() {
 }
 
 #[tokio::test]
-async fn the_backoff_is_never_sooner_than_retry_after_nor_beyond_twelve_hours() {
+async fn the_backoff_is_never_sooner_than_retry_after_nor_beyond_sqs_longest_delay() {
     let c = default_backoff_consumer();
     for n in [1, 3, 9, u32::MAX] {
-        for retry_after in [7, 600, 5_000, 43_200, 43_201, 10_000_000] {
+        for retry_after in [7, 600, 899, 900, 901, 43_200, 10_000_000] {
             let ra = Duration::from_secs(retry_after);
             for _ in 0..50 {
                 let (delay, ceiling) = c.backoff(n, Some(ra));
-                assert!(delay >= ra.min(TWELVE_HOURS), "{n} {ra:?}: {delay:?}");
-                assert!(delay <= TWELVE_HOURS, "{n} {ra:?}: {delay:?}");
+                assert!(delay >= ra.min(FIFTEEN_MINUTES), "{n} {ra:?}: {delay:?}");
+                assert!(delay <= FIFTEEN_MINUTES, "{n} {ra:?}: {delay:?}");
                 assert!(delay <= ceiling.max(ra), "{n} {ra:?}: {delay:?}");
             }
         }
     }
     assert_eq!(
         c.backoff(1, Some(Duration::from_secs(u64::MAX))).0,
-        TWELVE_HOURS
+        FIFTEEN_MINUTES
     );
 
-    // a cap beyond SQS's 12 hours: the delay still stays within them
+    // a cap beyond SQS's 15 minutes: the delay still stays within them
     let long = consumer_with(
         FakeApi::new(),
-        ConsumerSettings {
-            backoff: Backoff::new(Duration::from_secs(3600), Duration::from_secs(200_000)),
-            ..ConsumerSettings::default()
-        },
+        (
+            ConsumerSettings {
+                backoff: Backoff::new(Duration::from_secs(3600), Duration::from_secs(200_000)),
+                ..ConsumerSettings::default()
+            },
+            gate_settings(3),
+        ),
     );
     let mut beyond = 0;
     for _ in 0..200 {
         let (delay, ceiling) = long.backoff(u32::MAX, None);
         assert_eq!(ceiling, Duration::from_secs(200_000));
-        assert!(delay <= TWELVE_HOURS, "{delay:?}");
-        if delay == TWELVE_HOURS {
+        assert!(delay <= FIFTEEN_MINUTES, "{delay:?}");
+        if delay == FIFTEEN_MINUTES {
             beyond += 1;
         }
     }
-    // most jitter draws land beyond 12 h and are clamped to it
+    // most jitter draws land beyond 15 min and are clamped to it
     assert!(beyond > 0);
 }
 
-/// A latent defect (not reachable from `consumer_from_env`, which caps the backoff at
-/// 43,200 s): `Backoff::delay` computes `random % (c + 1)` with `c` the ceiling in
-/// nanoseconds as a `u64`; once `ceiling()` saturates at `u64::MAX` ns (a cap of at least
-/// ~584 years and `base * 2^32` beyond that), `c + 1` overflows (a panic in debug builds; in
-/// release it wraps to 0 and the `%` panics instead).
+/// `Backoff::delay` with a ceiling saturated at `u64::MAX` ns (an unbounded cap) neither
+/// overflows nor panics, and the delay stays within SQS's limit.
 #[tokio::test]
-async fn a_backoff_with_an_unbounded_cap_stays_within_twelve_hours_without_panicking() {
+async fn a_backoff_with_an_unbounded_cap_stays_within_sqs_limit_without_panicking() {
     let c = consumer_with(
         FakeApi::new(),
-        ConsumerSettings {
-            backoff: Backoff::new(Duration::from_secs(5), Duration::MAX),
-            ..ConsumerSettings::default()
-        },
+        (
+            ConsumerSettings {
+                backoff: Backoff::new(Duration::from_secs(5), Duration::MAX),
+                ..ConsumerSettings::default()
+            },
+            gate_settings(3),
+        ),
     );
     let (delay, _) = c.backoff(40, None);
-    assert!(delay <= TWELVE_HOURS, "{delay:?}");
+    assert!(delay <= FIFTEEN_MINUTES, "{delay:?}");
 }
 
 #[tokio::test]
-async fn a_429_with_retry_after_is_retried_no_sooner_than_asked() {
+async fn a_429_pauses_every_message_for_its_retry_after_and_neither_is_a_failure() {
     let answer = ApiAnswer::Status {
         code: 429,
         retry_after: Some("7".into()),
     };
     let c = consumer(FakeApi::new().answering("k1", [answer]));
-    let r = c.process_batch(msgs(2)).await;
+    let sent = msgs(2);
+    let r = c.process_batch(sent.clone()).await;
 
     let (kind, delay) = retry_of(&r, "m1");
     assert_eq!(kind, "rate_limited");
     assert!(delay >= Duration::from_secs(7), "{delay:?}");
-    assert!(delay <= TWELVE_HOURS);
-    assert_eq!(c.queue.visibility(), [(receipt("m1"), delay)]);
     assert_eq!(kept(&c, "k1").await, released());
-    assert_eq!(fate(&r, "m2"), &Fate::Applied);
+    // the pause holds back the next message too (fleet-wide): not called, requeued no
+    // sooner than the pause ends
+    let (kind, delay) = retry_of(&r, "m2");
+    assert_eq!(kind, "rate_paused");
+    assert!(delay >= Duration::from_secs(6), "{delay:?}");
+    assert_eq!(c.api.calls(), ["k1"]);
+    assert_eq!(kept(&c, "k2").await, released());
+    let item = c.gate.table.read().await.unwrap().unwrap();
+    assert!(item.paused_until_ms >= now_ms() + 6_000);
+    assert_retries_scheduled(&c, &r, &sent);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1052,7 +1237,8 @@ async fn a_record_leased_by_another_attempt_is_retried_after_its_lease_without_a
     };
     let lease = lease_of(&c, &record_key("k1")).await;
     let remaining_before = lease.until_ms - now_ms();
-    let r = c.process_batch(msgs(1)).await;
+    let sent = msgs(1);
+    let r = c.process_batch(sent.clone()).await;
     let remaining_after = lease.until_ms - now_ms();
 
     let (kind, delay) = retry_of(&r, "m1");
@@ -1073,7 +1259,7 @@ async fn a_record_leased_by_another_attempt_is_retried_after_its_lease_without_a
         ("other:1", 2),
         "the holder keeps its lease"
     );
-    assert_retries_scheduled(&c, &r);
+    assert_retries_scheduled(&c, &r, &sent);
 }
 
 #[tokio::test]
@@ -1132,17 +1318,19 @@ async fn a_released_record_is_taken_by_the_next_delivery_and_applied_once() {
     assert_eq!(retry_of(&r1, "m1").0, "server_error");
     assert_eq!(kept(&c, "k1").await, released());
 
-    let mut again = msg("m1", "k1");
-    again.receive_count = 2;
+    // the requeued copy, the message's second attempt
+    let mut again = c.queue.take_requeued(1).remove(0);
+    assert_eq!(again.attributes["attempts"], "1");
+    assert_eq!(again.body, msg("m1", "k1").body);
     let r2 = c.process_batch(vec![again.clone()]).await;
-    assert_eq!(fate(&r2, "m1"), &Fate::Applied);
+    assert_eq!(fate(&r2, &again.message_id), &Fate::Applied);
     let f = c.ledger.table.fate(FEED, "k1").await.unwrap().unwrap();
     assert_eq!((f.fate, f.attempts), ("applied", 2));
 
-    // a third delivery (e.g. SQS at-least-once) is a duplicate, without a call
-    again.receive_count = 3;
-    let r3 = c.process_batch(vec![again]).await;
-    assert_eq!(fate(&r3, "m1"), &Fate::Duplicate);
+    // a second delivery of the copy (e.g. SQS at-least-once) is a duplicate, without a call
+    again.receive_count = 2;
+    let r3 = c.process_batch(vec![again.clone()]).await;
+    assert_eq!(fate(&r3, &again.message_id), &Fate::Duplicate);
     assert_eq!(c.api.calls(), ["k1", "k1"]);
 }
 
@@ -1222,6 +1410,7 @@ async fn under_transient_faults_and_shuffled_redeliveries_a_record_never_goes_ba
         }
         let r = c.process_batch(std::mem::take(&mut pending)).await;
         let retried: BTreeSet<String> = r.failures.iter().cloned().collect();
+        let copies = c.queue.take_requeued(rounds as usize);
         for (id, f) in &r.fates {
             assert!(!matches!(f, Fate::DeadLettered { .. }), "{id}: {f:?}");
         }
@@ -1244,6 +1433,7 @@ async fn under_transient_faults_and_shuffled_redeliveries_a_record_never_goes_ba
                 m.receive_count = rounds + 1;
                 m
             })
+            .chain(copies)
             .collect();
     }
     assert_eq!(
@@ -1273,13 +1463,14 @@ async fn under_transient_faults_and_shuffled_redeliveries_a_record_never_goes_ba
 async fn a_failing_ledger_is_retried_without_an_api_call() {
     let c = consumer(FakeApi::new());
     c.ledger.table.set_failing(true);
-    let r = c.process_batch(msgs(2)).await;
+    let sent = msgs(2);
+    let r = c.process_batch(sent.clone()).await;
 
     assert_eq!(retry_of(&r, "m1").0, "ledger");
     assert_eq!(retry_of(&r, "m2").0, "ledger");
     assert!(c.api.calls().is_empty());
     assert!(!r.stats.circuit_opened);
-    assert_retries_scheduled(&c, &r);
+    assert_retries_scheduled(&c, &r, &sent);
     c.ledger.table.set_failing(false);
     let r = c.process_batch(msgs(2)).await;
     assert_eq!(r.stats.applied, 2);
@@ -1297,7 +1488,8 @@ async fn a_dead_letter_that_fails_is_retried_so_the_message_is_not_lost() {
         body: "not json".into(),
         ..msg("m2", "k2")
     };
-    let r = c.process_batch(vec![msg("m1", "k1"), undecodable]).await;
+    let sent = vec![msg("m1", "k1"), undecodable];
+    let r = c.process_batch(sent.clone()).await;
 
     for id in ["m1", "m2"] {
         let (kind, delay) = retry_of(&r, id);
@@ -1308,19 +1500,26 @@ async fn a_dead_letter_that_fails_is_retried_so_the_message_is_not_lost() {
     assert_eq!(r.stats.dead_lettered, 0);
     assert_eq!(c.queue.dead_letter_calls(), 2);
     assert!(c.queue.dead().is_empty());
-    assert_retries_scheduled(&c, &r);
+    assert_retries_scheduled(&c, &r, &sent);
     assert_eq!(
         kept(&c, "k1").await,
         released(),
         "not dead-lettered yet: no fate recorded"
     );
 
-    // the redelivery takes the record again and dead-letters it
+    // the requeued copy takes the record again and dead-letters it
     c.queue.fail_dead_letters(false);
-    let mut again = msg("m1", "k1");
-    again.receive_count = 2;
+    let again = c
+        .queue
+        .take_requeued(1)
+        .into_iter()
+        .find(|m| m.body == msg("m1", "k1").body)
+        .unwrap();
     let r2 = c.process_batch(vec![again.clone()]).await;
-    assert_eq!(fate(&r2, "m1"), &Fate::DeadLettered { class: "permanent" });
+    assert_eq!(
+        fate(&r2, &again.message_id),
+        &Fate::DeadLettered { class: "permanent" }
+    );
     assert_eq!(c.queue.dead()[0].body, again.body);
     assert_eq!(c.queue.dead()[0].attr("attempts"), Some("2"));
 }
@@ -1361,7 +1560,8 @@ async fn a_mixed_batch_at_concurrency_three_adds_up() {
         api = api.answering(&record_key(&format!("k{i}")), [answer]);
     }
     let c = consumer_with(api, settings(3, 100));
-    let r = c.process_batch(msgs(12)).await;
+    let sent = msgs(12);
+    let r = c.process_batch(sent.clone()).await;
 
     assert!(c.api.max_in_flight() <= 3);
     assert_eq!(
@@ -1372,13 +1572,219 @@ async fn a_mixed_batch_at_concurrency_three_adds_up() {
             superseded: 0,
             dead_lettered: 3,
             retried: 3,
+            unfinished: 0,
             auth_failures: 0,
             circuit_opened: false,
         }
     );
     assert_stats_add_up(&r, 12);
-    let retried: BTreeSet<&str> = r.failures.iter().map(String::as_str).collect();
+    let retried: BTreeSet<&str> = r
+        .fates
+        .iter()
+        .filter(|(_, f)| matches!(f, Fate::Retry { .. }))
+        .map(|(id, _)| id.as_str())
+        .collect();
     assert_eq!(retried, BTreeSet::from(["m3", "m7", "m11"]));
+    assert!(
+        r.failures.is_empty(),
+        "requeued, not failed: {:?}",
+        r.failures
+    );
     assert_eq!(c.queue.dead().len(), 3);
-    assert_retries_scheduled(&c, &r);
+    assert_retries_scheduled(&c, &r, &sent);
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. riding out outages: the retry window, requeued copies, poison messages, credentials
+// ---------------------------------------------------------------------------------------
+
+/// `m`, its retries started `secs` ago, `earlier` attempts made.
+fn aged_msg(id: &str, ikey: &str, secs: i64, earlier: u32) -> InMessage {
+    let mut m = msg(id, ikey);
+    m.attributes.insert(
+        "retry_since_ms".into(),
+        (now_ms() - secs * 1000).to_string(),
+    );
+    m.attributes.insert("attempts".into(), earlier.to_string());
+    m
+}
+
+#[tokio::test]
+async fn a_transient_failure_past_the_retry_window_is_dead_lettered_with_attempts_and_age() {
+    let api = FakeApi::new()
+        .answering("k1", [status(503)])
+        .answering("k2", [status(503)]);
+    let (mut cs, gs) = settings(1, 100);
+    cs.retry_window = Duration::from_secs(60);
+    let c = consumer_with(api, (cs, gs));
+    // k1 has been retried for 61 s (over the window), k2 for 59 s (not yet)
+    let sent = vec![aged_msg("m1", "k1", 61, 40), aged_msg("m2", "k2", 59, 39)];
+    let r = c.process_batch(sent.clone()).await;
+
+    assert_eq!(
+        fate(&r, "m1"),
+        &Fate::DeadLettered {
+            class: "retry_window"
+        }
+    );
+    let d = &c.queue.dead()[0];
+    assert_eq!(d.attr("error_class"), Some("retry_window"));
+    assert_eq!(d.attr("attempts"), Some("41"));
+    let age: i64 = d.attr("age_ms").unwrap().parse().unwrap();
+    assert!((61_000..70_000).contains(&age), "{age}");
+    let reason = d.attr("reason").unwrap();
+    assert!(reason.starts_with("retry window exceeded"), "{reason}");
+    assert!(reason.contains("HTTP 503"), "{reason}");
+    assert!(!reason.contains(PATIENT) && !reason.contains(PHONE));
+    assert_eq!(
+        kept(&c, "k1").await.fate,
+        Some(("dead_lettered", Some("retry window exceeded".into())))
+    );
+    // within the window: requeued, its attempts counted on
+    assert_eq!(retry_of(&r, "m2").0, "server_error");
+    let copy = &c.queue.requeued()[0];
+    assert_eq!(copy.attrs["attempts"], "40");
+    assert_eq!(
+        copy.attrs["retry_since_ms"],
+        sent[1].attributes["retry_since_ms"]
+    );
+    assert!(r.failures.is_empty());
+}
+
+#[tokio::test]
+async fn the_envelopes_retry_window_wins_over_the_consumers_default() {
+    let c = consumer_with(
+        FakeApi::new().answering("k1", [status(503)]),
+        settings(1, 100),
+    );
+    // the consumer's default is a day; the feed's window, in the envelope, is 30 s
+    let mut m = aged_msg("m1", "k1", 31, 5);
+    let mut body: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+    body["retry_window_secs"] = serde_json::json!(30);
+    m.body = body.to_string();
+    let r = c.process_batch(vec![m]).await;
+    assert_eq!(
+        fate(&r, "m1"),
+        &Fate::DeadLettered {
+            class: "retry_window"
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_requeued_copy_keeps_its_first_send_time_and_counts_attempts_over_rounds() {
+    let c = consumer_with(
+        FakeApi::new().answering("k1", [status(503), status(503), status(201)]),
+        settings(1, 100),
+    );
+    let first = msg("m1", "k1");
+    let sent_at = first.sent_timestamp_ms.unwrap();
+    let r1 = c.process_batch(vec![first]).await;
+    assert!(r1.failures.is_empty());
+    let copy1 = c.queue.take_requeued(1).remove(0);
+    assert_eq!(copy1.attributes["attempts"], "1");
+    assert_eq!(copy1.attributes["retry_since_ms"], sent_at.to_string());
+    let r2 = c.process_batch(vec![copy1]).await;
+    assert!(r2.failures.is_empty());
+    let copy2 = c.queue.take_requeued(2).remove(0);
+    assert_eq!(copy2.attributes["attempts"], "2");
+    assert_eq!(copy2.attributes["retry_since_ms"], sent_at.to_string());
+    let r3 = c.process_batch(vec![copy2.clone()]).await;
+    assert_eq!(fate(&r3, &copy2.message_id), &Fate::Applied);
+    let f = c.ledger.table.fate(FEED, "k1").await.unwrap().unwrap();
+    assert_eq!(f.attempts, 3);
+    // no receive was used: nothing was returned to the queue
+    assert!(c.queue.visibility().is_empty());
+}
+
+#[tokio::test]
+async fn a_copy_that_cannot_be_requeued_is_returned_to_the_queue_as_a_failure() {
+    let c = consumer_with(
+        FakeApi::new().answering("k1", [status(503)]),
+        settings(1, 100),
+    );
+    c.queue.fail_requeue.store(true, Ordering::SeqCst);
+    let r = c.process_batch(msgs(2)).await;
+    assert_eq!(retry_of(&r, "m1").0, "server_error");
+    assert_eq!(r.failures, ["m1"], "not lost: SQS redelivers it");
+    assert_eq!(c.queue.visibility().len(), 1);
+    assert_eq!(fate(&r, "m2"), &Fate::Applied);
+}
+
+#[tokio::test]
+async fn a_message_that_crashes_its_task_is_unfinished_and_the_rest_of_its_batch_applied() {
+    let c = consumer_with(FakeApi::new().panicking_on("k2"), settings(2, 100));
+    let r = c.process_batch(msgs(4)).await;
+    assert_eq!(fate(&r, "m2"), &Fate::Unfinished { why: "crashed" });
+    for id in ["m1", "m3", "m4"] {
+        assert_eq!(fate(&r, id), &Fate::Applied, "{id}");
+    }
+    assert_eq!(
+        r.failures,
+        ["m2"],
+        "the poison message uses a receive: redrive ends it"
+    );
+    assert_eq!(r.stats.unfinished, 1);
+    assert!(c.queue.requeued().is_empty(), "a crash is not requeued");
+    assert_stats_add_up(&r, 4);
+}
+
+#[tokio::test]
+async fn a_message_still_running_at_the_deadline_is_unfinished_and_the_rest_reported() {
+    let c = consumer_with(FakeApi::new().hanging_on("k1"), settings(2, 100));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1_800);
+    let started = tokio::time::Instant::now();
+    let r = c.process_batch_until(msgs(3), Some(deadline)).await;
+    // stopped at the deadline less the margin (1.5 s), not at the deadline
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(fate(&r, "m1"), &Fate::Unfinished { why: "deadline" });
+    assert_eq!(fate(&r, "m2"), &Fate::Applied);
+    assert_eq!(fate(&r, "m3"), &Fate::Applied);
+    assert_eq!(r.failures, ["m1"]);
+}
+
+#[tokio::test]
+async fn a_refused_token_is_re_read_once_and_the_call_repeated_with_the_new_one() {
+    let api = FakeApi::new().answering("k1", [status(401)]);
+    api.rotated.store(true, Ordering::SeqCst);
+    let c = consumer_with(api, settings(1, 100));
+    let r = c.process_batch(msgs(1)).await;
+    assert_eq!(fate(&r, "m1"), &Fate::Applied);
+    assert_eq!(
+        c.api.calls(),
+        ["k1", "k1"],
+        "called again after the refresh"
+    );
+    assert_eq!(c.api.refreshes.load(Ordering::SeqCst), 1);
+    assert_eq!(r.stats.auth_failures, 0);
+    // not rotated: the refusal stands, counted, and retried later
+    let c = consumer_with(
+        FakeApi::new().answering("k1", [status(403)]),
+        settings(1, 100),
+    );
+    let r = c.process_batch(msgs(1)).await;
+    assert_eq!(retry_of(&r, "m1").0, "auth");
+    assert_eq!(c.api.calls(), ["k1"]);
+    assert_eq!(c.api.refreshes.load(Ordering::SeqCst), 1);
+    assert_eq!(r.stats.auth_failures, 1);
+}
+
+#[tokio::test]
+async fn finished_messages_report_their_ages_per_feed() {
+    let c = consumer_with(FakeApi::new(), settings(1, 100));
+    let mut m = msg("m1", "k1");
+    let mut body: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+    body["sent_at_ms"] = serde_json::json!(now_ms() - 5_000);
+    body["uploaded_at_ms"] = serde_json::json!(now_ms() - 9_000);
+    m.body = body.to_string();
+    let r = c.process_batch(vec![m]).await;
+    assert_eq!(r.ages.len(), 1);
+    let a = &r.ages[0];
+    assert_eq!((a.feed.as_str(), a.fate), (FEED, "applied"));
+    assert!((5_000..6_000).contains(&a.sent_age_ms.unwrap()));
+    assert!((9_000..10_000).contains(&a.upload_age_ms.unwrap()));
 }

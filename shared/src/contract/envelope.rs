@@ -71,6 +71,33 @@ pub struct Envelope {
     /// The row: each column's name (from the file's header) to its value; empty for a removal.
     #[serde(default)]
     pub fields: BTreeMap<String, String>,
+    /// When the splitter's run sent the row (Unix epoch ms); absent in older messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<i64>,
+    /// When the row's export was uploaded (the S3 event's time, Unix epoch ms), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_at_ms: Option<i64>,
+    /// How long a transient failure of this message is retried before it is dead-lettered
+    /// (the feed's `retry_window_secs`); absent: the consumer's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_window_secs: Option<u64>,
+}
+
+impl From<&crate::contract::source::SourceObject> for EnvelopeSource {
+    /// The export as messages name it (the ETag without its quotes).
+    fn from(source: &crate::contract::source::SourceObject) -> Self {
+        EnvelopeSource {
+            bucket: source.bucket.clone(),
+            key: source.key.clone(),
+            etag: source
+                .etag
+                .as_deref()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string(),
+            version_id: source.version_id.clone(),
+        }
+    }
 }
 
 /// Why a message body could not be decoded. Permanent.

@@ -64,6 +64,10 @@ pub fn ledger_fate_pk(feed: &str, idempotency_key: &str) -> String {
     format!("key#{feed}#{idempotency_key}")
 }
 
+/// The ledger table's one item of the fleet-wide API gate (rate schedule and breaker):
+/// no feed or record key starts with `gate#`.
+pub const GATE_PK: &str = "gate#api";
+
 #[cfg(test)]
 mod tests {
     use super::*;

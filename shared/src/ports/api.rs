@@ -25,4 +25,10 @@ pub enum ApiAnswer {
 pub trait Api: Send + Sync + 'static {
     /// `POST /cases` with the envelope's key as `Idempotency-Key`.
     fn deliver(&self, env: &Envelope) -> impl Future<Output = ApiAnswer> + Send;
+
+    /// The API refused our credentials: read them again (a rotated secret). `true` when
+    /// they changed, so a second call may succeed. By default there is nothing to re-read.
+    fn refresh_credentials(&self) -> impl Future<Output = bool> + Send {
+        async { false }
+    }
 }

@@ -2,9 +2,8 @@
 //! acknowledged and a lease (owner, version, expiry); per idempotency key, its fate. Every
 //! write is conditional and atomic in the table (DynamoDB's conditional `UpdateItem` in
 //! production, a mutex in [`MemoryLedger`]); what a record's item *means* for a message is
-//! decided once, in [`crate::consumer::ledger::admit`], by both implementations.
+//! decided once, in [`admit`], by both implementations.
 
-use crate::consumer::ledger::{admit, Admit};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -31,6 +30,18 @@ pub struct RecordItem {
     pub acknowledged_run: Option<String>,
     /// The lease, while an attempt holds it (an expired one may still be there).
     pub lease: Option<LeaseItem>,
+}
+
+impl RecordItem {
+    /// End `owner`'s lease; `false` when the lease is not (or no longer) `owner`'s.
+    pub fn clear_lease_if(&mut self, owner: &str) -> bool {
+        if self.lease.as_ref().is_some_and(|l| l.owner == owner) {
+            self.lease = None;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// What became of one idempotency key's message, as the ledger keeps it.
@@ -80,6 +91,46 @@ pub enum Acquired {
     Owned,
     /// Not taken: the record's item says why ([`admit`]'s answer other than `Take`).
     Refused(Admit),
+}
+
+/// What a record's item means for a message of `version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Take the lease and call the API.
+    Take,
+    /// The API acknowledged a newer version: this one must never be sent.
+    Superseded {
+        /// The acknowledged version.
+        acknowledged: u64,
+    },
+    /// The API acknowledged this very version: applied before.
+    Duplicate,
+    /// Another attempt holds a live lease.
+    Busy {
+        /// The version it delivers.
+        holder_version: u64,
+        /// Milliseconds until its lease expires.
+        remaining_ms: i64,
+    },
+}
+
+/// The decision: what the record's `item` means for `owner`'s message of `version`, now.
+pub fn admit(item: Option<&RecordItem>, version: u64, owner: &str, now_ms: i64) -> Admit {
+    let Some(item) = item else {
+        return Admit::Take;
+    };
+    match item.acknowledged {
+        Some(a) if a > version => return Admit::Superseded { acknowledged: a },
+        Some(a) if a == version => return Admit::Duplicate,
+        _ => {}
+    }
+    match &item.lease {
+        Some(l) if l.owner != owner && l.until_ms > now_ms => Admit::Busy {
+            holder_version: l.version,
+            remaining_ms: l.until_ms - now_ms,
+        },
+        _ => Admit::Take,
+    }
 }
 
 /// Why the ledger table could not answer.
@@ -263,9 +314,7 @@ impl LedgerTable for MemoryLedger {
         self.with(|g| {
             g.calls.acknowledge += 1;
             let item = g.records.entry(rk(feed, record_key)).or_default();
-            if item.lease.as_ref().is_some_and(|l| l.owner == owner) {
-                item.lease = None;
-            }
+            item.clear_lease_if(owner);
             if item.acknowledged.is_some_and(|a| a >= version) {
                 return false;
             }
@@ -284,13 +333,9 @@ impl LedgerTable for MemoryLedger {
     ) -> Result<bool, LedgerError> {
         self.with(|g| {
             g.calls.release += 1;
-            match g.records.get_mut(&rk(feed, record_key)) {
-                Some(item) if item.lease.as_ref().is_some_and(|l| l.owner == owner) => {
-                    item.lease = None;
-                    true
-                }
-                _ => false,
-            }
+            g.records
+                .get_mut(&rk(feed, record_key))
+                .is_some_and(|item| item.clear_lease_if(owner))
         })
     }
 

@@ -3,6 +3,7 @@
 //! adapters implement them for AWS and HTTP.
 
 pub mod api;
+pub mod gate;
 pub mod ledger;
 pub mod queue;
 pub mod store;

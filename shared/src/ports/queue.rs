@@ -1,5 +1,6 @@
 //! The queues behind small traits: the splitter's side ([`MessageQueue`]: send batches of
-//! messages) and the consumer's side ([`WorkQueue`]: back a message off, dead-letter it).
+//! messages) and the consumer's side ([`WorkQueue`]: back a message off, requeue it for
+//! later, dead-letter it).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -95,7 +96,38 @@ pub struct InMessage {
     pub receive_count: u32,
     /// String message attributes.
     pub attributes: BTreeMap<String, String>,
+    /// SQS's `SentTimestamp` (Unix epoch ms) of this copy of the message, when known.
+    pub sent_timestamp_ms: Option<i64>,
 }
+
+/// The attribute counting a message's earlier attempts (set on its requeued copies).
+pub const ATTEMPTS_ATTRIBUTE: &str = "attempts";
+/// The attribute holding when a message's retries started (Unix epoch ms): the first copy's
+/// `SentTimestamp`, carried by every requeued copy so the retry window counts from it.
+pub const RETRY_SINCE_ATTRIBUTE: &str = "retry_since_ms";
+
+impl InMessage {
+    /// Attempts made before this receive (0 for a message never requeued).
+    pub fn earlier_attempts(&self) -> u32 {
+        self.attributes
+            .get(ATTEMPTS_ATTRIBUTE)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// When this message's retries started: its first copy's send time (`now_ms` when SQS
+    /// did not say).
+    pub fn retry_since_ms(&self, now_ms: i64) -> i64 {
+        self.attributes
+            .get(RETRY_SINCE_ATTRIBUTE)
+            .and_then(|v| v.parse().ok())
+            .or(self.sent_timestamp_ms)
+            .unwrap_or(now_ms)
+    }
+}
+
+/// The longest delay SQS gives a sent message (`DelaySeconds`: 15 minutes).
+pub const MAX_DELAY: Duration = Duration::from_secs(900);
 
 /// Queue operations the consumer needs.
 pub trait WorkQueue: Send + Sync + Clone + 'static {
@@ -104,6 +136,15 @@ pub trait WorkQueue: Send + Sync + Clone + 'static {
         &self,
         receipt_handle: &str,
         timeout: Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    /// Put a copy of a message back on the work queue, visible after `delay` (at most
+    /// [`MAX_DELAY`]), with these string attributes. The received message is then done: a
+    /// wait this way does not count as one of its receives.
+    fn requeue(
+        &self,
+        body: &str,
+        attributes: &[(String, String)],
+        delay: Duration,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
     /// Send a message (its body, with these string attributes) to the dead-letter queue.
     fn dead_letter(

@@ -6,7 +6,7 @@
 use super::error::HeldError;
 use super::pass::{PassFailure, PassOutput, SendMode};
 use super::run::{ms, now_rfc3339, Attempt, Diffed, Job, Loaded};
-use super::sink::{Outbox, SendStats, TOMBSTONE_LINE};
+use super::sink::{Outbox, SendStats, Stamps, TOMBSTONE_LINE};
 use super::source::Rejected;
 use super::state::{NameRef, NextState, Snapshot, SnapshotHeader, FORMAT_VERSION};
 use super::{SplitError, Splitter};
@@ -167,21 +167,12 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         if removed.is_empty() || snapshot.names().is_none() {
             return Ok(SendStats::default());
         }
-        let env_source = EnvelopeSource {
-            bucket: source.bucket.clone(),
-            key: source.key.clone(),
-            etag: source
-                .etag
-                .as_deref()
-                .unwrap_or_default()
-                .trim_matches('"')
-                .to_string(),
-            version_id: source.version_id.clone(),
-        };
+        let env_source = EnvelopeSource::from(source);
         let outbox = Outbox {
             feed: &feed.name,
             run,
             source: &env_source,
+            stamps: Stamps::of(feed, source),
             header: &[],
             version,
         };

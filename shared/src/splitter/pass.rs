@@ -6,7 +6,7 @@
 use super::filter::{
     key_fp, write_record_key, Class, ColumnPlan, DiffCounts, Differ, Fingerprinter, Fingerprints,
 };
-use super::sink::{run_sender, Outbox, SendStats};
+use super::sink::{run_sender, Outbox, SendStats, Stamps};
 use super::source::{open_stream, Batch, Batches, FileRejection, ReadError, RowReader, Slot};
 use super::source::{Record, Rejected};
 use super::state::{line_context, next_generation, KnownLines, NextState, Snapshot};
@@ -235,6 +235,7 @@ struct PassInput {
     feed: FeedConfig,
     run: String,
     source: EnvelopeSource,
+    stamps: Stamps,
     version: u64,
     snapshot: Option<Arc<Snapshot>>,
     read_buffer: usize,
@@ -303,6 +304,7 @@ fn run_pass(
             feed: &feed.name,
             run: &input.run,
             source: &input.source,
+            stamps: input.stamps,
             version: input.version,
             header: &header,
         },
@@ -370,17 +372,8 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         let input = PassInput {
             feed: feed.clone(),
             run: run.to_string(),
-            source: EnvelopeSource {
-                bucket: source.bucket.clone(),
-                key: source.key.clone(),
-                etag: source
-                    .etag
-                    .as_deref()
-                    .unwrap_or_default()
-                    .trim_matches('"')
-                    .to_string(),
-                version_id: source.version_id.clone(),
-            },
+            source: EnvelopeSource::from(source),
+            stamps: Stamps::of(feed, source),
             version: next_generation(snapshot.as_deref()),
             snapshot,
             read_buffer: self.settings.read_buffer,

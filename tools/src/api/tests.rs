@@ -1127,6 +1127,9 @@ async fn api_accepts_what_the_consumers_http_client_sends_and_refuses_its_stale_
             Change::Removed => Default::default(),
             _ => [("name".to_string(), format!("n{version}"))].into(),
         },
+        sent_at_ms: None,
+        uploaded_at_ms: None,
+        retry_window_secs: None,
     };
     let code = |a: ApiAnswer| match a {
         ApiAnswer::Status { code, .. } => code,

@@ -5,5 +5,5 @@
 mod outbox;
 mod sender;
 
-pub use outbox::{EnvelopeRef, FieldsRef, Outbox, TOMBSTONE_LINE};
+pub use outbox::{EnvelopeRef, FieldsRef, Outbox, Stamps, TOMBSTONE_LINE};
 pub use sender::{run_sender, Refused, SendError, SendStats, SenderSettings};

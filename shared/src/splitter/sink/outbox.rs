@@ -10,6 +10,37 @@ use crate::splitter::filter::{record_key, ColumnPlan, Fingerprints};
 use crate::splitter::source::{Record, Rejected};
 use serde::Serialize;
 
+/// The times and the retry window every message of one run carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamps {
+    /// When the run started sending (Unix epoch ms).
+    pub sent_at_ms: i64,
+    /// When the export was uploaded (its S3 event's time), when known.
+    pub uploaded_at_ms: Option<i64>,
+    /// The feed's retry window.
+    pub retry_window_secs: u64,
+}
+
+impl Stamps {
+    /// Now, the export's event time, and the feed's window.
+    pub fn of(
+        feed: &crate::config::FeedConfig,
+        source: &crate::contract::source::SourceObject,
+    ) -> Self {
+        let uploaded_at_ms = source
+            .event_time
+            .as_deref()
+            .or(source.last_modified.as_deref())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis());
+        Stamps {
+            sent_at_ms: chrono::Utc::now().timestamp_millis(),
+            uploaded_at_ms,
+            retry_window_secs: feed.retry_window_secs,
+        }
+    }
+}
+
 /// What every message of one run shares.
 pub struct Outbox<'a> {
     /// The feed.
@@ -22,6 +53,8 @@ pub struct Outbox<'a> {
     pub header: &'a [String],
     /// The version every message of the run carries (the state's next generation).
     pub version: u64,
+    /// The run's times and the feed's retry window.
+    pub stamps: Stamps,
 }
 
 impl Outbox<'_> {
@@ -60,6 +93,9 @@ impl Outbox<'_> {
                 header: self.header,
                 record,
             },
+            sent_at_ms: Some(self.stamps.sent_at_ms),
+            uploaded_at_ms: self.stamps.uploaded_at_ms,
+            retry_window_secs: Some(self.stamps.retry_window_secs),
         };
         let body = serde_json::to_string(&env).map_err(|_| Rejected {
             line,
@@ -117,6 +153,9 @@ impl Outbox<'_> {
                 header: &[],
                 record: &none,
             },
+            sent_at_ms: Some(self.stamps.sent_at_ms),
+            uploaded_at_ms: self.stamps.uploaded_at_ms,
+            retry_window_secs: Some(self.stamps.retry_window_secs),
         };
         let body = serde_json::to_string(&env).map_err(|_| Rejected {
             line: TOMBSTONE_LINE,
@@ -168,6 +207,15 @@ pub struct EnvelopeRef<'a> {
     pub idempotency_key: &'a str,
     /// The row's fields by column name.
     pub fields: FieldsRef<'a>,
+    /// When the run sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<i64>,
+    /// When the export was uploaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploaded_at_ms: Option<i64>,
+    /// The feed's retry window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_window_secs: Option<u64>,
 }
 
 /// Serializes `header[i] → record[i]` as a JSON object (values are valid UTF-8, checked when
@@ -195,6 +243,12 @@ mod tests {
     use super::*;
     use crate::contract::envelope::{Envelope, ENVELOPE_VERSION};
 
+    const STAMPS: Stamps = Stamps {
+        sent_at_ms: 1_700_000_000_500,
+        uploaded_at_ms: None,
+        retry_window_secs: 120,
+    };
+
     #[test]
     fn envelope_round_trip() {
         let header = vec!["id".to_string(), "name".to_string()];
@@ -218,11 +272,17 @@ mod tests {
                 header: &header,
                 record: &record,
             },
+            sent_at_ms: Some(1_700_000_000_123),
+            uploaded_at_ms: Some(1_700_000_000_000),
+            retry_window_secs: Some(60),
         };
         let body = serde_json::to_string(&r).unwrap();
         assert!(body.starts_with("{\"v\":2,\"feed\":\"f\""));
         let e = Envelope::decode(&body).unwrap();
         assert_eq!(e.version, 3);
+        assert_eq!(e.sent_at_ms, Some(1_700_000_000_123));
+        assert_eq!(e.uploaded_at_ms, Some(1_700_000_000_000));
+        assert_eq!(e.retry_window_secs, Some(60));
         assert_eq!(e.fields["name"], "Zoë \"Z\", Jr");
         assert_eq!(e.change, Change::New);
     }
@@ -247,6 +307,7 @@ mod tests {
             source: &source,
             header: &header,
             version: 1,
+            stamps: STAMPS,
         };
         let mut feed = FeedConfig::new("f", &["id"]);
         for trim in [false, true] {
@@ -285,6 +346,7 @@ mod tests {
             source: &source,
             header: &[],
             version: 7,
+            stamps: STAMPS,
         };
         let prev = Previous {
             content: 1,
