@@ -11,13 +11,15 @@ CARGO     ?= cargo
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help tools build demo bench bench-smoke sam-test test unit e2e lint fmt clippy template-lint clean
+.PHONY: help tools build demo bench bench-smoke bench-consumer drill fonts sam-test test unit e2e lint fmt clippy template-lint clean
 
 help:
 	@echo "make demo   - run the pipeline locally on sample data"
 	@echo "make test   - run every check and test"
 	@echo "make build  - release build of the Lambda binaries and the casefeed CLI"
 	@echo "make bench  - diff benchmark: casefeed vs csv-diff vs the read floor (500k and 5M rows)"
+	@echo "make drill  - backpressure drill: the local pipeline while the API goes slow, down and back (~4 min)"
+	@echo "make bench-consumer - consumer throughput against a 2,000-message backlog, with and without a rate limit"
 
 # Project-local Python tools (moto server, SAM CLI with the Runtime Interface Emulator, cfn-lint).
 tools: $(STAMP)
@@ -37,6 +39,29 @@ demo: tools build
 BENCH_ARGS ?=
 bench: tools build
 	./target/release/casefeed bench $(BENCH_ARGS)
+
+# The binaries `make build` wrote (CARGO_TARGET_DIR when set).
+RELEASE   := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR),target)/release
+SUDO      := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# The drill chart's labels are drawn with a TrueType font read at run time (plotters'
+# ab_glyph feature: no fontconfig): DejaVu Sans from Debian's fonts-dejavu-core.
+DRILL_FONT ?= /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+fonts:
+	@test -f $(DRILL_FONT) || { echo "installing fonts-dejavu-core (the drill chart's labels)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends fonts-dejavu-core; }
+
+# Backpressure drill (tools/src/drill.rs, see BENCHMARKS.md): writes .local/drill/drill.csv,
+# drill.png and summary.md; exits non-zero when an invariant fails.
+# make drill DRILL_ARGS=--quick  is the ~90 s smoke run.
+DRILL_ARGS ?=
+drill: tools build fonts
+	CASEFEED_FONT=$(DRILL_FONT) $(RELEASE)/casefeed drill $(DRILL_ARGS)
+
+# Consumer throughput (tools/src/bench_consumer.rs, see BENCHMARKS.md).
+BENCH_CONSUMER_ARGS ?=
+bench-consumer: tools build
+	$(RELEASE)/casefeed bench-consumer $(BENCH_CONSUMER_ARGS)
 
 fmt:
 	$(CARGO) fmt --all -- --check

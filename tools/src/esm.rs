@@ -5,7 +5,7 @@
 
 use crate::local::{LocalError, Rie, REGION};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,8 @@ pub fn sqs_event(msgs: &[aws_sdk_sqs::types::Message], arn: &str) -> Value {
     json!({ "Records": records })
 }
 
-async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<u64, LocalError> {
+/// A queue's messages: visible, in flight (not visible) and delayed.
+pub async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<u64, LocalError> {
     use aws_sdk_sqs::types::QueueAttributeName as A;
     let out = sqs
         .get_queue_attributes()
@@ -103,6 +104,27 @@ pub async fn drain(
     functions: &[Rie],
     cfg: &EsmConfig,
 ) -> Result<EsmStats, LocalError> {
+    poll(sqs, functions, cfg, None).await
+}
+
+/// Like [`drain`], but an empty queue does not end it: the mapping keeps polling (as Lambda's
+/// does) until `stop` is set or `max_duration` passes. A worker notices `stop` between
+/// batches, so a batch in progress is finished.
+pub async fn pump(
+    sqs: &aws_sdk_sqs::Client,
+    functions: &[Rie],
+    cfg: &EsmConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<EsmStats, LocalError> {
+    poll(sqs, functions, cfg, Some(stop)).await
+}
+
+async fn poll(
+    sqs: &aws_sdk_sqs::Client,
+    functions: &[Rie],
+    cfg: &EsmConfig,
+    stop: Option<Arc<AtomicBool>>,
+) -> Result<EsmStats, LocalError> {
     let start = Instant::now();
     let arn = queue_arn(&cfg.queue_url);
     let active = Arc::new(AtomicUsize::new(0));
@@ -111,9 +133,12 @@ pub async fn drain(
     let deadline = start + cfg.max_duration;
     let workers = functions.iter().map(|rie| {
         let (active, peak, stats, arn) = (active.clone(), peak.clone(), stats.clone(), arn.clone());
+        let stop = stop.clone();
         async move {
             loop {
-                if Instant::now() >= deadline {
+                if Instant::now() >= deadline
+                    || stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+                {
                     return Ok::<(), LocalError>(());
                 }
                 let r = sqs
@@ -130,7 +155,7 @@ pub async fn drain(
                     .map_err(|e| LocalError::Aws(format!("ReceiveMessage: {e:?}")))?;
                 let msgs = r.messages.unwrap_or_default();
                 if msgs.is_empty() {
-                    if depth(sqs, &cfg.queue_url).await? == 0 {
+                    if stop.is_none() && depth(sqs, &cfg.queue_url).await? == 0 {
                         return Ok(());
                     }
                     continue;

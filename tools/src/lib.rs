@@ -3,9 +3,11 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_consumer;
 pub mod bench_ledger;
 pub mod demo;
 pub mod dlq;
+pub mod drill;
 pub mod esm;
 pub mod gen;
 pub mod held;

@@ -179,6 +179,13 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// The moto server's process id (to read its CPU time from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self._proc.child.id()
+    }
+}
+
 /// AWS SDK configuration aimed at a local endpoint with dummy credentials.
 pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())

@@ -1,6 +1,6 @@
 //! `casefeed`: command-line tools for the casefeed pipeline.
 
-use casefeed_tools::{bench, bench_ledger, demo, dlq, gen, held};
+use casefeed_tools::{bench, bench_consumer, bench_ledger, demo, dlq, drill, gen, held};
 
 use std::fmt;
 use std::process::ExitCode;
@@ -37,6 +37,15 @@ enum Command {
     /// more consumer binaries measured in one sitting.
     #[command(name = "bench-ledger")]
     BenchLedger(bench_ledger::BenchLedgerArgs),
+    /// The backpressure drill: the local pipeline under a steady stream of exports while the
+    /// API goes normal → slow → down → back → drain; samples every second into drill.csv and
+    /// drill.png and checks the invariants (rate, in flight, no dead letters, each row once,
+    /// drained).
+    Drill(drill::DrillArgs),
+    /// Consumer throughput against a backlog pre-loaded in the work queue, the API at 100 ms:
+    /// under a rate limit (achieved ÷ limit) and without one (achieved ÷ ceiling/latency).
+    #[command(name = "bench-consumer")]
+    BenchConsumer(bench_consumer::BenchConsumerArgs),
     /// One benchmark measurement in a child process (started by `casefeed bench`).
     #[command(name = "bench-child", hide = true)]
     BenchChild(bench::ChildArgs),
@@ -76,6 +85,10 @@ fn main() -> Result<ExitCode, CliError> {
         Command::Bench(args) => return Ok(bench::run(args)?),
         Command::BenchLedger(args) => {
             tokio::runtime::Runtime::new()?.block_on(bench_ledger::run(args))?
+        }
+        Command::Drill(args) => tokio::runtime::Runtime::new()?.block_on(drill::run(args))?,
+        Command::BenchConsumer(args) => {
+            tokio::runtime::Runtime::new()?.block_on(bench_consumer::run(args))?
         }
         Command::BenchChild(args) => return Ok(bench::child(args)?),
     }
