@@ -37,7 +37,8 @@ pub struct ApiConfig {
     /// gateway through which a container of your own dockerd reaches the host (for
     /// `sam local invoke`). No other non-loopback address is ever accepted.
     pub allow_docker_bridge: bool,
-    /// The Bearer token every `POST /cases`, `/control` and `/reset` must carry.
+    /// The admin Bearer token, which `/control`, `/records`, `/reset` and `/arrivals` must
+    /// carry; also the token of `POST /cases` while the `case_tokens` fault is empty.
     pub token: String,
     /// Append-only JSON-lines ledger of applied effects; a restarted server rebuilds from it
     /// the applied keys (it still answers 409) and the records (their fields and versions).

@@ -1,4 +1,5 @@
-//! The HTTP handlers: `POST /cases` with its checks in order, `/stats`, `/control` and `/reset`.
+//! The HTTP handlers: `POST /cases` with its checks in order, `/stats`, `/control`, `/records`,
+//! `/reset` and `/arrivals`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -6,14 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::faults::FaultsPatch;
+use super::arrivals::{self, Arrival, ArrivalEntry, Gate};
+use super::faults::{FaultState, FaultsPatch};
 use super::ledger::Outcome;
 use super::net::ConnKill;
 use super::server::{patch_faults, Shared};
@@ -86,11 +88,41 @@ fn answer(status: StatusCode, key: &str, resp: Response) -> Response {
     resp
 }
 
+/// A 429 with `Retry-After`, counted in `rate_limited_429` and `last_429_at_ms`.
+fn too_many(st: &Shared, retry_after_secs: u64, key: &str, reason: &str) -> Response {
+    let c = &st.counters;
+    c.rate_limited_429.fetch_add(1, Ordering::SeqCst);
+    c.last_429_at_ms.fetch_max(now_ms(), Ordering::SeqCst);
+    let s = StatusCode::TOO_MANY_REQUESTS;
+    let mut resp = error_body(s, reason);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    answer(s, key, resp)
+}
+
 pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> Response {
     let c = &st.counters;
     c.requests.fetch_add(1, Ordering::SeqCst);
     let _in_flight = InFlight::enter(c);
+    let fs = st.faults();
+    let (seq, gate) = arrivals::lock(&st.arrivals).arrive(&fs.faults, &st.rate_limit_next, c);
+    // Records the status when the call ends; a dropped future leaves it 0.
+    let mut entry = ArrivalEntry::new(&st.arrivals, seq);
+    let resp = cases(&st, &fs, req, gate, &entry).await;
+    entry.answered(resp.status().as_u16());
+    resp
+}
 
+/// `POST /cases` after its arrival was logged and gated (with the faults `fs`, which also
+/// decide the Retry-After of a gate's 429 and the case tokens).
+async fn cases(
+    st: &Shared,
+    fs: &FaultState,
+    req: Request,
+    gate: Gate,
+    entry: &ArrivalEntry<'_>,
+) -> Response {
+    let c = &st.counters;
     let (parts, body) = req.into_parts();
     let key_header = parts
         .headers
@@ -99,12 +131,24 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
         .map(str::trim)
         .unwrap_or("");
 
-    if st.faults().faults.outage_active() {
-        c.server_errors_5xx.fetch_add(1, Ordering::SeqCst);
-        let s = StatusCode::SERVICE_UNAVAILABLE;
-        return answer(s, key_header, error_body(s, "service unavailable (outage)"));
+    match gate {
+        Gate::Outage => {
+            c.server_errors_5xx.fetch_add(1, Ordering::SeqCst);
+            let s = StatusCode::SERVICE_UNAVAILABLE;
+            return answer(s, key_header, error_body(s, "service unavailable (outage)"));
+        }
+        Gate::OverLimit => {
+            c.over_limit_429.fetch_add(1, Ordering::SeqCst);
+            let secs = fs.faults.retry_after_secs;
+            return too_many(st, secs, key_header, "rate limit exceeded");
+        }
+        Gate::Next429 => {
+            let secs = fs.faults.retry_after_secs;
+            return too_many(st, secs, key_header, "rate limited");
+        }
+        Gate::Open => {}
     }
-    if !st.authorized(&parts.headers) {
+    if !st.case_authorized(&parts.headers, fs) {
         c.unauthorized.fetch_add(1, Ordering::SeqCst);
         let s = StatusCode::UNAUTHORIZED;
         let mut resp = error_body(s, "missing or invalid bearer token");
@@ -197,9 +241,19 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
         return bad("the Casefeed-Version header and the body's version disagree");
     }
 
+    entry.parsed(&case.record_key, case.version);
+
     // From here on the call is in flight for its record, until it is answered or dropped.
     let _record_in_flight = RecordInFlight::enter(c, &case.feed, &case.record_key);
-    let latency = st.faults().faults.latency_ms;
+    let fs = st.faults();
+    if fs.hang_records.contains(&case.record_key) {
+        c.hung.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!(method = "POST", path = "/cases", key = %key_prefix(&key), hang_ms = fs.faults.hang_ms, "holding the call (hang_records)");
+        tokio::time::sleep(Duration::from_millis(fs.faults.hang_ms)).await;
+        let s = StatusCode::SERVICE_UNAVAILABLE;
+        return answer(s, &key, error_body(s, "injected hang"));
+    }
+    let latency = fs.faults.latency_ms;
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
@@ -229,12 +283,7 @@ pub(super) async fn post_cases(State(st): State<Arc<Shared>>, req: Request) -> R
         );
     }
     if st.draw(f.rate_limit_429, f.seed) {
-        c.rate_limited_429.fetch_add(1, Ordering::SeqCst);
-        let s = StatusCode::TOO_MANY_REQUESTS;
-        let mut resp = error_body(s, "rate limited");
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(f.retry_after_secs));
-        return answer(s, &key, resp);
+        return too_many(st, f.retry_after_secs, &key, "rate limited");
     }
     if st.draw(f.fail_5xx, f.seed) {
         c.server_errors_5xx.fetch_add(1, Ordering::SeqCst);
@@ -295,7 +344,7 @@ pub(super) async fn get_control(State(st): State<Arc<Shared>>, headers: HeaderMa
     if !st.authorized(&headers) {
         return error_body(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
     }
-    Json(st.faults().faults.clone()).into_response()
+    Json(st.current_faults()).into_response()
 }
 
 pub(super) async fn post_control(
@@ -312,7 +361,8 @@ pub(super) async fn post_control(
     };
     match patch_faults(&st, &patch) {
         Ok(f) => {
-            // Shares and list sizes only: the lists hold keys, which are not for the logs.
+            // Shares and list sizes only: the lists hold keys and tokens, which are not for
+            // the logs.
             tracing::info!(
                 fail_5xx = f.fail_5xx,
                 rate_limit_429 = f.rate_limit_429,
@@ -320,9 +370,14 @@ pub(super) async fn post_control(
                 apply_then_drop = f.apply_then_drop,
                 latency_ms = f.latency_ms,
                 outage = f.outage_active(),
+                limit_per_second = f.limit_per_second,
+                rate_limit_next = f.rate_limit_next,
                 reject_keys = f.reject_keys.len(),
                 reject_record_keys = f.reject_record_keys.len(),
                 fail_records = f.fail_records.len(),
+                hang_records = f.hang_records.len(),
+                hang_ms = f.hang_ms,
+                case_tokens = f.case_tokens.len(),
                 "faults changed"
             );
             Json(f).into_response()
@@ -351,4 +406,44 @@ pub(super) async fn post_reset(State(st): State<Arc<Shared>>, headers: HeaderMap
         );
     }
     Json(st.counters.snapshot()).into_response()
+}
+
+/// The body of `GET /arrivals`.
+#[derive(Serialize)]
+struct ArrivalsBody {
+    arrivals: Vec<Arrival>,
+}
+
+/// The `since_ms` of `GET /arrivals?since_ms=N` (0 when absent); any other parameter is an
+/// error.
+fn since_ms(query: Option<&str>) -> Result<u64, &'static str> {
+    let mut since = 0;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("since_ms", n)) => {
+                since = n
+                    .parse()
+                    .map_err(|_| "since_ms must be a non-negative integer (Unix epoch ms)")?;
+            }
+            _ => return Err("the only query parameter is since_ms"),
+        }
+    }
+    Ok(since)
+}
+
+pub(super) async fn get_arrivals(
+    State(st): State<Arc<Shared>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    if !st.authorized(&headers) {
+        return error_body(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+    }
+    match since_ms(uri.query()) {
+        Ok(since) => Json(ArrivalsBody {
+            arrivals: st.arrivals_since(since),
+        })
+        .into_response(),
+        Err(reason) => error_body(StatusCode::BAD_REQUEST, reason),
+    }
 }

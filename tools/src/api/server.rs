@@ -12,9 +12,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::arrivals::{self, Arrival, ArrivalLog, MAX_ARRIVALS};
 use super::config::{ApiConfig, ApiError};
 use super::faults::{FaultState, Faults, FaultsPatch};
-use super::handlers::{get_control, get_records, get_stats, post_cases, post_control, post_reset};
+use super::handlers::{
+    get_arrivals, get_control, get_records, get_stats, post_cases, post_control, post_reset,
+};
 use super::ledger::{Ledger, Record};
 use super::net::{accept_loop, is_docker_bridge_address};
 use super::stats::{Counters, Stats};
@@ -24,8 +27,11 @@ pub(super) struct Shared {
     pub(super) max_body_bytes: usize,
     pub(super) counters: Counters,
     faults: RwLock<Arc<FaultState>>,
+    /// What is left of the `rate_limit_next` countdown.
+    pub(super) rate_limit_next: AtomicU64,
     draws: AtomicU64,
     ledger: Mutex<Ledger>,
+    pub(super) arrivals: Mutex<ArrivalLog>,
 }
 
 impl Shared {
@@ -36,11 +42,20 @@ impl Shared {
             .clone()
     }
 
-    fn set_faults(&self, f: Faults, restart_rng: bool) {
-        *self.faults.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(FaultState::new(f));
-        if restart_rng {
-            self.draws.store(0, Ordering::SeqCst);
-        }
+    /// The faults in effect, with what is left of the `rate_limit_next` countdown.
+    pub(super) fn current_faults(&self) -> Faults {
+        let mut f = self.faults().faults.clone();
+        f.rate_limit_next = self.rate_limit_next.load(Ordering::SeqCst);
+        f
+    }
+
+    /// Replaces all faults (and the `rate_limit_next` countdown) and restarts the RNG.
+    fn set_faults(&self, f: Faults) {
+        let mut w = self.faults.write().unwrap_or_else(|e| e.into_inner());
+        self.rate_limit_next
+            .store(f.rate_limit_next, Ordering::SeqCst);
+        *w = Arc::new(FaultState::new(f));
+        self.draws.store(0, Ordering::SeqCst);
     }
 
     pub(super) fn ledger(&self) -> MutexGuard<'_, Ledger> {
@@ -48,11 +63,19 @@ impl Shared {
     }
 
     /// `POST /reset`: forgets the records (a `reset` line in the ledger file), then clears
-    /// the counters. A file error changes nothing.
+    /// the arrivals log and the counters. A file error changes nothing.
     pub(super) fn reset(&self) -> Result<(), std::io::Error> {
         self.ledger().clear_records()?;
+        let mut log = arrivals::lock(&self.arrivals);
+        log.clear();
         self.counters.reset();
+        drop(log);
         Ok(())
+    }
+
+    /// The logged arrivals with `at_ms >= since_ms`, oldest first.
+    pub(super) fn arrivals_since(&self, since_ms: u64) -> Vec<Arrival> {
+        arrivals::lock(&self.arrivals).since(since_ms)
     }
 
     /// True with probability `share`: xxh3 of the next draw number, seeded.
@@ -68,17 +91,40 @@ impl Shared {
         ((h >> 11) as f64 / (1u64 << 53) as f64) < share
     }
 
+    /// Whether the request carries the admin token (`/control`, `/records`, `/reset`,
+    /// `/arrivals`).
     pub(super) fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(v) = headers.get(header::AUTHORIZATION) else {
-            return false;
-        };
-        let Some(given) = v.as_bytes().strip_prefix(b"Bearer ") else {
-            return false;
-        };
-        let want = self.token.as_bytes();
-        // Constant time in the token's content.
-        given.len() == want.len() && given.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+        bearer(headers).is_some_and(|given| same_token(given, self.token.as_bytes()))
     }
+
+    /// Whether a `POST /cases` carries a case token: one of `case_tokens`, or the admin token
+    /// while that list is empty.
+    pub(super) fn case_authorized(&self, headers: &HeaderMap, fs: &FaultState) -> bool {
+        let Some(given) = bearer(headers) else {
+            return false;
+        };
+        let tokens = &fs.faults.case_tokens;
+        if tokens.is_empty() {
+            return same_token(given, self.token.as_bytes());
+        }
+        // Every token is compared, so the time does not tell which one matched.
+        tokens
+            .iter()
+            .fold(false, |ok, t| same_token(given, t.as_bytes()) | ok)
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .as_bytes()
+        .strip_prefix(b"Bearer ")
+}
+
+/// Constant time in the tokens' content.
+fn same_token(given: &[u8], want: &[u8]) -> bool {
+    given.len() == want.len() && given.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
 /// A running server. Dropping it without [`ApiServer::shutdown`] also stops it (without waiting).
@@ -133,9 +179,11 @@ impl ApiServer {
             token: cfg.token,
             max_body_bytes: cfg.max_body_bytes,
             counters: Counters::default(),
+            rate_limit_next: AtomicU64::new(cfg.faults.rate_limit_next),
             faults: RwLock::new(Arc::new(FaultState::new(cfg.faults))),
             draws: AtomicU64::new(0),
             ledger: Mutex::new(ledger),
+            arrivals: Mutex::new(ArrivalLog::new(MAX_ARRIVALS)),
         });
         let router = Router::new()
             .route("/cases", post(post_cases))
@@ -143,6 +191,7 @@ impl ApiServer {
             .route("/control", post(post_control).get(get_control))
             .route("/records", get(get_records))
             .route("/reset", post(post_reset))
+            .route("/arrivals", get(get_arrivals))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(shared.clone());
         let (stop, stop_rx) = watch::channel(false);
@@ -166,8 +215,8 @@ impl ApiServer {
         self.shared.counters.snapshot()
     }
 
-    /// Clears the counters and the records (not the applied keys), like `POST /reset`; an
-    /// error writing the ledger file's `reset` line changes nothing.
+    /// Clears the counters, the arrivals log and the records (not the applied keys), like
+    /// `POST /reset`; an error writing the ledger file's `reset` line changes nothing.
     pub fn reset(&self) -> Result<(), std::io::Error> {
         self.shared.reset()
     }
@@ -183,15 +232,30 @@ impl ApiServer {
         self.shared.ledger().order.clone()
     }
 
+    /// Every logged `POST /cases` arrival (the newest [`MAX_ARRIVALS`]), oldest first, like
+    /// `GET /arrivals`.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.shared.arrivals_since(0)
+    }
+
+    /// The logged arrivals with `at_ms >= since_ms`, oldest first, like
+    /// `GET /arrivals?since_ms=N`.
+    pub fn arrivals_since(&self, since_ms: u64) -> Vec<Arrival> {
+        self.shared.arrivals_since(since_ms)
+    }
+
     pub fn ledger_path(&self) -> Option<&Path> {
         self.ledger_path.as_deref()
     }
 
+    /// The faults in effect (`rate_limit_next`: what is left of the countdown).
     pub fn faults(&self) -> Faults {
-        self.shared.faults().faults.clone()
+        self.shared.current_faults()
     }
 
-    /// Replaces all faults and restarts the RNG sequence. Shares are clamped to `0.0..=1.0`.
+    /// Replaces all faults (the `rate_limit_next` countdown included) and restarts the RNG
+    /// sequence. Shares are clamped to `0.0..=1.0`, a `limit_per_second` of 0 is no limit
+    /// and empty `case_tokens` are dropped.
     pub fn set_faults(&self, mut f: Faults) {
         for s in [
             &mut f.fail_5xx,
@@ -201,7 +265,9 @@ impl ApiServer {
         ] {
             *s = if s.is_nan() { 0.0 } else { s.clamp(0.0, 1.0) };
         }
-        self.shared.set_faults(f, true);
+        f.limit_per_second = f.limit_per_second.filter(|&n| n > 0);
+        f.case_tokens.retain(|t| !t.is_empty());
+        self.shared.set_faults(f);
     }
 
     /// Applies a partial update, like `POST /control`.
@@ -224,9 +290,20 @@ impl Drop for ApiServer {
     }
 }
 
+/// Applies `patch` under the faults' write lock (two patches do not lose each other's
+/// changes); the `rate_limit_next` countdown changes only when the patch sets it.
 pub(super) fn patch_faults(shared: &Shared, patch: &FaultsPatch) -> Result<Faults, String> {
-    let mut f = shared.faults().faults.clone();
+    let mut w = shared.faults.write().unwrap_or_else(|e| e.into_inner());
+    let mut f = w.faults.clone();
+    f.rate_limit_next = shared.rate_limit_next.load(Ordering::SeqCst);
     patch.apply_to(&mut f)?;
-    shared.set_faults(f.clone(), patch.seed.is_some());
+    if let Some(n) = patch.rate_limit_next {
+        shared.rate_limit_next.store(n, Ordering::SeqCst);
+    }
+    *w = Arc::new(FaultState::new(f.clone()));
+    drop(w);
+    if patch.seed.is_some() {
+        shared.draws.store(0, Ordering::SeqCst);
+    }
     Ok(f)
 }

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+use super::arrivals::Arrival;
 use super::config::{ApiConfig, ApiError};
 use super::faults::Faults;
 use super::handlers::now_ms;
@@ -539,15 +540,20 @@ async fn api_healthz_stats_shape_and_loopback_only() {
         "stale_409",
         "rejected_422",
         "rate_limited_429",
+        "over_limit_429",
+        "last_429_at_ms",
         "server_errors_5xx",
         "unauthorized",
         "bad_requests",
         "dropped_after_apply",
         "timeouts",
+        "hung",
         "in_flight",
         "peak_in_flight",
         "peak_in_flight_per_record",
         "overlapping_record_calls",
+        "peak_per_second",
+        "peak_per_calendar_second",
     ] {
         assert!(v[k].is_u64(), "missing {k} in {v}");
     }
@@ -1169,6 +1175,655 @@ async fn api_accepts_what_the_consumers_http_client_sends_and_refuses_its_stale_
     assert_eq!(
         (src.etag.as_str(), src.version_id.as_deref()),
         ("e4", Some("v1"))
+    );
+    s.shutdown().await;
+}
+
+// ---- the arrivals log, the per-second peaks, the rate limit, token rotation, hangs ----
+
+/// `GET /arrivals` (with `?since_ms=N` when given) over HTTP with the admin token.
+async fn get_arrivals(c: &reqwest::Client, s: &ApiServer, since_ms: Option<u64>) -> Vec<Arrival> {
+    let url = match since_ms {
+        Some(n) => format!("{}/arrivals?since_ms={n}", s.url()),
+        None => format!("{}/arrivals", s.url()),
+    };
+    let r = c.get(url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+    serde_json::from_value(v["arrivals"].clone()).unwrap()
+}
+
+/// `POST /control` over HTTP with the admin token; the status.
+async fn control(c: &reqwest::Client, s: &ApiServer, body: Value) -> u16 {
+    c.post(format!("{}/control", s.url()))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// `GET /stats` over HTTP.
+async fn http_stats(c: &reqwest::Client, s: &ApiServer) -> Stats {
+    c.get(format!("{}/stats", s.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The peaks computed the slow way from a log: the most arrivals in any `[t-999, t]` window
+/// (every `t` of a millisecond tried), and in any calendar second.
+fn brute_force_peaks(log: &[Arrival]) -> (u64, u64) {
+    let (Some(first), Some(last)) = (log.first(), log.last()) else {
+        return (0, 0);
+    };
+    let mut sliding = 0;
+    for t in first.at_ms..=last.at_ms + 999 {
+        let n = log
+            .iter()
+            .filter(|a| a.at_ms <= t && a.at_ms + 999 >= t)
+            .count();
+        sliding = sliding.max(n as u64);
+    }
+    let mut per_second = std::collections::BTreeMap::<u64, u64>::new();
+    for a in log {
+        *per_second.entry(a.at_ms / 1000).or_default() += 1;
+    }
+    (sliding, per_second.values().copied().max().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn api_arrivals_log_has_every_post_with_its_status_record_and_version_and_reset_clears_it() {
+    let s = server_with(Faults::default(), None).await;
+    let c = client();
+    let before = now_ms();
+    assert_eq!(
+        post_json(&c, &s, "k1", None, &versioned("R1", "new", 3, "Ann"))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        post_json(&c, &s, "k1", None, &versioned("R1", "new", 3, "Ann"))
+            .await
+            .0,
+        409
+    );
+    let r = post_case(&c, &s, Some("k2"), Some("wrong"), &case_body("R2"))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = post_case(&c, &s, None, Some(TOKEN), &case_body("R2"))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(status(&c, &s, "k3", "R3").await, 201);
+    let after = now_ms();
+
+    let log = get_arrivals(&c, &s, None).await;
+    assert_eq!(log, s.arrivals());
+    let seen: Vec<(u16, Option<&str>, Option<u64>)> = log
+        .iter()
+        .map(|a| (a.status, a.record_key.as_deref(), a.version))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (201, Some("R1"), Some(3)),
+            (409, Some("R1"), Some(3)),
+            (401, None, None),
+            (400, None, None),
+            (201, Some("R3"), Some(0)),
+        ]
+    );
+    assert!(log.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    assert!(log.iter().all(|a| (before..=after).contains(&a.at_ms)));
+    // The JSON shape: every key present, null before the body was parsed.
+    let v: Value = c
+        .get(format!("{}/arrivals", s.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["arrivals"][2],
+        json!({"at_ms": log[2].at_ms, "status": 401, "record_key": null, "version": null})
+    );
+
+    // since_ms: from an arrival on, inclusive; in the future, nothing.
+    let t = log[4].at_ms;
+    let tail = get_arrivals(&c, &s, Some(t)).await;
+    assert_eq!(tail, s.arrivals_since(t));
+    assert!(!tail.is_empty() && tail.iter().all(|a| a.at_ms >= t));
+    assert_eq!(tail.last(), log.last());
+    assert!(get_arrivals(&c, &s, Some(after + 60_000)).await.is_empty());
+    assert_eq!(get_arrivals(&c, &s, Some(0)).await, log);
+    // Only with the admin token, and only since_ms.
+    let r = c.get(format!("{}/arrivals", s.url())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    for q in ["since_ms=abc", "since_ms=-1", "other=1"] {
+        let r = c
+            .get(format!("{}/arrivals?{q}", s.url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{q}");
+    }
+
+    // A dropped connection is logged with status 0, its record known.
+    s.set_faults(Faults {
+        apply_then_drop: 1.0,
+        ..Faults::default()
+    });
+    // The arrivals so far are at least a millisecond older than `since`.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let since = now_ms();
+    // A fresh client: on a pooled connection the client would resend the dropped request.
+    assert!(
+        post_case(&client(), &s, Some("k4"), Some(TOKEN), &case_body("R4"))
+            .await
+            .is_err()
+    );
+    for _ in 0..100 {
+        if s.stats().in_flight == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dropped = s.arrivals_since(since);
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(
+        (dropped[0].status, dropped[0].record_key.as_deref()),
+        (0, Some("R4"))
+    );
+
+    // POST /reset clears the log (and the peaks); new arrivals are logged afresh.
+    let r = c
+        .post(format!("{}/reset", s.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(s.arrivals().is_empty());
+    assert!(get_arrivals(&c, &s, None).await.is_empty());
+    assert_eq!(
+        (
+            s.stats().peak_per_second,
+            s.stats().peak_per_calendar_second
+        ),
+        (0, 0)
+    );
+    s.set_faults(Faults::default());
+    assert_eq!(status(&c, &s, "k5", "R5").await, 201);
+    let log = s.arrivals();
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        (log[0].status, log[0].record_key.as_deref()),
+        (201, Some("R5"))
+    );
+    s.shutdown().await;
+}
+
+#[test]
+fn api_arrivals_log_keeps_only_the_newest_entries_and_a_late_answer_of_a_dropped_one_changes_nothing(
+) {
+    use super::arrivals::{ArrivalEntry, ArrivalLog};
+    use super::stats::Counters;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Mutex;
+
+    let log = Mutex::new(ArrivalLog::new(3));
+    let counters = Counters::default();
+    let next = AtomicU64::new(0);
+    let f = Faults::default();
+    let mut entries = Vec::new();
+    for i in 0..5u16 {
+        let (seq, _) = log.lock().unwrap().arrive(&f, &next, &counters);
+        let mut e = ArrivalEntry::new(&log, seq);
+        e.parsed(&format!("R{i}"), u64::from(i));
+        e.answered(200 + i);
+        entries.push(e);
+    }
+    // Answer them all, the oldest (dropped from the log) first.
+    drop(entries);
+    let kept = log.lock().unwrap().since(0);
+    let seen: Vec<(u16, Option<&str>)> = kept
+        .iter()
+        .map(|a| (a.status, a.record_key.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [(202, Some("R2")), (203, Some("R3")), (204, Some("R4"))]
+    );
+    // The peaks count every arrival, also those the log no longer holds.
+    assert_eq!(counters.snapshot().peak_per_second, 5);
+    // After a clear, an entry of an arrival from before it finds nothing to change.
+    let (seq, _) = log.lock().unwrap().arrive(&f, &next, &counters);
+    log.lock().unwrap().clear();
+    let (seq2, _) = log.lock().unwrap().arrive(&f, &next, &counters);
+    assert_ne!(seq, seq2);
+    let mut late = ArrivalEntry::new(&log, seq);
+    late.answered(500);
+    drop(late);
+    let kept = log.lock().unwrap().since(0);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].status, 0);
+}
+
+#[tokio::test]
+async fn api_peak_per_second_is_the_busiest_sliding_window_and_calendar_second_of_the_log() {
+    let s = server_with(Faults::default(), None).await;
+    let c = client();
+    assert_eq!(
+        (
+            s.stats().peak_per_second,
+            s.stats().peak_per_calendar_second
+        ),
+        (0, 0)
+    );
+    // A burst of 12 at once, a pause longer than a window, then 3 one after the other.
+    let mut tasks = JoinSet::new();
+    for i in 0..12 {
+        let c = c.clone();
+        let url = format!("{}/cases", s.url());
+        tasks.spawn(async move {
+            c.post(url)
+                .bearer_auth(TOKEN)
+                .header("Idempotency-Key", format!("b{i}"))
+                .json(&case_body(&format!("B{i}")))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(r.unwrap(), 201);
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for i in 0..3 {
+        assert_eq!(
+            status(&c, &s, &format!("s{i}"), &format!("S{i}")).await,
+            201
+        );
+    }
+    let log = s.arrivals();
+    assert_eq!(log.len(), 15);
+    let st = http_stats(&c, &s).await;
+    assert_eq!(st, s.stats());
+    assert_eq!(
+        (st.peak_per_second, st.peak_per_calendar_second),
+        brute_force_peaks(&log)
+    );
+    // The burst's 12 arrive within far less than a second (checked: the machine may be
+    // loaded), so one window holds them all, and one of the (at most two) calendar seconds
+    // it spans half of them; the pause keeps the last 3 out of the burst's windows.
+    let burst = &log[..12];
+    if burst[11].at_ms - burst[0].at_ms < 1000 {
+        assert_eq!(st.peak_per_second, 12);
+        assert!(st.peak_per_calendar_second >= 6, "{st:?}");
+    }
+    assert!(st.peak_per_calendar_second <= st.peak_per_second);
+    s.shutdown().await;
+}
+
+/// Replays `limit_per_second` over a log whose only 429s come from the limit and only 503s
+/// from an outage (not admitted): each other arrival is refused exactly when the admitted
+/// ones in its window reach `limit`.
+fn assert_log_obeys_the_limit(log: &[Arrival], limit: usize) {
+    let mut admitted: Vec<u64> = Vec::new();
+    for (i, a) in log.iter().enumerate() {
+        if a.status == 503 {
+            continue;
+        }
+        let in_window = admitted.iter().filter(|&&t| t + 999 >= a.at_ms).count();
+        let over = in_window >= limit;
+        assert_eq!(a.status == 429, over, "arrival {i} of {log:?}");
+        if !over {
+            admitted.push(a.at_ms);
+        }
+    }
+}
+
+#[tokio::test]
+async fn api_limit_per_second_answers_429_over_the_limit_before_auth_and_logs_every_arrival() {
+    let faults = Faults {
+        limit_per_second: Some(3),
+        retry_after_secs: 2,
+        ..Faults::default()
+    };
+    let s = server_with(faults, None).await;
+    let c = client();
+    // 8 calls at once: only 3 admitted if they arrive within one window (they do, by far).
+    let mut tasks = JoinSet::new();
+    for i in 0..8 {
+        let rb = c
+            .post(format!("{}/cases", s.url()))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", format!("k{i}"))
+            .json(&case_body(&format!("R{i}")));
+        tasks.spawn(async move {
+            let r = rb.send().await.unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), retry)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        answers.push(r.unwrap());
+    }
+    let log = s.arrivals();
+    assert_eq!(log.len(), 8, "arrivals over the limit are logged too");
+    assert_log_obeys_the_limit(&log, 3);
+    let refused = answers.iter().filter(|(code, _)| *code == 429).count();
+    assert!(answers
+        .iter()
+        .all(|(code, retry)| (*code == 201 && retry.is_none())
+            || (*code == 429 && retry.as_deref() == Some("2"))));
+    if log[7].at_ms - log[0].at_ms < 1000 {
+        assert_eq!(refused, 5, "{answers:?}");
+    }
+    let st = s.stats();
+    assert_eq!(
+        (st.rate_limited_429, st.over_limit_429, st.applied),
+        (refused as u64, refused as u64, 8 - refused as u64)
+    );
+    if refused > 0 {
+        assert!(st.last_429_at_ms >= log[0].at_ms && st.last_429_at_ms <= now_ms());
+    }
+    assert_eq!(st.peak_per_second, brute_force_peaks(&log).0);
+
+    // Before auth: over the limit, a call without a token is a 429, not a 401. Fill a fresh
+    // window first.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let since = now_ms();
+    for i in 0..3 {
+        assert_eq!(
+            status(&c, &s, &format!("f{i}"), &format!("F{i}")).await,
+            201
+        );
+    }
+    let r = post_case(&c, &s, Some("nt"), None, &case_body("NT"))
+        .await
+        .unwrap();
+    let window = s.arrivals_since(since);
+    assert_log_obeys_the_limit(&window, 3);
+    if window[3].at_ms - window[0].at_ms < 1000 {
+        assert_eq!(r.status().as_u16(), 429);
+        assert_eq!(
+            window[3].record_key, None,
+            "refused before its body was read"
+        );
+    }
+    // After a quiet window calls pass again; without a token that is now a 401.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let r = post_case(&c, &s, Some("nt"), None, &case_body("NT"))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(status(&c, &s, "after", "A").await, 201);
+
+    // An outage comes first: those calls are 503 and not admitted, so after it, in a window
+    // holding nothing else, 3 calls pass.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let since = now_ms();
+    assert_eq!(control(&c, &s, json!({"outage_secs": 60})).await, 200);
+    let st0 = s.stats();
+    for i in 0..5 {
+        assert_eq!(status(&c, &s, &format!("o{i}"), "O").await, 503);
+    }
+    assert_eq!(s.stats().over_limit_429, st0.over_limit_429);
+    assert_eq!(control(&c, &s, json!({"outage_secs": 0})).await, 200);
+    for i in 0..3 {
+        assert_eq!(
+            status(&c, &s, &format!("p{i}"), &format!("P{i}")).await,
+            201
+        );
+    }
+    assert_log_obeys_the_limit(&s.arrivals_since(since), 3);
+
+    // A patch's 0 lifts the limit; a Faults with Some(0) is refused at start.
+    assert_eq!(control(&c, &s, json!({"limit_per_second": 0})).await, 200);
+    assert_eq!(s.faults().limit_per_second, None);
+    for i in 0..6 {
+        assert_eq!(
+            status(&c, &s, &format!("u{i}"), &format!("U{i}")).await,
+            201
+        );
+    }
+    assert_eq!(control(&c, &s, json!({"limit_per_second": 2})).await, 200);
+    assert_eq!(s.faults().limit_per_second, Some(2));
+    s.shutdown().await;
+    let mut cfg = ApiConfig::new(TOKEN);
+    cfg.faults.limit_per_second = Some(0);
+    assert!(matches!(
+        ApiServer::start(cfg).await,
+        Err(ApiError::Config(_))
+    ));
+}
+
+#[tokio::test]
+async fn api_rate_limit_next_answers_the_next_n_calls_429_then_lets_them_pass() {
+    let s = server_with(Faults::default(), None).await;
+    let c = client();
+    assert_eq!(status(&c, &s, "k0", "R0").await, 201);
+    assert_eq!(s.stats().last_429_at_ms, 0);
+    assert_eq!(
+        control(&c, &s, json!({"rate_limit_next": 3, "retry_after_secs": 5})).await,
+        200
+    );
+    let v: Value = c
+        .get(format!("{}/control", s.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["rate_limit_next"], 3);
+    let t0 = now_ms();
+    for i in 0..2 {
+        let r = post_case(
+            &c,
+            &s,
+            Some(&format!("k{i}")),
+            Some(TOKEN),
+            &case_body("R1"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 429);
+        assert_eq!(r.headers()["retry-after"], "5");
+    }
+    // Before auth: the third one is a 429 even without a token.
+    let r = post_case(&c, &s, Some("k2"), None, &case_body("R1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let t1 = now_ms();
+    assert_eq!(s.faults().rate_limit_next, 0);
+    assert_eq!(status(&c, &s, "k1", "R1").await, 201);
+    let st = s.stats();
+    assert_eq!(
+        (st.rate_limited_429, st.over_limit_429, st.applied),
+        (3, 0, 2)
+    );
+    assert!((t0..=t1).contains(&st.last_429_at_ms), "{st:?}");
+    let statuses: Vec<u16> = s.arrivals().iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [201, 429, 429, 429, 201]);
+    // A patch without rate_limit_next leaves a running countdown alone.
+    assert_eq!(control(&c, &s, json!({"rate_limit_next": 1})).await, 200);
+    assert_eq!(control(&c, &s, json!({"latency_ms": 0})).await, 200);
+    assert_eq!(s.faults().rate_limit_next, 1);
+    assert_eq!(status(&c, &s, "k9", "R9").await, 429);
+    assert_eq!(status(&c, &s, "k9", "R9").await, 201);
+    // A reset clears last_429_at_ms with the counters.
+    s.reset().unwrap();
+    assert_eq!(s.stats().last_429_at_ms, 0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_case_tokens_rotate_the_secret_of_post_cases_and_the_admin_token_keeps_the_rest() {
+    let s = server_with(Faults::default(), None).await;
+    let c = client();
+    let with = |key: &'static str, token: &'static str| {
+        let rb = c
+            .post(format!("{}/cases", s.url()))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&case_body(key));
+        async move { rb.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(with("a1", TOKEN).await, 201);
+    assert_eq!(with("a2", "new-secret").await, 401);
+    // Rotate: the consumer still holding the old secret gets 401 until it reads the new one.
+    assert_eq!(
+        control(&c, &s, json!({"case_tokens": ["new-secret", "other"]})).await,
+        200
+    );
+    assert_eq!(with("a3", TOKEN).await, 401);
+    assert_eq!(with("a3", "new-secret").await, 201);
+    assert_eq!(with("a4", "other").await, 201);
+    assert_eq!(with("a5", "new-secre").await, 401);
+    // The admin token still opens everything else; a case token opens none of it.
+    for path in ["control", "records", "arrivals"] {
+        let url = format!("{}/{path}", s.url());
+        let ok = c.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(ok.status().as_u16(), 200, "{path}");
+        let no = c.get(&url).bearer_auth("new-secret").send().await.unwrap();
+        assert_eq!(no.status().as_u16(), 401, "{path}");
+    }
+    let r = c
+        .post(format!("{}/control", s.url()))
+        .bearer_auth("new-secret")
+        .json(&json!({"case_tokens": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let st = s.stats();
+    assert_eq!((st.applied, st.unauthorized), (3, 3));
+    // An empty token is refused; an empty list brings the admin token back.
+    assert_eq!(control(&c, &s, json!({"case_tokens": [""]})).await, 400);
+    assert_eq!(s.faults().case_tokens, ["new-secret", "other"]);
+    assert_eq!(control(&c, &s, json!({"case_tokens": []})).await, 200);
+    assert_eq!(with("a6", "new-secret").await, 401);
+    assert_eq!(with("a6", TOKEN).await, 201);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_hang_records_hold_the_call_in_flight_without_an_answer_then_503() {
+    let faults = Faults {
+        hang_records: vec!["POISON".into()],
+        hang_ms: 1_000,
+        ..Faults::default()
+    };
+    let s = server_with(faults, None).await;
+    assert_eq!(Faults::default().hang_ms, 600_000);
+    let c = client();
+    let t = std::time::Instant::now();
+    let poisoned = {
+        let rb = c
+            .post(format!("{}/cases", s.url()))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", "p1")
+            .json(&versioned("POISON", "new", 4, "x"));
+        tokio::spawn(async move { rb.send().await.unwrap().status().as_u16() })
+    };
+    // While it is held: in flight, for its record too; other records pass meanwhile.
+    let mut mid = Stats::default();
+    for _ in 0..50 {
+        mid = http_stats(&c, &s).await;
+        if mid.hung == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((mid.hung, mid.in_flight), (1, 1), "{mid:?}");
+    assert_eq!(mid.peak_in_flight_per_record, 1);
+    assert_eq!(
+        post_json(&c, &s, "o1", None, &versioned("OTHER", "new", 1, "x"))
+            .await
+            .0,
+        201
+    );
+    let held = s.arrivals();
+    assert_eq!(
+        (
+            held[0].status,
+            held[0].record_key.as_deref(),
+            held[0].version
+        ),
+        (0, Some("POISON"), Some(4))
+    );
+    assert!(!poisoned.is_finished());
+    // A second call for the record while the first is held is an overlap.
+    let second = {
+        let rb = c
+            .post(format!("{}/cases", s.url()))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", "p2")
+            .json(&versioned("POISON", "new", 5, "x"));
+        tokio::spawn(async move { rb.send().await.unwrap().status().as_u16() })
+    };
+    for _ in 0..50 {
+        if s.stats().hung == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.stats().hung, 2);
+    assert_eq!(poisoned.await.unwrap(), 503);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1_000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(second.await.unwrap(), 503);
+    let st = s.stats();
+    assert_eq!(
+        (
+            st.hung,
+            st.server_errors_5xx,
+            st.applied,
+            st.in_flight,
+            st.peak_in_flight_per_record,
+            st.overlapping_record_calls
+        ),
+        (2, 0, 1, 0, 2, 1)
+    );
+    let log = s.arrivals();
+    let seen: Vec<(u16, &str)> = log
+        .iter()
+        .map(|a| (a.status, a.record_key.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(seen, [(503, "POISON"), (201, "OTHER"), (503, "POISON")]);
+    assert_eq!(s.applied_keys(), ["o1".to_string()]);
+    // Lifted over HTTP, the record applies.
+    assert_eq!(control(&c, &s, json!({"hang_records": []})).await, 200);
+    assert_eq!(
+        post_json(&c, &s, "p3", None, &versioned("POISON", "new", 6, "x"))
+            .await
+            .0,
+        201
     );
     s.shutdown().await;
 }

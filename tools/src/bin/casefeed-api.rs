@@ -29,7 +29,8 @@ struct Args {
     /// container of your own dockerd reaches the host through: `sam local invoke`).
     #[arg(long)]
     allow_docker_bridge: bool,
-    /// Bearer token required on POST /cases, /control and /reset.
+    /// The admin Bearer token (/control, /records, /reset, /arrivals), also required on
+    /// POST /cases until the case_tokens fault is set (POST /control).
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     token: String,
     /// Append-only JSON-lines ledger of applied effects (a restart rebuilds the applied keys
@@ -51,6 +52,13 @@ struct Args {
     /// Retry-After of a 429, in seconds.
     #[arg(long, default_value_t = 1)]
     retry_after_secs: u64,
+    /// Server-side rate limit: a POST /cases arriving while the last 1000 ms already hold
+    /// this many admitted calls is answered 429.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    limit_per_second: Option<u64>,
+    /// Answer the first N POST /cases 429.
+    #[arg(long, default_value_t = 0)]
+    rate_limit_next: u64,
     /// Share of requests that sleep --timeout-ms and then answer 503.
     #[arg(long, default_value_t = 0.0)]
     timeout_share: f64,
@@ -78,6 +86,11 @@ struct Args {
     /// (repeatable).
     #[arg(long = "fail-record", value_parser = parse_fail_record)]
     fail_records: Vec<(String, u64)>,
+    /// record_key whose calls get no answer for --hang-ms, then 503 (repeatable).
+    #[arg(long = "hang-record")]
+    hang_records: Vec<String>,
+    #[arg(long, default_value_t = 600_000)]
+    hang_ms: u64,
     /// Seed of the RNG deciding the shares.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -89,6 +102,8 @@ impl Args {
             fail_5xx: self.fail_5xx,
             rate_limit_429: self.rate_limit_429,
             retry_after_secs: self.retry_after_secs,
+            limit_per_second: self.limit_per_second,
+            rate_limit_next: self.rate_limit_next,
             timeout_share: self.timeout_share,
             timeout_ms: self.timeout_ms,
             latency_ms: self.latency_ms,
@@ -97,6 +112,10 @@ impl Args {
             reject_keys: self.reject_keys.clone(),
             reject_record_keys: self.reject_record_keys.clone(),
             fail_records: self.fail_records.iter().cloned().collect(),
+            hang_records: self.hang_records.clone(),
+            hang_ms: self.hang_ms,
+            // Rotated at run time through POST /control.
+            case_tokens: Vec::new(),
             seed: self.seed,
         };
         if let Some(secs) = self.outage_secs {
