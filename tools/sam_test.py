@@ -76,11 +76,20 @@ def queue_url(sqs, name: str) -> str:
     return sqs.get_queue_url(QueueName=name)["QueueUrl"]
 
 
+def delayed(sqs, url: str) -> int:
+    """Messages of the queue still delayed (a requeued copy waits its backoff)."""
+    a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"])
+    return int(a.get("Attributes", {}).get("ApproximateNumberOfMessagesDelayed", "0"))
+
+
 def drain(sqs, name: str) -> list[dict]:
-    """Every message of the queue (received once, then deleted)."""
+    """Every message of the queue (received once, then deleted), delayed ones included
+    (waited for up to 60 s)."""
     url = queue_url(sqs, name)
     out, empty = [], 0
-    while empty < 2:
+    import time
+    until = time.time() + 60
+    while empty < 2 or (delayed(sqs, url) > 0 and time.time() < until):
         r = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=600,
                                 WaitTimeSeconds=1, MessageAttributeNames=["All"], AttributeNames=["All"])
         msgs = r.get("Messages", [])
