@@ -633,10 +633,12 @@ async fn an_outage_longer_than_the_retry_window_ends_in_the_dlq_with_attempts_an
             "{a:?}"
         );
         assert!(a["reason"].starts_with("retry window exceeded"), "{a:?}");
+        // at least the attempt that found the window over (on a loaded machine a message
+        // can wait out the whole window in the queue before its first attempt)
         let attempts: u64 = a["attempts"].parse().unwrap();
-        assert!(attempts >= 2, "{a:?}");
+        assert!(attempts >= 1, "{a:?}");
         let age: u64 = a["age_ms"].parse().unwrap();
-        assert!((12_000..60_000).contains(&age), "{a:?}");
+        assert!((12_000..120_000).contains(&age), "{a:?}");
     }
     assert_eq!(keys, expected_keys(&exp));
     assert_eq!(dlq.len(), 40);
@@ -742,8 +744,11 @@ async fn the_api_rate_is_never_exceeded_and_a_429_pauses_every_consumer() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     let half = (messages / 2).to_string();
-    let p = pipeline(
+    // half the baseline changes: a feed whose flood guard lets that through
+    let feeds = FEEDS.replace("[defaults]", "[defaults]\nmax_change_share = 1.0");
+    let p = pipeline_of(
         "rate",
+        &feeds,
         5,
         3,
         &[("API_RATE_PER_SEC", "25")],
