@@ -734,15 +734,16 @@ fn num(item: &BTreeMap<String, aws_sdk_dynamodb::types::AttributeValue>, name: &
         .unwrap_or(0)
 }
 
-/// The fleet's rate: 2,000 messages (`E2E_RATE_MESSAGES`) through three consumers at 25
-/// calls a second — the stand-in API never counts more than 25 in any one-second window —
-/// and a 429 with Retry-After 3 mid-run makes no consumer call for 3 s.
+/// The fleet's rate: 600 messages (`E2E_RATE_MESSAGES=2000` for the 2,000-message run; moto
+/// serves ~5-10 messages a second here, so a limit of 5 calls a second is the one that binds)
+/// through three consumers — the stand-in API never counts more than 5 in any one-second
+/// window — and a 429 with Retry-After 3 mid-run makes no consumer call for 3 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_rate_is_never_exceeded_and_a_429_pauses_every_consumer() {
     let messages: usize = std::env::var("E2E_RATE_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(600);
     let half = (messages / 2).to_string();
     // half the baseline changes: a feed whose flood guard lets that through
     let feeds = FEEDS.replace("[defaults]", "[defaults]\nmax_change_share = 1.0");
@@ -751,7 +752,7 @@ async fn the_api_rate_is_never_exceeded_and_a_429_pauses_every_consumer() {
         &feeds,
         5,
         3,
-        &[("API_RATE_PER_SEC", "25")],
+        &[("API_RATE_PER_SEC", "5")],
         Faults::default(),
     )
     .await;
@@ -775,7 +776,7 @@ async fn the_api_rate_is_never_exceeded_and_a_429_pauses_every_consumer() {
     assert!(st.drained, "{st:?}");
     let s = p.api.stats();
     assert!(
-        s.peak_per_second <= 25,
+        s.peak_per_second <= 5,
         "{} calls in one second: {s:?}",
         s.peak_per_second
     );
@@ -810,7 +811,7 @@ async fn the_api_rate_is_never_exceeded_and_a_429_pauses_every_consumer() {
     let first = arrivals.first().map(|a| a.at_ms).unwrap_or(0);
     let last = arrivals.last().map(|a| a.at_ms).unwrap_or(0);
     eprintln!(
-        "rate: {messages} messages in {:.1} s = {:.1} calls/s (limit 25), peak {} in a second",
+        "rate: {messages} messages in {:.1} s = {:.1} calls/s (limit 5), peak {} in a second",
         (last - first) as f64 / 1000.0,
         arrivals.len() as f64 * 1000.0 / (last - first).max(1) as f64,
         s.peak_per_second
