@@ -164,9 +164,13 @@ impl<T: GateTable> Gate<T> {
                 Slot::Reserved { at_us, item } => {
                     self.observe(&item);
                     let ahead = at_us - now_us();
-                    if ahead > 0 {
-                        tokio::time::sleep(Duration::from_micros(ahead as u64)).await;
+                    if ahead <= 0 {
+                        // the slot came while the reservation's write was on its way (an
+                        // idle schedule reserves "now"): go. Only an oversleep is refused
+                        // below; the write's round trip is the table's latency.
+                        return Ok(Pass::Go { probe: false });
                     }
+                    tokio::time::sleep(Duration::from_micros(ahead as u64)).await;
                     let late = now_us() - at_us;
                     if late <= s.max_late_us() {
                         return Ok(Pass::Go { probe: false });
