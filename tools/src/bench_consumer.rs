@@ -117,6 +117,8 @@ pub struct CaseResult {
     /// `peak_per_second` when it counts one.
     pub busiest_second: f64,
     pub peak_in_flight: u64,
+    /// Calls the API answered 429 for being over its limit (limited case only).
+    pub over_limit_429: u64,
     /// moto's CPU time ÷ wall time in the window (1.0 = one core busy).
     pub moto_cpu: f64,
     /// moto's requests a second in the window.
@@ -434,8 +436,11 @@ async fn one_case(
     let _ = std::fs::remove_file(&ledger);
     let mut cfg = ApiConfig::new(TOKEN);
     cfg.ledger = Some(ledger.clone());
+    // the limited case's API enforces the limit too, as the real one does (a call over it
+    // is answered 429); the unlimited case's has none
     cfg.faults = Faults {
         latency_ms: args.latency_ms,
+        limit_per_second: (case == Case::Limited).then_some(args.rate),
         ..Faults::default()
     };
     let api = ApiServer::start(cfg)
@@ -528,6 +533,10 @@ async fn one_case(
         calls_per_s,
         busiest_second: busiest,
         peak_in_flight: stats.peak_in_flight,
+        over_limit_429: stats_json
+            .get("over_limit_429")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
         moto_cpu: ticks_per_s / clock_ticks_per_sec(),
         moto_requests_per_s: moto_rps,
         drain_secs: st.elapsed_ms as f64 / 1000.0,
@@ -587,6 +596,8 @@ pub async fn run(args: BenchConsumerArgs) -> Result<(), BenchConsumerError> {
             r.moto_cpu * 100.0,
             t.elapsed().as_secs_f64()
         );
+        // the row as soon as it is measured: a later case that fails or is cut off keeps it
+        eprint!("{}", table(&args, std::slice::from_ref(&r)));
         rows.push(r);
     }
     let mut out = table(&args, &rows);
@@ -601,6 +612,10 @@ pub async fn run(args: BenchConsumerArgs) -> Result<(), BenchConsumerError> {
             Case::Limited if r.busiest_second > r.rate as f64 => out.push_str(&format!(
                 "- limited: the busiest second had {:.0} calls, above the limit of {}/s: the rate limit was not kept\n",
                 r.busiest_second, r.rate
+            )),
+            Case::Limited if r.over_limit_429 > 0 => out.push_str(&format!(
+                "- limited: the API refused {} call(s) as over its limit of {}/s (429)\n",
+                r.over_limit_429, r.rate
             )),
             Case::Limited if r.ratio() < 0.9 => out.push_str(&format!(
                 "- limited: {:.0}% of the limit, below the 90% target\n",
@@ -703,6 +718,7 @@ mod tests {
             calls_per_s: achieved,
             busiest_second: 21.0,
             peak_in_flight: 6,
+            over_limit_429: 0,
             moto_cpu: 0.93,
             moto_requests_per_s: 150.0,
             drain_secs: 101.0,

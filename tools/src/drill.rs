@@ -499,8 +499,11 @@ pub async fn run(args: DrillArgs) -> Result<(), DrillError> {
     let _ = std::fs::remove_file(&ledger);
     let mut cfg = ApiConfig::new(TOKEN);
     cfg.ledger = Some(ledger);
+    // the API enforces the rate the consumers are given, as the real one does: a call over
+    // it is answered 429 (and counted in its peak_per_second all the same)
     cfg.faults = Faults {
         latency_ms: args.latency_ms,
+        limit_per_second: Some(args.rate),
         ..Faults::default()
     };
     let api = ApiServer::start(cfg)
@@ -669,7 +672,7 @@ pub async fn run(args: DrillArgs) -> Result<(), DrillError> {
     let mut summary = format!(
         "{table}\n\
          - exports: {} (splitter run {:.0} ms on average), rows sent {rows_sent}, applied {} + superseded {}, dead-lettered {dlq}\n\
-         - API: {} calls, peak in flight {} (ceiling {}), busiest second {} (limit {}/s), 503s {}, 429s {}, replays {}, stale {}\n\
+         - API: {} calls, peak in flight {} (ceiling {}), busiest second {} (limit {}/s), 503s {}, 429s {} (over the limit {}), replays {}, stale {}\n\
          - drill {:.0} s (whole command {:.0} s)\n",
         lock(&progress).exports,
         split_mean,
@@ -688,6 +691,7 @@ pub async fn run(args: DrillArgs) -> Result<(), DrillError> {
         args.rate,
         stat(&stats, "server_errors_5xx"),
         stat(&stats, "rate_limited_429"),
+        stat(&stats, "over_limit_429"),
         stat(&stats, "replays"),
         stat(&stats, "stale_409"),
         drill_secs,

@@ -217,7 +217,7 @@ pub fn draw(
             BLACK.stroke_width(2),
         ))
         .map_err(|e| err(&e))?
-        .label("queue depth (visible + not visible)")
+        .label("queue depth (visible + not visible + delayed)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
         c.draw_secondary_series(LineSeries::new(
             series(&|s| s.oldest_age_s),

@@ -277,3 +277,30 @@ fn the_summary_has_one_row_a_phase_with_its_means_and_maxima() {
     assert_eq!(lines[2], "| normal | 2 | 5.0 | 6.0 | 4 | 3 | 0.0 | 10 |");
     assert_eq!(lines[3], "| down | 2 | 0.5 | 1.0 | 0 | 45 | 9.5 | 2 |");
 }
+
+#[test]
+fn the_chart_is_a_png_with_labels_or_says_which_font_is_missing() {
+    let dir = std::env::temp_dir().join(format!("casefeed-drill-chart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let png = dir.join("drill.png");
+    let mut samples: Vec<Sample> = (0..60)
+        .map(|i| {
+            let phase = schedule().phase_at(Duration::from_secs(i));
+            sample(i as f64, phase, (i % 7) as f64, i % 4, i * 2)
+        })
+        .collect();
+    samples[20].breaker = "open".into();
+    match super::chart::draw(&png, &samples, &schedule(), 10, 6, "test") {
+        Ok(()) => {
+            let bytes = std::fs::read(&png).expect("the chart was written");
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+            // five panels of lines and text: far more than a blank image compresses to
+            assert!(bytes.len() > 20_000, "{} bytes", bytes.len());
+        }
+        Err(e) => {
+            assert!(matches!(e, super::chart::ChartError::NoFont(_)), "{e}");
+            assert!(e.to_string().contains("fonts-dejavu-core"), "{e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
