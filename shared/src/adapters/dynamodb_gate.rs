@@ -59,6 +59,16 @@ fn gate_item(item: &Item) -> (GateItem, i64) {
 const CLOSED: &str = "(attribute_not_exists(#st) OR #st = :closed)";
 
 impl DynamoLedger {
+    /// An `UpdateItem` of the gate's item.
+    fn gate_update(
+        &self,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(GATE_PK))
+    }
+
     async fn gate_get(&self) -> Result<Option<Item>, GateError> {
         let out = self
             .client
@@ -81,10 +91,7 @@ impl DynamoLedger {
     ) -> Result<Result<Item, Option<Item>>, GateError> {
         let now_us = req.now_ms.saturating_mul(1000);
         let u = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(GATE_PK))
+            .gate_update()
             .expression_attribute_names("#st", "state")
             .expression_attribute_values(":closed", s("closed"))
             .expression_attribute_values(":now", n(now_us))
@@ -152,10 +159,7 @@ impl GateTable for DynamoLedger {
         interval_ms: i64,
     ) -> Result<Option<GateItem>, GateError> {
         let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(GATE_PK))
+            .gate_update()
             .update_expression("SET probe_at_ms = :next ADD probes :one")
             .condition_expression("#st = :open AND probe_at_ms <= :now")
             .expression_attribute_names("#st", "state")
@@ -183,10 +187,7 @@ impl GateTable for DynamoLedger {
 
     async fn succeeded(&self, now_ms: i64) -> Result<bool, GateError> {
         let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(GATE_PK))
+            .gate_update()
             .update_expression(
                 "SET #st = :closed, failures = :zero, closed_at_ms = :now, tat_us = :now_us",
             )
@@ -223,10 +224,7 @@ impl GateTable for DynamoLedger {
         interval_ms: i64,
     ) -> Result<bool, GateError> {
         let out = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(GATE_PK))
+            .gate_update()
             .update_expression("ADD failures :one")
             .expression_attribute_values(":one", n(1))
             .return_values(ReturnValue::AllNew)
@@ -238,10 +236,7 @@ impl GateTable for DynamoLedger {
             return Ok(false);
         }
         let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(GATE_PK))
+            .gate_update()
             .update_expression(
                 "SET #st = :open, opened_at_ms = :now, probe_at_ms = :probe ADD opens :one",
             )
@@ -265,10 +260,7 @@ impl GateTable for DynamoLedger {
     async fn pause(&self, until_ms: i64) -> Result<(), GateError> {
         let until_us = until_ms.saturating_mul(1000);
         let r = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(GATE_PK))
+            .gate_update()
             .update_expression("SET tat_us = :until_us, paused_until_ms = :until")
             .condition_expression("attribute_not_exists(tat_us) OR tat_us < :until_us")
             .expression_attribute_values(":until_us", n(until_us))
