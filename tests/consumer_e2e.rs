@@ -332,8 +332,17 @@ async fn transient_faults_and_rate_limits_end_applied_once() {
         seed: 42,
         ..Faults::default()
     };
-    // a breaker threshold above the batch keeps every message exposed to the faults
-    let p = pipeline("faults", 12, 2, &[("BREAKER_THRESHOLD", "20")], faults).await;
+    // a breaker threshold above the batch keeps every message exposed to the faults; a
+    // gate wait shorter than the 2 s pause makes a paused message go back on the queue
+    // (`rate_paused`) instead of sleeping in process, so the pause shows in the retries
+    let p = pipeline(
+        "faults",
+        12,
+        2,
+        &[("BREAKER_THRESHOLD", "20"), ("GATE_WAIT_MS", "500")],
+        faults,
+    )
+    .await;
     let (_, exp, _) = p.split("2000", "40", "60").await;
     let st = p.drain(Duration::from_secs(600)).await;
     assert!(st.drained, "{st:?}");

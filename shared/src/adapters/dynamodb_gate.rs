@@ -82,19 +82,19 @@ impl DynamoLedger {
         Ok(out.item)
     }
 
-    /// One try at a slot: `busy` (the schedule is ahead of now: move it one spacing on) or
-    /// idle (it lags: restart it at now). `Ok(Err(old item))` when the condition failed.
+    /// One try at a slot: `busy` (the schedule is at or past the earliest slot wanted: move
+    /// it one spacing on) or idle (it lags: restart it at the earliest slot). `Ok(Err(old item))` when the condition failed.
     async fn try_slot(
         &self,
         req: &SlotRequest,
         busy: bool,
     ) -> Result<Result<Item, Option<Item>>, GateError> {
-        let now_us = req.now_ms.saturating_mul(1000);
+        let earliest_us = req.earliest_ms.saturating_mul(1000);
         let u = self
             .gate_update()
             .expression_attribute_names("#st", "state")
             .expression_attribute_values(":closed", s("closed"))
-            .expression_attribute_values(":now", n(now_us))
+            .expression_attribute_values(":now", n(earliest_us))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         let u = if busy {
@@ -109,7 +109,7 @@ impl DynamoLedger {
                 .condition_expression(format!(
                     "{CLOSED} AND (attribute_not_exists(tat_us) OR tat_us < :now)"
                 ))
-                .expression_attribute_values(":next", n(now_us.saturating_add(req.spacing_us)))
+                .expression_attribute_values(":next", n(earliest_us.saturating_add(req.spacing_us)))
         };
         match u.send().await {
             Ok(out) => Ok(Ok(out.attributes.unwrap_or_default())),
@@ -125,7 +125,7 @@ impl GateTable for DynamoLedger {
     }
 
     async fn reserve(&self, req: SlotRequest) -> Result<Slot, GateError> {
-        let now_us = req.now_ms.saturating_mul(1000);
+        let earliest_us = req.earliest_ms.saturating_mul(1000);
         let horizon_us = req.horizon_ms.saturating_mul(1000);
         // under load the schedule is ahead of now: try that form first
         let mut busy = true;
@@ -146,7 +146,7 @@ impl GateTable for DynamoLedger {
             if item.state == BreakerState::Open || tat_us > horizon_us {
                 return Ok(Slot::Refused(item));
             }
-            busy = old.contains_key("tat_us") && tat_us >= now_us;
+            busy = old.contains_key("tat_us") && tat_us >= earliest_us;
             last = item;
         }
         // the schedule kept moving under us: the caller waits a moment and asks again

@@ -3,8 +3,10 @@
 //!
 //! * **Rate.** A call needs a slot of the shared schedule, spaced `1 / (rate × (1 −
 //!   headroom))` apart: no one-second window, fleet-wide, holds more than `rate` calls. A
-//!   consumer reserves a slot at most `horizon` ahead, sleeps until it, and gives it up when
-//!   it woke too late to keep the spacing (a loaded machine), reserving another.
+//!   consumer reserves a slot at most `horizon` ahead and no sooner than the reservation's
+//!   expected round trip (twice its running average: the slot is still ahead when the
+//!   answer arrives), sleeps until it, and gives it up when it came too late to keep the
+//!   spacing (a slow round trip, an oversleep on a loaded machine), reserving another.
 //! * **Pause.** A 429 moves the schedule to the end of its `Retry-After`: nobody's next slot
 //!   is sooner. Slots already reserved (at most `horizon` ahead) still go.
 //! * **Breaker.** `threshold` transient failures in a row, fleet-wide, open it. While open
@@ -14,6 +16,7 @@
 //!   message is put back for later, without counting as a failed attempt.
 
 use crate::ports::gate::{BreakerState, GateError, GateItem, GateTable, Slot, SlotRequest};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
@@ -105,6 +108,9 @@ pub enum Report {
     Neutral,
 }
 
+/// The round trip assumed before the first reservation: 5 ms.
+const INITIAL_ROUND_TRIP_US: i64 = 5_000;
+
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
@@ -117,6 +123,8 @@ pub struct Gate<T: GateTable> {
     /// The limits.
     pub settings: GateSettings,
     seen: Arc<Mutex<GateItem>>,
+    /// The running average of a reservation's round trip, in microseconds.
+    round_trip_us: Arc<AtomicI64>,
 }
 
 impl<T: GateTable> Gate<T> {
@@ -126,7 +134,22 @@ impl<T: GateTable> Gate<T> {
             table,
             settings,
             seen: Arc::new(Mutex::new(GateItem::default())),
+            round_trip_us: Arc::new(AtomicI64::new(INITIAL_ROUND_TRIP_US)),
         }
+    }
+
+    /// How far ahead of now to ask for a slot: twice the reservation's average round trip
+    /// plus a millisecond, at most three quarters of the horizon.
+    pub fn lead_us(&self) -> i64 {
+        let horizon_us = self.settings.horizon.as_micros().min(i64::MAX as u128) as i64;
+        (2 * self.round_trip_us.load(Ordering::Relaxed) + 1_000).min(horizon_us * 3 / 4)
+    }
+
+    fn measured(&self, round_trip_us: i64) {
+        // an exponentially weighted average (weight 1/4 for the newest)
+        let old = self.round_trip_us.load(Ordering::Relaxed);
+        let new = (3 * old + round_trip_us.clamp(0, 10_000_000)) / 4;
+        self.round_trip_us.store(new, Ordering::Relaxed);
     }
 
     /// What this container last saw of the gate.
@@ -154,31 +177,33 @@ impl<T: GateTable> Gate<T> {
         let started = tokio::time::Instant::now();
         let s = &self.settings;
         loop {
-            let now_ms = now_us() / 1000;
+            let asked_us = now_us();
+            let now_ms = asked_us / 1000;
             let req = SlotRequest {
-                now_ms,
+                earliest_ms: (asked_us + self.lead_us()) / 1000,
                 spacing_us: s.spacing_us(now_ms, self.seen().closed_at_ms),
                 horizon_ms: now_ms + s.horizon.as_millis() as i64,
             };
-            let (until_ms, why) = match self.table.reserve(req).await? {
+            let answer = self.table.reserve(req).await?;
+            self.measured(now_us() - asked_us);
+            let (until_ms, why) = match answer {
                 Slot::Reserved { at_us, item } => {
                     self.observe(&item);
                     let ahead = at_us - now_us();
-                    if ahead <= 0 {
-                        // the slot came while the reservation's write was on its way (an
-                        // idle schedule reserves "now"): go. Only an oversleep is refused
-                        // below; the write's round trip is the table's latency.
-                        return Ok(Pass::Go { probe: false });
+                    if ahead > 0 {
+                        tokio::time::sleep(Duration::from_micros(ahead as u64)).await;
                     }
-                    tokio::time::sleep(Duration::from_micros(ahead as u64)).await;
+                    // late: the reservation's round trip outran the lead, or the sleep
+                    // overslept; within the headroom's slack the call still keeps the rate
                     let late = now_us() - at_us;
                     if late <= s.max_late_us() {
                         return Ok(Pass::Go { probe: false });
                     }
-                    // woke too late to keep the spacing: this slot is lost, take another
+                    // too late to keep the spacing: this slot is lost, take another
                     info!(
                         late_ms = late / 1000,
-                        "the API call's slot passed while waking; reserving another"
+                        round_trip_ms = self.round_trip_us.load(Ordering::Relaxed) / 1000,
+                        "the API call's slot passed before it could be used; reserving another"
                     );
                     (now_us() / 1000, "rate_booked")
                 }
@@ -319,6 +344,54 @@ mod tests {
         assert_eq!(s.max_late_us(), 26_315);
     }
 
+    /// The most calls (sorted epoch microseconds) in any window of one second.
+    fn peak_per_second(t: &[i64]) -> usize {
+        let mut peak = 0;
+        for (i, start) in t.iter().enumerate() {
+            let n = t[i..]
+                .iter()
+                .take_while(|x| **x < start + 1_000_000)
+                .count();
+            peak = peak.max(n);
+        }
+        peak
+    }
+
+    /// A table whose round trip (60 ms) is longer than a late call's slack (26 ms): a slot
+    /// reserved for "now" would always be late. The gate reserves ahead by the round trip it
+    /// measures, so calls go, and still never more than the rate in any second.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_table_neither_stalls_the_calls_nor_crowds_a_second() {
+        let g = gate(20.0);
+        g.table.set_round_trip(Duration::from_millis(60));
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let (g, times) = (g.clone(), times.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..10 {
+                    let p = g.pass(Duration::from_secs(30)).await.unwrap();
+                    assert_eq!(p, Pass::Go { probe: false });
+                    times.lock().unwrap().push(now_us());
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut t = times.lock().unwrap().clone();
+        t.sort();
+        assert_eq!(t.len(), 60);
+        let peak = peak_per_second(&t);
+        assert!(peak <= 20, "{peak} calls within one second at 20/s");
+        // 60 calls at 19/s take about 3.1 s; lost slots would stretch it (or stall it)
+        let span = (t[59] - t[0]) as f64 / 1e6;
+        assert!((2.9..4.5).contains(&span), "{span} s for 60 calls at 19/s");
+        // the lead follows the measured round trip: about twice 60 ms
+        let lead = g.lead_us();
+        assert!((90_000..=150_000).contains(&lead), "lead {lead} µs");
+    }
+
     #[tokio::test]
     async fn concurrent_callers_never_put_more_than_the_rate_in_any_second() {
         let g = gate(50.0);
@@ -340,15 +413,7 @@ mod tests {
         let mut t = times.lock().unwrap().clone();
         t.sort();
         assert_eq!(t.len(), 120);
-        // the most calls in any window of one second
-        let mut peak = 0;
-        for (i, start) in t.iter().enumerate() {
-            let n = t[i..]
-                .iter()
-                .take_while(|x| **x < start + 1_000_000)
-                .count();
-            peak = peak.max(n);
-        }
+        let peak = peak_per_second(&t);
         assert!(
             peak <= 50,
             "{peak} calls within one second at a rate of 50/s"

@@ -67,8 +67,10 @@ pub struct GateItem {
 /// A slot request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotRequest {
-    /// Now.
-    pub now_ms: i64,
+    /// The earliest slot wanted: now plus the reservation's expected round trip, so the
+    /// slot is still ahead when the answer arrives (a slot reserved for "now" would be
+    /// late by the whole round trip, and late calls crowd the next second).
+    pub earliest_ms: i64,
     /// How far apart calls are (1 / rate, ramp included), in microseconds.
     pub spacing_us: i64,
     /// The latest slot that may be reserved: now + the horizon.
@@ -105,7 +107,7 @@ pub trait GateTable: Send + Sync + Clone + 'static {
     fn read(&self) -> impl Future<Output = Result<Option<GateItem>, GateError>> + Send;
 
     /// If the breaker is closed and the next free slot is at most `horizon_ms`: reserve
-    /// `max(next free slot, now)` and move the next free slot one spacing on.
+    /// `max(next free slot, earliest_ms)` and move the next free slot one spacing on.
     fn reserve(&self, req: SlotRequest) -> impl Future<Output = Result<Slot, GateError>> + Send;
 
     /// If the breaker is open and `probe_at_ms <= now_ms`: take the probe (push
@@ -143,6 +145,7 @@ struct MemoryState {
     tat_us: i64,
     written: bool,
     failing: bool,
+    round_trip: std::time::Duration,
 }
 
 /// An in-memory [`GateTable`] with the same atomic semantics, for tests and tools.
@@ -160,6 +163,12 @@ impl MemoryGate {
     /// Make every call fail (or work again).
     pub fn set_failing(&self, failing: bool) {
         self.lock().failing = failing;
+    }
+
+    /// Make every reservation take this long, half on the way there and half back (a
+    /// remote table's round trip).
+    pub fn set_round_trip(&self, round_trip: std::time::Duration) {
+        self.lock().round_trip = round_trip;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
@@ -187,19 +196,31 @@ impl GateTable for MemoryGate {
     }
 
     async fn reserve(&self, req: SlotRequest) -> Result<Slot, GateError> {
-        let mut s = self.lock();
-        Self::check(&s)?;
-        if s.item.state == BreakerState::Open || s.tat_us > req.horizon_ms.saturating_mul(1000) {
-            return Ok(Slot::Refused(s.item.clone()));
+        let half = self.lock().round_trip / 2;
+        if !half.is_zero() {
+            tokio::time::sleep(half).await;
         }
-        let at_us = s.tat_us.max(req.now_ms.saturating_mul(1000));
-        s.tat_us = at_us.saturating_add(req.spacing_us);
-        s.item.tat_ms = s.tat_us / 1000;
-        s.written = true;
-        Ok(Slot::Reserved {
-            at_us,
-            item: s.item.clone(),
-        })
+        let answer = {
+            let mut s = self.lock();
+            Self::check(&s)?;
+            if s.item.state == BreakerState::Open || s.tat_us > req.horizon_ms.saturating_mul(1000)
+            {
+                Slot::Refused(s.item.clone())
+            } else {
+                let at_us = s.tat_us.max(req.earliest_ms.saturating_mul(1000));
+                s.tat_us = at_us.saturating_add(req.spacing_us);
+                s.item.tat_ms = s.tat_us / 1000;
+                s.written = true;
+                Slot::Reserved {
+                    at_us,
+                    item: s.item.clone(),
+                }
+            }
+        };
+        if !half.is_zero() {
+            tokio::time::sleep(half).await;
+        }
+        Ok(answer)
     }
 
     async fn take_probe(
