@@ -79,8 +79,12 @@ lint: fmt clippy template-lint
 unit:
 	$(CARGO) test --release --workspace --exclude casefeed-e2e
 
+# `--workspace --test '*'` (every integration test; only casefeed-e2e has any) resolves the
+# dependencies' features for the whole workspace, as `build` and `unit` do, so it reuses their
+# build. `-p casefeed-e2e` resolves them without the functions' lambda_runtime (serde `rc`,
+# tracing `log`, futures-util `sink`/`io`, ...) and so compiled ~60 dependencies a second time.
 e2e: tools build
-	$(CARGO) test --release -p casefeed-e2e -- --test-threads=2
+	$(CARGO) test --release --workspace --test '*' -- --test-threads=2
 
 # The benchmark harness itself, on a small file (every tool's answer is checked): proves
 # `make bench` works; the figures mean nothing at this size.
