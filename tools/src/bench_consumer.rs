@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod in_process;
+
 const TOKEN: &str = "bench-token";
 const FEED: &str = "lab_results";
 const BUCKET: &str = "casefeed-bench";
@@ -40,8 +42,26 @@ pub enum Case {
     Unlimited,
 }
 
+/// Where the consumers' tables and queue live.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tables {
+    /// moto's SQS and DynamoDB, the release consumer binaries under the Runtime Interface
+    /// Emulator: the whole local stack (moto's one Python server is the bottleneck).
+    Moto,
+    /// In this process: the same consumer code over in-memory tables (the gate's answering
+    /// after `--table-ms`) and an in-memory queue, the stand-in API over HTTP: the
+    /// consumer's own throughput.
+    Memory,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchConsumerArgs {
+    /// The consumers' tables and queue: `moto` (the local stack) or `memory` (in process).
+    #[arg(long, value_enum, default_value = "moto")]
+    pub tables: Tables,
+    /// With `--tables memory`: the gate table's round trip (ms), a DynamoDB write's.
+    #[arg(long, default_value_t = 5)]
+    pub table_ms: u64,
     /// Messages pre-loaded in the work queue (the backlog).
     #[arg(long, default_value_t = 2_000)]
     pub messages: usize,
@@ -206,8 +226,17 @@ pub fn table(args: &BenchConsumerArgs, rows: &[CaseResult]) -> String {
             Case::Limited => format!("{:.0} (the limit)", r.target_per_s),
             Case::Unlimited => format!("{:.0} (ceiling ÷ latency)", r.target_per_s),
         };
+        // in process there is no moto
+        let (moto_cpu, moto_rps) = if r.moto_cpu.is_nan() {
+            ("—".to_string(), "—".to_string())
+        } else {
+            (
+                format!("{:.0}%", r.moto_cpu * 100.0),
+                format!("{:.0}", r.moto_requests_per_s),
+            )
+        };
         s.push_str(&format!(
-            "| {} | {} | {} × {} | {} ms | {target} | {:.1} | {:.0}% | {:.1} | {:.0} | {} | {:.0}% | {:.0} | {:.0} |\n",
+            "| {} | {} | {} × {} | {} ms | {target} | {:.1} | {:.0}% | {:.1} | {:.0} | {} | {moto_cpu} | {moto_rps} | {:.0} |\n",
             match r.case {
                 Case::Limited => "limited",
                 Case::Unlimited => "unlimited",
@@ -221,8 +250,6 @@ pub fn table(args: &BenchConsumerArgs, rows: &[CaseResult]) -> String {
             r.calls_per_s,
             r.busiest_second,
             r.peak_in_flight,
-            r.moto_cpu * 100.0,
-            r.moto_requests_per_s,
             r.drain_secs,
         ));
     }
@@ -416,26 +443,27 @@ fn apply_times(ledger: &Path) -> Result<Vec<i64>, BenchConsumerError> {
         .collect())
 }
 
-async fn one_case(
+/// The case's rate and its target.
+fn rate_and_target(args: &BenchConsumerArgs, case: Case) -> (u64, f64) {
+    let ceiling = args.consumers as u64 * args.record_concurrency;
+    match case {
+        Case::Limited => (args.rate, args.rate as f64),
+        Case::Unlimited => (
+            args.unlimited_rate,
+            ceiling as f64 * 1000.0 / args.latency_ms.max(1) as f64,
+        ),
+    }
+}
+
+/// The stand-in API of a case, writing its ledger to `ledger`.
+async fn start_api(
     args: &BenchConsumerArgs,
     case: Case,
-    dir: &Path,
-) -> Result<CaseResult, BenchConsumerError> {
-    let unexpected = |what: String| BenchConsumerError::Unexpected { case, what };
-    let rate = match case {
-        Case::Limited => args.rate,
-        Case::Unlimited => args.unlimited_rate,
-    };
-    let ceiling = args.consumers as u64 * args.record_concurrency;
-    let target_per_s = match case {
-        Case::Limited => args.rate as f64,
-        Case::Unlimited => ceiling as f64 * 1000.0 / args.latency_ms.max(1) as f64,
-    };
-    let stack = Stack::start(BUCKET, "", 10).await?;
-    let ledger = dir.join(format!("api-ledger-{case:?}.jsonl").to_lowercase());
-    let _ = std::fs::remove_file(&ledger);
+    ledger: &Path,
+) -> Result<ApiServer, BenchConsumerError> {
+    let _ = std::fs::remove_file(ledger);
     let mut cfg = ApiConfig::new(TOKEN);
-    cfg.ledger = Some(ledger.clone());
+    cfg.ledger = Some(ledger.to_path_buf());
     // the limited case's API enforces the limit too, as the real one does (a call over it
     // is answered 429); the unlimited case's has none
     cfg.faults = Faults {
@@ -443,9 +471,99 @@ async fn one_case(
         limit_per_second: (case == Case::Limited).then_some(args.rate),
         ..Faults::default()
     };
-    let api = ApiServer::start(cfg)
+    ApiServer::start(cfg)
         .await
-        .map_err(|e| BenchConsumerError::Api(e.to_string()))?;
+        .map_err(|e| BenchConsumerError::Api(e.to_string()))
+}
+
+/// The figures of a drained case, from the API's ledger and the readings.
+fn figures(
+    case: Case,
+    (rate, target_per_s): (u64, f64),
+    ledger: &Path,
+    readings: &[Reading],
+    api: &ApiServer,
+    drain_ms: i64,
+) -> Result<CaseResult, BenchConsumerError> {
+    let unexpected = |what: String| BenchConsumerError::Unexpected { case, what };
+    let stats = api.stats();
+    // the ledger file is written before the answer: every apply is in it now
+    let mut times = apply_times(ledger)?;
+    let (applies_per_s, (from, to)) = steady_rate(&mut times, 0.1, 0.9)
+        .ok_or_else(|| unexpected("too few applies to measure".into()))?;
+    let (calls_per_s, moto_rps, ticks_per_s) = window_rates(readings, from, to)
+        .ok_or_else(|| unexpected("no readings inside the steady window".into()))?;
+    let stats_json = serde_json::to_value(stats).unwrap_or_default();
+    let busiest = stats_json
+        .get("peak_per_second")
+        .and_then(serde_json::Value::as_u64)
+        .map_or_else(|| busiest_second(readings), |p| p as f64);
+    Ok(CaseResult {
+        case,
+        rate,
+        target_per_s,
+        applies_per_s,
+        calls_per_s,
+        busiest_second: busiest,
+        peak_in_flight: stats.peak_in_flight,
+        over_limit_429: stats_json
+            .get("over_limit_429")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
+        moto_cpu: ticks_per_s / clock_ticks_per_sec(),
+        moto_requests_per_s: moto_rps,
+        drain_secs: drain_ms as f64 / 1000.0,
+    })
+}
+
+/// A case with the consumers in this process over in-memory tables ([`in_process`]).
+async fn one_case_in_process(
+    args: &BenchConsumerArgs,
+    case: Case,
+    dir: &Path,
+) -> Result<CaseResult, BenchConsumerError> {
+    let (rate, target) = rate_and_target(args, case);
+    let ledger = dir.join(format!("api-ledger-{case:?}-memory.jsonl").to_lowercase());
+    let api = start_api(args, case, &ledger).await?;
+    eprintln!(
+        "{case:?}: {} messages in an in-memory work queue; draining with {} in-process consumer(s) × {}, rate {rate}/s, gate table {} ms",
+        args.messages, args.consumers, args.record_concurrency, args.table_ms
+    );
+    let run = in_process::drain(args, case, rate, &api).await?;
+    let applied = api.stats().applied;
+    if !run.drained || applied != args.messages as u64 || run.dead_lettered != 0 {
+        return Err(BenchConsumerError::Unexpected {
+            case,
+            what: format!(
+                "drained {}, applied {applied} of {}, dead-lettered {}",
+                run.drained, args.messages, run.dead_lettered
+            ),
+        });
+    }
+    let mut r = figures(
+        case,
+        (rate, target),
+        &ledger,
+        &run.readings,
+        &api,
+        run.elapsed_ms,
+    )?;
+    r.moto_cpu = f64::NAN;
+    r.moto_requests_per_s = f64::NAN;
+    api.shutdown().await;
+    Ok(r)
+}
+
+async fn one_case(
+    args: &BenchConsumerArgs,
+    case: Case,
+    dir: &Path,
+) -> Result<CaseResult, BenchConsumerError> {
+    let unexpected = |what: String| BenchConsumerError::Unexpected { case, what };
+    let (rate, target_per_s) = rate_and_target(args, case);
+    let stack = Stack::start(BUCKET, "", 10).await?;
+    let ledger = dir.join(format!("api-ledger-{case:?}.jsonl").to_lowercase());
+    let api = start_api(args, case, &ledger).await?;
     let mut env = stack.consumer_env(&api.url(), TOKEN);
     for (k, v) in [
         ("RECORD_CONCURRENCY", args.record_concurrency.to_string()),
@@ -513,34 +631,16 @@ async fn one_case(
             st.drained, stats.applied, args.messages
         )));
     }
-    // the ledger file is written before the answer: every apply is in it now
-    let mut times = apply_times(&ledger)?;
-    let (applies_per_s, (from, to)) = steady_rate(&mut times, 0.1, 0.9)
-        .ok_or_else(|| unexpected("too few applies to measure".into()))?;
-    let (calls_per_s, moto_rps, ticks_per_s) = window_rates(&readings, from, to)
-        .ok_or_else(|| unexpected("no readings inside the steady window".into()))?;
-    let stats_json = serde_json::to_value(stats).unwrap_or_default();
-    let busiest = stats_json
-        .get("peak_per_second")
-        .and_then(serde_json::Value::as_u64)
-        .map_or_else(|| busiest_second(&readings), |p| p as f64);
-    api.shutdown().await;
-    Ok(CaseResult {
+    let r = figures(
         case,
-        rate,
-        target_per_s,
-        applies_per_s,
-        calls_per_s,
-        busiest_second: busiest,
-        peak_in_flight: stats.peak_in_flight,
-        over_limit_429: stats_json
-            .get("over_limit_429")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0),
-        moto_cpu: ticks_per_s / clock_ticks_per_sec(),
-        moto_requests_per_s: moto_rps,
-        drain_secs: st.elapsed_ms as f64 / 1000.0,
-    })
+        (rate, target_per_s),
+        &ledger,
+        &readings,
+        &api,
+        st.elapsed_ms as i64,
+    )?;
+    api.shutdown().await;
+    Ok(r)
 }
 
 fn machine() -> String {
@@ -587,13 +687,20 @@ pub async fn run(args: BenchConsumerArgs) -> Result<(), BenchConsumerError> {
     let mut rows = Vec::new();
     for case in &args.cases {
         let t = Instant::now();
-        let r = one_case(&args, *case, &dir).await?;
+        let r = match args.tables {
+            Tables::Moto => one_case(&args, *case, &dir).await?,
+            Tables::Memory => one_case_in_process(&args, *case, &dir).await?,
+        };
         eprintln!(
-            "{case:?}: {:.1} applies/s = {:.0}% of {:.0}/s, moto CPU {:.0}% ({:.0} s)",
+            "{case:?}: {:.1} applies/s = {:.0}% of {:.0}/s{} ({:.0} s)",
             r.applies_per_s,
             r.ratio() * 100.0,
             r.target_per_s,
-            r.moto_cpu * 100.0,
+            if r.moto_cpu.is_nan() {
+                String::new()
+            } else {
+                format!(", moto CPU {:.0}%", r.moto_cpu * 100.0)
+            },
             t.elapsed().as_secs_f64()
         );
         // the row as soon as it is measured: a later case that fails or is cut off keeps it
@@ -602,9 +709,16 @@ pub async fn run(args: BenchConsumerArgs) -> Result<(), BenchConsumerError> {
     }
     let mut out = table(&args, &rows);
     out.push_str(&format!(
-        "\n{} messages a case, API latency {} ms; {machine}; {:.0} s in all.\n",
+        "\n{} messages a case, API latency {} ms, {}; {machine}; {:.0} s in all.\n",
         args.messages,
         args.latency_ms,
+        match args.tables {
+            Tables::Moto => "tables and queues in moto, consumers under the emulator".to_string(),
+            Tables::Memory => format!(
+                "in process: in-memory tables (the gate's round trip {} ms) and queue",
+                args.table_ms
+            ),
+        },
         started.elapsed().as_secs_f64()
     ));
     for r in &rows {
