@@ -344,6 +344,29 @@ mod tests {
         assert_eq!(s.max_late_us(), 26_315);
     }
 
+    /// `callers` tasks each passing the gate `each` times: when each pass said go (sorted
+    /// epoch microseconds).
+    async fn go_times(g: &Gate<MemoryGate>, callers: usize, each: usize) -> Vec<i64> {
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..callers {
+            let (g, times) = (g.clone(), times.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..each {
+                    let p = g.pass(Duration::from_secs(30)).await.unwrap();
+                    assert_eq!(p, Pass::Go { probe: false });
+                    times.lock().unwrap().push(now_us());
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut t = times.lock().unwrap().clone();
+        t.sort();
+        t
+    }
+
     /// The most calls (sorted epoch microseconds) in any window of one second.
     fn peak_per_second(t: &[i64]) -> usize {
         let mut peak = 0;
@@ -364,23 +387,7 @@ mod tests {
     async fn a_slow_table_neither_stalls_the_calls_nor_crowds_a_second() {
         let g = gate(20.0);
         g.table.set_round_trip(Duration::from_millis(60));
-        let times = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for _ in 0..6 {
-            let (g, times) = (g.clone(), times.clone());
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..10 {
-                    let p = g.pass(Duration::from_secs(30)).await.unwrap();
-                    assert_eq!(p, Pass::Go { probe: false });
-                    times.lock().unwrap().push(now_us());
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let mut t = times.lock().unwrap().clone();
-        t.sort();
+        let t = go_times(&g, 6, 10).await;
         assert_eq!(t.len(), 60);
         let peak = peak_per_second(&t);
         assert!(peak <= 20, "{peak} calls within one second at 20/s");
@@ -395,23 +402,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_callers_never_put_more_than_the_rate_in_any_second() {
         let g = gate(50.0);
-        let times = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        for _ in 0..8 {
-            let (g, times) = (g.clone(), times.clone());
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..15 {
-                    let p = g.pass(Duration::from_secs(30)).await.unwrap();
-                    assert_eq!(p, Pass::Go { probe: false });
-                    times.lock().unwrap().push(now_us());
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let mut t = times.lock().unwrap().clone();
-        t.sort();
+        let t = go_times(&g, 8, 15).await;
         assert_eq!(t.len(), 120);
         let peak = peak_per_second(&t);
         assert!(
