@@ -126,6 +126,7 @@ fn fate_item(item: &Item) -> Result<FateItem, LedgerError> {
         detail: get_s(item, "detail"),
         attempts: get_n(item, "attempts")?.unwrap_or(0),
         at_ms: get_n(item, "at_ms")?.unwrap_or(0),
+        lineage_ms: get_n(item, "lineage_ms")?,
     })
 }
 
@@ -347,6 +348,9 @@ impl LedgerTable for DynamoLedger {
             .item("expires_at", self.expires_at());
         if let Some(d) = &fate.detail {
             put = put.item("detail", s(d));
+        }
+        if let Some(l) = fate.lineage_ms {
+            put = put.item("lineage_ms", n(l));
         }
         put.send().await.map_err(table_error("PutItem"))?;
         Ok(())

@@ -12,6 +12,7 @@ use crate::contract::envelope::Envelope;
 use crate::ports::api::Api;
 use crate::ports::gate::GateTable;
 use crate::ports::ledger::{FateItem, LedgerTable};
+use crate::ports::queue::MAX_DELAY;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -20,11 +21,30 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// How a retry is asked for: its kind, the earliest time worth trying, and what happened.
+/// How a retry is asked for: its kind, the earliest time worth trying, what happened, and
+/// whether the record's lease is kept until it expires (the outcome of a call is unknown).
 struct RetryAsk<'a> {
     kind: &'static str,
     not_before: Option<Duration>,
     reason: &'a str,
+    keeps_lease: bool,
+}
+
+/// A dead letter's context.
+struct Letter<'a> {
+    class: &'static str,
+    status: Option<u16>,
+    reason: &'a str,
+    attempts: u32,
+    age: Duration,
+}
+
+/// Whether the message holds its record's lease when it is dead-lettered.
+enum Held<'a> {
+    /// It does: released after.
+    Yes(&'a Lease),
+    /// It does not: taken for the dead letter, then released unless `keep`.
+    No { keep: bool },
 }
 
 impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
@@ -54,20 +74,30 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
                 window.as_secs(),
                 ask.reason
             );
-            let fate = self
-                .dead_letter(m, "retry_window", None, &reason, attempt, age)
-                .await;
-            if let (Fate::DeadLettered { .. }, Some(env)) = (&fate, env) {
-                self.note(
-                    m,
-                    env,
-                    "dead_lettered",
-                    Some("retry window exceeded".into()),
-                    state,
-                )
-                .await;
-            }
-            return fate;
+            let letter = Letter {
+                class: "retry_window",
+                status: None,
+                reason: &reason,
+                attempts: attempt,
+                age,
+            };
+            return match env {
+                Some(env) => {
+                    let note = "retry window exceeded".to_string();
+                    self.dead_letter_once(
+                        m,
+                        env,
+                        letter,
+                        note,
+                        Held::No {
+                            keep: ask.keeps_lease,
+                        },
+                        state,
+                    )
+                    .await
+                }
+                None => self.dead_letter(m, letter).await,
+            };
         }
         let (delay, ceiling) = self.backoff(attempt, ask.not_before);
         info!(
@@ -89,15 +119,95 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
         }
     }
 
-    async fn dead_letter(
+    /// Dead-letter `m` once per lineage (see [`FateItem::lineage_ms`]): under its record's
+    /// lease, and not when the ledger shows a copy of the same lineage dead-lettered already
+    /// (SQS delivers at least once, so two copies of a message can both outlast the window).
+    /// The dead letter is sent before its fate is recorded, so a failure in between can
+    /// leave a second copy in the DLQ, never none. A record whose newer version the API
+    /// acknowledged meanwhile ends superseded instead: it never needs sending.
+    async fn dead_letter_once(
         &self,
         m: &InMessage,
-        class: &'static str,
-        status: Option<u16>,
-        reason: &str,
-        attempts: u32,
-        age: Duration,
+        env: &Envelope,
+        letter: Letter<'_>,
+        note: String,
+        held: Held<'_>,
+        state: &BatchState,
     ) -> Fate {
+        let taken;
+        let (lease, keep) = match held {
+            Held::Yes(lease) => (Some(lease), false),
+            Held::No { keep } => {
+                let owner = format!("{}:{}", m.message_id, m.receive_count);
+                match self
+                    .ledger
+                    .take(&env.feed, &env.record_key, env.version, &owner)
+                    .await
+                {
+                    Ok(Take::Owned(lease)) => {
+                        taken = lease;
+                        (Some(&taken), keep)
+                    }
+                    Ok(Take::Superseded { acknowledged }) => {
+                        info!(message_id = %m.message_id, version = env.version, acknowledged, "superseded: the API acknowledged a newer version of the record; not dead-lettered");
+                        let detail = Some(format!("acknowledged {acknowledged}"));
+                        self.note(m, env, "superseded", detail, state).await;
+                        return Fate::Superseded;
+                    }
+                    Ok(Take::Duplicate) => {
+                        info!(message_id = %m.message_id, version = env.version, "already applied (ledger): not dead-lettered");
+                        return Fate::Duplicate;
+                    }
+                    Ok(Take::Busy(remaining)) => {
+                        info!(message_id = %m.message_id, "another attempt holds the record's lease: the dead letter waits for it");
+                        return Fate::Retry {
+                            delay: remaining.min(MAX_DELAY),
+                            kind: "record_busy",
+                        };
+                    }
+                    Err(e) => {
+                        warn!(message_id = %m.message_id, error = %e, "the ledger cannot check for an earlier dead letter of this message: dead-lettered anyway");
+                        (None, false)
+                    }
+                }
+            }
+        };
+        let lineage = m.retry_since_ms(now_ms());
+        let earlier = match lease {
+            Some(_) => self.ledger.fate(&env.feed, &env.idempotency_key).await,
+            None => Ok(None),
+        };
+        let fate = match earlier {
+            Ok(Some(f)) if f.fate == "dead_lettered" && f.lineage_ms == Some(lineage) => {
+                info!(message_id = %m.message_id, idempotency_key = %env.idempotency_key, "a copy of this message was dead-lettered already (ledger): this one is dropped");
+                Fate::Duplicate
+            }
+            found => {
+                if let Err(e) = found {
+                    warn!(message_id = %m.message_id, error = %e, "the ledger cannot tell whether a copy of this message was dead-lettered: dead-lettered anyway");
+                }
+                let fate = self.dead_letter(m, letter).await;
+                if matches!(fate, Fate::DeadLettered { .. }) {
+                    self.note(m, env, "dead_lettered", Some(note), state).await;
+                }
+                fate
+            }
+        };
+        if let (Some(lease), false) = (lease, keep) {
+            self.release(m, lease).await;
+        }
+        fate
+    }
+
+    /// Send `m` to the DLQ with its context (never a row value); a failed send is a retry.
+    async fn dead_letter(&self, m: &InMessage, letter: Letter<'_>) -> Fate {
+        let Letter {
+            class,
+            status,
+            reason,
+            attempts,
+            age,
+        } = letter;
         let mut attrs: Vec<(String, String)> = Vec::new();
         for k in ["feed", "change", "idempotency_key"] {
             if let Some(v) = m.attributes.get(k) {
@@ -144,17 +254,15 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
         let env = match Envelope::decode(&m.body) {
             Ok(e) => e,
             Err(e) => {
-                let attempts = m.earlier_attempts() + 1;
-                return self
-                    .dead_letter(
-                        m,
-                        "undecodable",
-                        None,
-                        &e.to_string(),
-                        attempts,
-                        self.age_of(m),
-                    )
-                    .await;
+                let reason = e.to_string();
+                let letter = Letter {
+                    class: "undecodable",
+                    status: None,
+                    reason: &reason,
+                    attempts: m.earlier_attempts() + 1,
+                    age: self.age_of(m),
+                };
+                return self.dead_letter(m, letter).await;
             }
         };
         let env = &env;
@@ -170,6 +278,7 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
                         kind: "circuit_open",
                         not_before: Some(wait),
                         reason: "the API's circuit breaker is open",
+                        keeps_lease: false,
                     },
                     state,
                 )
@@ -203,6 +312,7 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
                     kind: "record_busy",
                     not_before: Some(remaining.min(Duration::from_secs(900))),
                     reason: "another attempt holds this record's lease",
+                    keeps_lease: false,
                 };
                 return self.retry(m, Some(env), ask, state).await;
             }
@@ -212,6 +322,7 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
                     kind: "ledger",
                     not_before: None,
                     reason: &reason,
+                    keeps_lease: false,
                 };
                 return self.retry(m, Some(env), ask, state).await;
             }
@@ -281,6 +392,7 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
             kind,
             not_before,
             reason: &reason,
+            keeps_lease: false,
         };
         Err(self.retry(m, Some(env), ask, state).await)
     }
@@ -308,29 +420,16 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
                 Fate::Duplicate
             }
             Delivery::Permanent { status, reason } => {
-                self.release(m, lease).await;
-                let attempts = m.earlier_attempts() + 1;
-                let fate = self
-                    .dead_letter(
-                        m,
-                        "permanent",
-                        Some(status),
-                        &reason,
-                        attempts,
-                        self.age_of(m),
-                    )
-                    .await;
-                if matches!(fate, Fate::DeadLettered { .. }) {
-                    self.note(
-                        m,
-                        env,
-                        "dead_lettered",
-                        Some(format!("permanent {status}")),
-                        state,
-                    )
-                    .await;
-                }
-                fate
+                let letter = Letter {
+                    class: "permanent",
+                    status: Some(status),
+                    reason: &reason,
+                    attempts: m.earlier_attempts() + 1,
+                    age: self.age_of(m),
+                };
+                let note = format!("permanent {status}");
+                self.dead_letter_once(m, env, letter, note, Held::Yes(lease), state)
+                    .await
             }
             Delivery::Transient {
                 kind,
@@ -352,6 +451,7 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
                         kind: kind.as_str(),
                         not_before: Some(wait),
                         reason: &reason,
+                        keeps_lease: true,
                     };
                     return self.retry(m, Some(env), ask, state).await;
                 }
@@ -360,6 +460,7 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
                     kind: kind.as_str(),
                     not_before: retry_after,
                     reason: &reason,
+                    keeps_lease: false,
                 };
                 self.retry(m, Some(env), ask, state).await
             }
@@ -444,6 +545,7 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
             detail,
             attempts: m.earlier_attempts() + 1,
             at_ms: now,
+            lineage_ms: Some(m.retry_since_ms(now)),
         };
         let mut tries = 0;
         while let Err(e) = self.ledger.record_fate(&item).await {

@@ -149,6 +149,15 @@ impl<L: LedgerTable> Ledger<L> {
     pub async fn record_fate(&self, fate: &FateItem) -> Result<(), LedgerError> {
         self.table.record_fate(fate).await
     }
+
+    /// The fate recorded under an idempotency key, if any.
+    pub async fn fate(
+        &self,
+        feed: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<FateItem>, LedgerError> {
+        self.table.fate(feed, idempotency_key).await
+    }
 }
 
 #[cfg(test)]

@@ -1651,6 +1651,48 @@ async fn a_transient_failure_past_the_retry_window_is_dead_lettered_with_attempt
     assert!(r.failures.is_empty());
 }
 
+/// SQS delivers at least once: two copies of one message's lineage (the same retry clock)
+/// can both outlast the window. One dead letter, in either batch order; a replay (a new
+/// lineage) that outlasts the window again is dead-lettered again.
+#[tokio::test]
+async fn two_copies_of_a_lineage_past_the_window_leave_one_dead_letter_and_a_replay_another() {
+    let api = FakeApi::new().answering("k1", [status(503)]);
+    let (mut cs, gs) = settings(1, 100);
+    cs.retry_window = Duration::from_secs(60);
+    let c = consumer_with(api, (cs, gs));
+    let first = aged_msg("m1", "k1", 61, 7);
+    let mut twin = first.clone();
+    twin.message_id = "m1-twin".into();
+    twin.receipt_handle = receipt("m1-twin");
+    let r = c.process_batch(vec![first.clone()]).await;
+    assert_eq!(
+        fate(&r, "m1"),
+        &Fate::DeadLettered {
+            class: "retry_window"
+        }
+    );
+    let r = c.process_batch(vec![twin]).await;
+    assert_eq!(fate(&r, "m1-twin"), &Fate::Duplicate);
+    assert_eq!(c.queue.dead().len(), 1);
+    assert_eq!(c.queue.dead_letter_calls(), 1);
+    assert!(r.failures.is_empty());
+    // the record's lease was released both times
+    assert!(!kept(&c, "k1").await.leased);
+    // an operator's replay: a new message, its retry clock started 61 s ago again
+    let mut replayed = aged_msg("m2", "k1", 61, 0);
+    replayed
+        .attributes
+        .insert("retry_since_ms".into(), (now_ms() - 61_500).to_string());
+    let r = c.process_batch(vec![replayed]).await;
+    assert_eq!(
+        fate(&r, "m2"),
+        &Fate::DeadLettered {
+            class: "retry_window"
+        }
+    );
+    assert_eq!(c.queue.dead().len(), 2);
+}
+
 #[tokio::test]
 async fn the_envelopes_retry_window_wins_over_the_consumers_default() {
     let c = consumer_with(

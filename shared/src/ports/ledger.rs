@@ -65,6 +65,10 @@ pub struct FateItem {
     pub attempts: u32,
     /// When (epoch milliseconds).
     pub at_ms: i64,
+    /// The message's lineage: the start of its retry clock, which every copy of it shares
+    /// (its requeued copies, a duplicate delivery); a replay starts a new one. A dead letter
+    /// is sent once per lineage.
+    pub lineage_ms: Option<i64>,
 }
 
 /// A lease request: the attempt `owner` wants to deliver `version` of a record.
