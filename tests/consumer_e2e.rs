@@ -170,6 +170,31 @@ impl Pipeline {
     }
 }
 
+/// The EMF documents among a function's log lines, each checked well-formed and naming only
+/// the metrics casefeed declares.
+fn emf_docs(logs: &str) -> Vec<Value> {
+    let docs: Vec<Value> = logs
+        .lines()
+        .filter(|l| l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).expect("an EMF line is JSON"))
+        .collect();
+    for d in &docs {
+        casefeed::metrics::validate_emf(d).unwrap_or_else(|e| panic!("{e}: {d}"));
+        for m in d["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+        {
+            let name = m["Name"].as_str().unwrap();
+            assert!(casefeed::metrics::EMITTED.contains(&name), "{name}");
+        }
+    }
+    docs
+}
+
+fn emf_sum(docs: &[Value], name: &str) -> u64 {
+    docs.iter().filter_map(|d| d[name].as_u64()).sum()
+}
+
 fn expected_keys(exp: &Expected) -> BTreeSet<String> {
     exp.new.iter().chain(exp.changed.iter()).cloned().collect()
 }
@@ -179,7 +204,14 @@ fn expected_keys(exp: &Expected) -> BTreeSet<String> {
 /// no row value in any log line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_row_applied_exactly_once_and_redelivery_has_no_effect() {
-    let p = pipeline("once", 5, 2, &[], Faults::default()).await;
+    let p = pipeline(
+        "once",
+        5,
+        2,
+        &[("CASEFEED_NO_METRICS", "0")],
+        Faults::default(),
+    )
+    .await;
     let (next, exp, ev) = p.split("3000", "60", "80").await;
     let st = p.drain(Duration::from_secs(300)).await;
     assert!(st.drained, "{st:?}");
@@ -190,6 +222,40 @@ async fn each_row_applied_exactly_once_and_redelivery_has_no_effect() {
     );
     assert!(applied.values().all(|&n| n == 1));
     assert_eq!(p.api.stats().applied, 140);
+    // the consumers' stdout: the metrics are valid EMF and add up to what the API applied;
+    // every line about a message names its feed, run, key, message id and request id
+    let consumer_logs: String = p.consumers.iter().map(|c| c.log_text()).collect();
+    let docs = emf_docs(&consumer_logs);
+    assert_eq!(emf_sum(&docs, "Applied"), 140);
+    assert_eq!(emf_sum(&docs, "ApiCalls"), 140);
+    assert_eq!(
+        emf_sum(&docs, "DeadLettered") + emf_sum(&docs, "Duplicates"),
+        0
+    );
+    let uploads: usize = docs
+        .iter()
+        .filter(|d| d["feed"] == "lab_results")
+        .map(|d| d["UploadToAppliedMillis"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(uploads, 140, "an upload-to-applied age per applied row");
+    let mut message_lines = 0;
+    for line in consumer_logs
+        .lines()
+        .filter(|l| l.contains("\"message done\""))
+    {
+        let v: Value = serde_json::from_str(line).expect("a JSON log line");
+        let spans = v["spans"].as_array().expect("the line's spans");
+        let field = |k: &str| spans.iter().find_map(|s| s.get(k).and_then(Value::as_str));
+        assert!(field("requestId").is_some_and(|r| !r.is_empty()), "{line}");
+        assert_eq!(field("feed"), Some("lab_results"), "{line}");
+        assert!(field("run").is_some_and(|r| !r.is_empty()), "{line}");
+        assert!(
+            field("idempotency_key").is_some() && field("message_id").is_some(),
+            "{line}"
+        );
+        message_lines += 1;
+    }
+    assert_eq!(message_lines, 140);
 
     // the splitter crashed after sending but before its commit, and runs again: the same
     // transitions, the same idempotency keys — the consumer's ledger dedupes them all

@@ -16,17 +16,32 @@ use crate::splitter::{Splitter, SplitterSettings};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// JSON logs for CloudWatch (`RUST_LOG` filter, default `info`); once per container.
+/// Logs for CloudWatch, once per container: JSON (each line with its spans' fields: the
+/// Lambda request id, and a message's feed, run, idempotency key and message id), or text
+/// when `AWS_LAMBDA_LOG_FORMAT` is `Text`. The level: `RUST_LOG`, else
+/// `AWS_LAMBDA_LOG_LEVEL`, else `info`.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
+        .ok()
+        .or_else(|| {
+            std::env::var("AWS_LAMBDA_LOG_LEVEL")
+                .ok()
+                .map(|l| tracing_subscriber::EnvFilter::new(l.to_ascii_lowercase()))
+        })
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let text = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("text"));
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_current_span(false)
         .with_target(false)
-        .without_time()
-        .init();
+        .without_time();
+    if text {
+        fmt.with_ansi(false).init();
+    } else {
+        fmt.json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init();
+    }
 }
 
 /// Load the AWS configuration (region, credentials, `AWS_ENDPOINT_URL`) once.

@@ -222,8 +222,7 @@ pub async fn handle_sqs<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue>(
         tokio::time::Instant::now() + std::time::Duration::from_millis(left.max(0) as u64)
     });
     let result = app.process_batch_until(messages, deadline).await;
-    crate::metrics::emit_batch(&result.stats);
-    crate::metrics::emit_ages(&result.ages);
+    crate::metrics::emit_batch(&result);
     info!(
         applied = result.stats.applied,
         duplicates = result.stats.duplicates,

@@ -266,6 +266,7 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
             }
         };
         let env = &env;
+        tracing::Span::current().record("run", env.run.as_str());
         if let Some(until_ms) = self.gate.open_until() {
             // this container saw the breaker open and its next probe is not due: wait
             // without touching the ledger or the gate's table
@@ -331,7 +332,7 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
             Ok(probe) => probe,
             Err(fate) => return fate,
         };
-        let mut delivery = classify(&self.api.deliver(env).await);
+        let mut delivery = classify(&self.call(env, state).await);
         if matches!(
             delivery,
             Delivery::Transient {
@@ -345,7 +346,7 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
                 Ok(p) => p,
                 Err(fate) => return fate,
             };
-            delivery = classify(&self.api.deliver(env).await);
+            delivery = classify(&self.call(env, state).await);
         }
         let report = match &delivery {
             Delivery::Applied { .. } | Delivery::AlreadyApplied | Delivery::Permanent { .. } => {
@@ -363,6 +364,17 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
             warn!(message_id = %m.message_id, error = %e, "could not tell the gate what the API said");
         }
         self.settle(m, env, &lease, delivery, state).await
+    }
+
+    /// One API call, its latency kept for the feed's metrics.
+    async fn call(&self, env: &Envelope, state: &BatchState) -> crate::ports::api::ApiAnswer {
+        let started = std::time::Instant::now();
+        let answer = self.api.deliver(env).await;
+        let ms = started.elapsed().as_millis() as i64;
+        if let Ok(mut calls) = state.calls.lock() {
+            calls.push((env.feed.clone(), ms));
+        }
+        answer
     }
 
     /// Pass the gate with the record's lease held: `Ok(probe)` to call now; otherwise the

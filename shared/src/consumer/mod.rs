@@ -31,9 +31,10 @@ use crate::ports::gate::{BreakerState, GateTable};
 use crate::ports::ledger::LedgerTable;
 use crate::ports::queue::{ATTEMPTS_ATTRIBUTE, MAX_DELAY, MAX_VISIBILITY, RETRY_SINCE_ATTRIBUTE};
 use futures_util::{FutureExt, StreamExt};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tracing::{error, warn};
+use tracing::{error, warn, Instrument};
 
 /// How the consumer works through a batch (defaults suit a Lambda function).
 #[derive(Debug, Clone)]
@@ -148,6 +149,28 @@ pub struct BatchResult {
     pub stats: BatchStats,
     /// The ages of the messages that reached a final fate.
     pub ages: Vec<Aged>,
+    /// The batch's counts and API latencies per feed (the message's `feed` attribute;
+    /// `unknown` without one).
+    pub by_feed: BTreeMap<String, FeedStats>,
+}
+
+/// One feed's share of a batch: its messages' fates and its API calls.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FeedStats {
+    /// Messages the API applied.
+    pub applied: u32,
+    /// Messages applied before.
+    pub duplicates: u32,
+    /// Messages superseded (never sent).
+    pub superseded: u32,
+    /// Messages to be tried again.
+    pub retried: u32,
+    /// Messages that never finished.
+    pub unfinished: u32,
+    /// Messages dead-lettered, by class (`permanent`, `retry_window`, `undecodable`).
+    pub dead_lettered: BTreeMap<&'static str, u32>,
+    /// Each API call's latency, milliseconds, in call order.
+    pub api_latency_ms: Vec<i64>,
 }
 
 /// What one message's processing leaves behind besides its fate.
@@ -155,6 +178,8 @@ pub struct BatchResult {
 pub(crate) struct BatchState {
     pub(crate) auth: AtomicU32,
     pub(crate) ages: std::sync::Mutex<Vec<Aged>>,
+    /// Each API call: its feed and latency (milliseconds).
+    pub(crate) calls: std::sync::Mutex<Vec<(String, i64)>>,
 }
 
 /// The consumer: one message, one API call, once in effect, never older than what the API
@@ -205,23 +230,17 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
                 .unwrap_or_else(tokio::time::Instant::now)
         });
         let fates: Vec<(InMessage, Fate)> = futures_util::stream::iter(messages)
-            .map(|m| async move {
-                let run = std::panic::AssertUnwindSafe(self.process_one(&m, state)).catch_unwind();
-                let fate = match cutoff {
-                    Some(at) => match tokio::time::timeout_at(at, run).await {
-                        Ok(done) => done,
-                        Err(_) => {
-                            warn!(message_id = %m.message_id, receive_count = m.receive_count, "the invocation's deadline came first: the message is reported unfinished");
-                            return (m, Fate::Unfinished { why: "deadline" });
-                        }
-                    },
-                    None => run.await,
-                };
-                let fate = fate.unwrap_or_else(|_| {
-                    error!(message_id = %m.message_id, receive_count = m.receive_count, "processing the message crashed: it is reported unfinished (redrive dead-letters it after maxReceiveCount)");
-                    Fate::Unfinished { why: "crashed" }
-                });
-                (m, fate)
+            .map(|m| {
+                // every line about this message carries these (the run once it is decoded)
+                let span = tracing::info_span!(
+                    "message",
+                    message_id = %m.message_id,
+                    receive_count = m.receive_count,
+                    feed = m.attributes.get("feed").map(String::as_str),
+                    idempotency_key = m.attributes.get("idempotency_key").map(String::as_str),
+                    run = tracing::field::Empty,
+                );
+                self.process_in(m, state, cutoff).instrument(span)
             })
             .buffer_unordered(self.settings.concurrency.max(1))
             .collect()
@@ -248,21 +267,61 @@ impl<L: LedgerTable, G: GateTable, A: Api, Q: WorkQueue> Consumer<L, G, A, Q> {
             }))
             .await;
         for ((m, fate), failed) in fates.into_iter().zip(returned) {
-            match &fate {
-                Fate::Applied => result.stats.applied += 1,
-                Fate::Duplicate => result.stats.duplicates += 1,
-                Fate::Superseded => result.stats.superseded += 1,
-                Fate::DeadLettered { .. } => result.stats.dead_lettered += 1,
-                Fate::Unfinished { .. } => result.stats.unfinished += 1,
-                Fate::Retry { .. } => result.stats.retried += 1,
-            }
+            let feed = m.attributes.get("feed").map_or("unknown", String::as_str);
+            let per = result.by_feed.entry(feed.to_string()).or_default();
+            let (total, share) = match &fate {
+                Fate::Applied => (&mut result.stats.applied, &mut per.applied),
+                Fate::Duplicate => (&mut result.stats.duplicates, &mut per.duplicates),
+                Fate::Superseded => (&mut result.stats.superseded, &mut per.superseded),
+                Fate::DeadLettered { class } => (
+                    &mut result.stats.dead_lettered,
+                    per.dead_lettered.entry(class).or_default(),
+                ),
+                Fate::Unfinished { .. } => (&mut result.stats.unfinished, &mut per.unfinished),
+                Fate::Retry { .. } => (&mut result.stats.retried, &mut per.retried),
+            };
+            *total += 1;
+            *share += 1;
             if failed {
                 result.failures.push(m.message_id.clone());
             }
             result.fates.push((m.message_id, fate));
         }
         result.ages = state.ages.lock().map(|a| a.clone()).unwrap_or_default();
+        for (feed, ms) in state.calls.lock().map(|c| c.clone()).unwrap_or_default() {
+            result
+                .by_feed
+                .entry(feed)
+                .or_default()
+                .api_latency_ms
+                .push(ms);
+        }
         result
+    }
+
+    /// One message, to its fate by `cutoff` (else unfinished); a crash is unfinished too.
+    async fn process_in(
+        &self,
+        m: InMessage,
+        state: &BatchState,
+        cutoff: Option<tokio::time::Instant>,
+    ) -> (InMessage, Fate) {
+        let run = std::panic::AssertUnwindSafe(self.process_one(&m, state)).catch_unwind();
+        let fate = match cutoff {
+            Some(at) => match tokio::time::timeout_at(at, run).await {
+                Ok(done) => done,
+                Err(_) => {
+                    warn!(message_id = %m.message_id, receive_count = m.receive_count, "the invocation's deadline came first: the message is reported unfinished");
+                    return (m, Fate::Unfinished { why: "deadline" });
+                }
+            },
+            None => run.await,
+        };
+        let fate = fate.unwrap_or_else(|_| {
+            error!(message_id = %m.message_id, receive_count = m.receive_count, "processing the message crashed: it is reported unfinished (redrive dead-letters it after maxReceiveCount)");
+            Fate::Unfinished { why: "crashed" }
+        });
+        (m, fate)
     }
 
     /// Send a copy of `m` visible after `delay`, with its attempts and retry clock;

@@ -172,7 +172,10 @@ async fn the_run_metrics_carry_every_declared_count() {
     assert!(names.len() >= 10, "{names:?}");
     for n in &names {
         assert!(doc[n.as_str()].is_u64(), "{n} has no value");
+        assert!(crate::metrics::EMITTED.contains(&n.as_str()), "{n}");
     }
+    assert_eq!(crate::metrics::validate_emf(&doc), Ok(()));
+    assert_eq!(doc["RunsApplied"], 1);
     assert_eq!((doc["RowsKnown"].as_u64(), r.counts.known), (Some(99), 99));
     assert_eq!(doc["RowsChanged"], 1);
     assert_eq!(doc["RowsRead"], 100);
