@@ -11,7 +11,7 @@ CARGO     ?= cargo
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help tools build demo bench bench-smoke bench-consumer drill fonts sam-test test unit e2e lint fmt clippy template-lint clean
+.PHONY: help tools build demo bench bench-smoke bench-consumer drill fonts sam-test test unit e2e lint fmt clippy template-lint checkov checkov-tools clean
 
 help:
 	@echo "make demo   - run the pipeline locally on sample data"
@@ -69,9 +69,32 @@ fmt:
 clippy:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-template-lint: tools
+template-lint: tools checkov
 	$(VENV)/bin/cfn-lint template.yaml
 	$(VENV)/bin/sam validate --lint --template template.yaml --region $(AWS_DEFAULT_REGION)
+
+# Checkov (security scan of template.yaml) in a venv of its own: checkov 3.3.30 needs
+# packaging<24, pytest 9.2.0 (tools/requirements.txt) packaging>=24. Inside $(VENV)/ so that
+# it is git-ignored and removed by `make clean` with the rest.
+CHECKOV_VENV  ?= $(VENV)/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(shell sha256sum tools/requirements-checkov.txt 2>/dev/null | cut -c1-12)
+checkov-tools: $(CHECKOV_STAMP)
+$(CHECKOV_STAMP): tools/requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-checkov.txt
+	@rm -f $(CHECKOV_VENV)/.installed-* && touch $@
+
+# Offline (BC_SKIP_MAPPING, --skip-download: no Prisma Cloud / Bridgecrew API call). Scans
+# template.yaml and its resolution with every option on (tests/template/checkov_variants.py:
+# Checkov does not look under an Fn::If it cannot evaluate). Fails on any finding that is
+# neither fixed nor suppressed in template.yaml with `Metadata: checkov: skip: [{id, comment}]`
+# (tests/template checks every suppression has its reason).
+CHECKOV_OUT := .local/checkov
+checkov: tools $(CHECKOV_STAMP)
+	@rm -rf $(CHECKOV_OUT)
+	$(VENV)/bin/python tests/template/checkov_variants.py $(CHECKOV_OUT) >/dev/null
+	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov -f template.yaml -f $(CHECKOV_OUT)/all-options.json \
+	  --framework cloudformation --skip-download --compact --quiet
 
 lint: fmt clippy template-lint
 
