@@ -66,8 +66,8 @@ AWS_METRICS = {
 }
 
 # The casefeed CLI commands an alarm description may point to (tools/src/main.rs).
-CLI_COMMANDS = ("casefeed status", "casefeed dlq list", "casefeed failures list", "casefeed held list",
-                "casefeed runs --feed", "casefeed reconcile")
+CLI_COMMANDS = ("casefeed status", "casefeed dlq list", "casefeed failures list", "casefeed held",
+                "casefeed runs --feed")
 
 # Parameter sets the template is resolved for (conditions evaluated); every security check runs
 # on each. The values are placeholders: nothing here is ever sent to AWS.
@@ -1067,7 +1067,7 @@ ALARMS = {
     "FilesHeldAlarm": dict(
         metrics=[("casefeed", "FilesHeld", "Sum", None)],
         period=300, op="GreaterThanThreshold", threshold=0, evaluation=(1, None), missing="notBreaching",
-        command="casefeed held list"),
+        command="casefeed held"),
     "ApiAuthFailuresAlarm": dict(
         metrics=[("casefeed", "ApiAuthFailures", "Sum", None)],
         period=300, op="GreaterThanThreshold", threshold=0, evaluation=(1, None), missing="notBreaching",
@@ -1085,7 +1085,7 @@ ALARMS = {
     "LatencyObjectiveAlarm": dict(
         metrics=[("casefeed", "UploadToAppliedMillis", "p99", None)],
         period=300, op="GreaterThanThreshold", threshold=param_ref("LatencyObjectiveSeconds"), evaluation=(3, 3),
-        missing="notBreaching", expression=r"^latencyMillis / 1000$", command="casefeed reconcile"),
+        missing="notBreaching", expression=r"^latencyMillis / 1000$", command="casefeed runs --feed"),
 }
 
 # The new parameters' defaults (the issue's) and the longest evaluation each allows
