@@ -160,7 +160,10 @@ async fn reformatted_dates_are_held_and_approve_sends_each_row_once() {
     let (ok, out) = cli(&stack, &["held", "--feed", FEED]);
     assert!(ok, "{out}");
     assert!(out.contains(&id) && out.contains("1 held file"), "{out}");
-    let (ok, out) = cli(&stack, &["approve", "--feed", FEED, &id]);
+    let (ok, out) = cli(
+        &stack,
+        &["approve", "--feed", FEED, &id, "--reason", "e2e: checked"],
+    );
     assert!(ok, "{out}");
     assert!(out.starts_with("applied"), "{out}");
     let msgs = stack.drain(&stack.queue_url).await;
@@ -176,7 +179,10 @@ async fn reformatted_dates_are_held_and_approve_sends_each_row_once() {
     assert_eq!(snap.header.source.key, key);
     assert!(stack.list("held/").await.is_empty());
     // approving again fails cleanly; the original event again changes nothing
-    let (ok, out) = cli(&stack, &["approve", "--feed", FEED, &id]);
+    let (ok, out) = cli(
+        &stack,
+        &["approve", "--feed", FEED, &id, "--reason", "e2e: checked"],
+    );
     assert!(!ok && out.contains("nothing is held"), "{out}");
     let r = invoke(&rie, &ev).await;
     assert_eq!(r["status"], "noop", "{r}");
@@ -211,7 +217,17 @@ async fn truncated_file_is_held_and_discarded() {
     assert!(stack.drain(&stack.queue_url).await.is_empty());
     assert_eq!(stack.get(STATE).await.unwrap(), state);
     let id = r["held"]["id"].as_str().unwrap().to_string();
-    let (ok, out) = cli(&stack, &["discard", "--feed", FEED, &id]);
+    let (ok, out) = cli(
+        &stack,
+        &[
+            "discard",
+            "--feed",
+            FEED,
+            &id,
+            "--reason",
+            "e2e: truncated upload",
+        ],
+    );
     assert!(ok && out.starts_with("discarded"), "{out}");
     assert!(stack.list("held/").await.is_empty());
     assert_eq!(stack.get(STATE).await.unwrap(), state);
@@ -292,7 +308,10 @@ async fn header_changes_added_reordered_and_renamed_columns() {
     assert!(stack.drain(&stack.queue_url).await.is_empty());
     assert_eq!(stack.get(STATE).await.unwrap(), state);
     let id = r["held"]["id"].as_str().unwrap().to_string();
-    let (ok, out) = cli(&stack, &["approve", "--feed", FEED, &id]);
+    let (ok, out) = cli(
+        &stack,
+        &["approve", "--feed", FEED, &id, "--reason", "e2e: checked"],
+    );
     assert!(ok, "{out}");
     assert!(
         stack.drain(&stack.queue_url).await.is_empty(),

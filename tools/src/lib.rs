@@ -2,6 +2,7 @@
 //! and the `casefeed` CLI built on them.
 
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod bench_consumer;
 pub mod bench_ledger;
@@ -9,6 +10,9 @@ pub mod demo;
 pub mod dlq;
 pub mod drill;
 pub mod esm;
+pub mod failures;
 pub mod gen;
 pub mod held;
 pub mod local;
+pub mod ops;
+pub mod status;

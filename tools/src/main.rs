@@ -1,6 +1,8 @@
 //! `casefeed`: command-line tools for the casefeed pipeline.
 
-use casefeed_tools::{bench, bench_consumer, bench_ledger, demo, dlq, drill, gen, held};
+use casefeed_tools::{
+    audit, bench, bench_consumer, bench_ledger, demo, dlq, drill, failures, gen, held, status,
+};
 
 use std::fmt;
 use std::process::ExitCode;
@@ -20,16 +22,26 @@ enum Command {
     Gen(gen::GenArgs),
     /// Run the pipeline locally on sample data (moto + the release Lambda binaries).
     Demo(demo::DemoArgs),
-    /// Inspect, replay or purge the dead-letter queue (AWS credentials and endpoint from the
-    /// usual AWS environment).
+    /// One screen: per feed the last run and held files; queue depths; the breaker.
+    Status(status::StatusArgs),
+    /// The newest run reports (of one feed or all), newest first.
+    Runs(status::RunsArgs),
+    /// List, show, replay or purge the dead-letter queue (AWS credentials and endpoint from
+    /// the usual AWS environment; replay and purge write an audit record).
     Dlq(dlq::DlqArgs),
+    /// List or retry the failed splitter invocations (the splitter-failures queue).
+    Failures(failures::FailuresArgs),
+    /// List the audit records of operator actions (replay, purge, approve, discard, retry),
+    /// newest first.
+    Audit(audit::AuditArgs),
     /// List the files a guard is holding (splitter environment: CASEFEED_CONFIG,
     /// WORK_QUEUE_URL, AWS credentials and endpoint).
     Held(held::HeldArgs),
     /// Release a held file: send exactly its new/changed rows (once in effect) and commit
-    /// the feed's state.
+    /// the feed's state (writes an audit record).
     Approve(held::DecideArgs),
-    /// Drop a held file: nothing is sent, the state stays; a `discarded` run report remains.
+    /// Drop a held file: nothing is sent, the state stays; a `discarded` run report remains
+    /// (writes an audit record).
     Discard(held::DecideArgs),
     /// Benchmark the diff: casefeed vs csv-diff vs the read-and-hash floor (and via moto S3).
     Bench(bench::BenchArgs),
@@ -68,6 +80,12 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for CliError {
 }
 
 fn main() -> Result<ExitCode, CliError> {
+    // `casefeed dlq list | head`: a closed stdout ends the process quietly, as for any Unix
+    // tool, instead of a panic in `println!`
+    // SAFETY: restores the default disposition of SIGPIPE before any thread is started
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Gen(args) => gen::run(args)?,
@@ -79,6 +97,12 @@ fn main() -> Result<ExitCode, CliError> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(dlq::run(args))?
         }
+        Command::Status(args) => {
+            tokio::runtime::Runtime::new()?.block_on(status::run_status(args))?
+        }
+        Command::Runs(args) => tokio::runtime::Runtime::new()?.block_on(status::run_runs(args))?,
+        Command::Failures(args) => tokio::runtime::Runtime::new()?.block_on(failures::run(args))?,
+        Command::Audit(args) => tokio::runtime::Runtime::new()?.block_on(audit::run(args))?,
         Command::Held(args) => tokio::runtime::Runtime::new()?.block_on(held::list(args))?,
         Command::Approve(args) => tokio::runtime::Runtime::new()?.block_on(held::approve(args))?,
         Command::Discard(args) => tokio::runtime::Runtime::new()?.block_on(held::discard(args))?,
