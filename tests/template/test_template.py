@@ -1880,3 +1880,13 @@ def test_emitted_mirrors_the_metrics_the_code_declares():
     assert block, "shared/src/metrics.rs declares EMITTED"
     declared = set(re.findall(r'"(\w+)"', block.group(1)))
     assert declared == set(EMITTED), (declared ^ set(EMITTED))
+
+
+def test_audit_records_have_a_lifecycle_rule_that_keeps_them_for_the_retention_parameter(source):
+    t = source
+    rules = t["Resources"]["DataBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    audit = [r for r in rules if isinstance(r, dict) and r.get("Prefix") == "audit/"]
+    assert len(audit) == 1, rules
+    assert audit[0]["Status"] == "Enabled"
+    assert audit[0]["ExpirationInDays"] == {"Ref": "AuditRetentionDays"}
+    assert t["Parameters"]["AuditRetentionDays"]["MinValue"] >= 365
