@@ -78,8 +78,22 @@ pub fn sqs_event(msgs: &[aws_sdk_sqs::types::Message], arn: &str) -> Value {
     json!({ "Records": records })
 }
 
-/// A queue's messages: visible, in flight (not visible) and delayed.
+/// A queue's messages, by state (SQS's approximate counts).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    pub visible: u64,
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+/// A queue's messages: visible, in flight (not visible) and delayed, in all.
 pub async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<u64, LocalError> {
+    let d = queue_depth(sqs, url).await?;
+    Ok(d.visible + d.in_flight + d.delayed)
+}
+
+/// A queue's messages: visible, in flight (not visible) and delayed.
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<QueueDepth, LocalError> {
     use aws_sdk_sqs::types::QueueAttributeName as A;
     let out = sqs
         .get_queue_attributes()
@@ -92,9 +106,11 @@ pub async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<u64, LocalErr
         .map_err(|e| LocalError::Aws(format!("GetQueueAttributes: {e:?}")))?;
     let a = out.attributes.unwrap_or_default();
     let n = |k: A| a.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Ok(n(A::ApproximateNumberOfMessages)
-        + n(A::ApproximateNumberOfMessagesNotVisible)
-        + n(A::ApproximateNumberOfMessagesDelayed))
+    Ok(QueueDepth {
+        visible: n(A::ApproximateNumberOfMessages),
+        in_flight: n(A::ApproximateNumberOfMessagesNotVisible),
+        delayed: n(A::ApproximateNumberOfMessagesDelayed),
+    })
 }
 
 /// Poll until the queue is empty (nothing visible, in flight or delayed) or `max_duration`

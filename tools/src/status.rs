@@ -56,7 +56,7 @@ pub struct RunsArgs {
 pub enum StatusError {
     #[error("S3 {op}: {message}")]
     S3 { op: &'static str, message: String },
-    #[error("SQS GetQueueAttributes: {0}")]
+    #[error("{0}")]
     Sqs(String),
     #[error("DynamoDB GetItem: {0}")]
     Dynamo(String),
@@ -75,12 +75,7 @@ pub struct RunLine {
 }
 
 /// A queue's depth.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Depth {
-    pub visible: u64,
-    pub in_flight: u64,
-    pub delayed: u64,
-}
+pub use crate::esm::QueueDepth as Depth;
 
 #[derive(Debug, Serialize)]
 pub struct FeedStatus {
@@ -230,24 +225,18 @@ fn run_of(key: &str) -> &str {
         .unwrap_or(key)
 }
 
-async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<Depth, StatusError> {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .attribute_names(A::ApproximateNumberOfMessagesDelayed)
-        .send()
-        .await
-        .map_err(|e| StatusError::Sqs(sdk_message(&e)))?;
-    let a = out.attributes.unwrap_or_default();
-    let n = |k: A| a.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Ok(Depth {
-        visible: n(A::ApproximateNumberOfMessages),
-        in_flight: n(A::ApproximateNumberOfMessagesNotVisible),
-        delayed: n(A::ApproximateNumberOfMessagesDelayed),
-    })
+/// A queue's depth, when its URL was given.
+async fn depth_of(
+    sqs: &aws_sdk_sqs::Client,
+    url: &Option<String>,
+) -> Result<Option<Depth>, StatusError> {
+    match url {
+        Some(u) => crate::esm::queue_depth(sqs, u)
+            .await
+            .map(Some)
+            .map_err(|e| StatusError::Sqs(e.to_string())),
+        None => Ok(None),
+    }
 }
 
 async fn breaker(
@@ -334,19 +323,9 @@ pub async fn status(args: &StatusArgs) -> Result<Status, StatusError> {
             held,
         });
     }
-    let q = |u: &Option<String>| u.clone();
-    let work_queue = match q(&args.work_queue_url) {
-        Some(u) => Some(depth(&sqs, &u).await?),
-        None => None,
-    };
-    let dead_letter_queue = match q(&args.dlq_url) {
-        Some(u) => Some(depth(&sqs, &u).await?),
-        None => None,
-    };
-    let splitter_failures = match q(&args.failures_url) {
-        Some(u) => Some(depth(&sqs, &u).await?),
-        None => None,
-    };
+    let work_queue = depth_of(&sqs, &args.work_queue_url).await?;
+    let dead_letter_queue = depth_of(&sqs, &args.dlq_url).await?;
+    let splitter_failures = depth_of(&sqs, &args.failures_url).await?;
     let breaker = match &args.table {
         Some(t) => breaker(&aws_sdk_dynamodb::Client::new(&conf), t).await?,
         None => None,
