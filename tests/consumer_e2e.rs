@@ -228,9 +228,12 @@ async fn each_row_applied_exactly_once_and_redelivery_has_no_effect() {
     let docs = emf_docs(&consumer_logs);
     assert_eq!(emf_sum(&docs, "Applied"), 140);
     assert_eq!(emf_sum(&docs, "ApiCalls"), 140);
-    assert_eq!(
-        emf_sum(&docs, "DeadLettered") + emf_sum(&docs, "Duplicates"),
-        0
+    // SQS delivers at least once (and a busy machine lets a visibility timeout lapse), so a
+    // copy may arrive again: it must count as a duplicate, never as a second application
+    assert_eq!(emf_sum(&docs, "DeadLettered"), 0);
+    assert!(
+        emf_sum(&docs, "Duplicates") <= 140,
+        "duplicates are copies of applied rows"
     );
     let uploads: usize = docs
         .iter()
