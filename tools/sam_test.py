@@ -84,11 +84,12 @@ def delayed(sqs, url: str) -> int:
 
 def drain(sqs, name: str) -> list[dict]:
     """Every message of the queue (received once, then deleted), delayed ones included
-    (waited for up to 60 s)."""
+    (waited for up to 150 s: a retry whose call's outcome is unknown, a timeout, waits out
+    the record's 60 s lease before its copy shows)."""
     url = queue_url(sqs, name)
     out, empty = [], 0
     import time
-    until = time.time() + 60
+    until = time.time() + 150
     while empty < 2 or (delayed(sqs, url) > 0 and time.time() < until):
         r = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=600,
                                 WaitTimeSeconds=1, MessageAttributeNames=["All"], AttributeNames=["All"])
