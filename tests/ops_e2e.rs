@@ -763,3 +763,80 @@ async fn a_failed_splitter_invocation_is_retried_and_its_held_file_approved_with
     assert!(approvals.iter().any(|r| r["result"]["status"] == "failed"));
     o.assert_no_row_values().await;
 }
+
+/// `reconcile` accounts for every row a run sent — applied, dead-lettered with its class —
+/// lists its rejected rows by line, and fails when a message was deleted by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_accounts_for_every_row_and_fails_on_a_message_deleted_by_hand() {
+    let mut o = ops("ops-rec", FEEDS, 2).await;
+    let (exp, _) = o.exports("300", "6", "6", true).await;
+    let want = keys(&exp);
+    let rejected: Vec<String> = want.iter().take(2).cloned().collect();
+    o.api.set_faults(Faults {
+        reject_record_keys: rejected.clone(),
+        ..Faults::default()
+    });
+    let run = o.stack.reports(FEED).await.last().expect("a report")["run"]
+        .as_str()
+        .expect("a run id")
+        .to_string();
+    let table = o.stack.inner.ledger_table.clone();
+    let reconcile = |o: &Ops| o.cli(&["reconcile", FEED, &run, "--table", &table, "--json"]);
+    // before the consumers ran: every row pending, nothing unaccounted
+    let before = reconcile(&o);
+    assert!(before.ok, "{}{}", before.stdout, before.stderr);
+    let before: Value = serde_json::from_str(&before.stdout).expect("--json parses");
+    let sent = before["sent"].as_u64().expect("sent");
+    assert!(sent >= 12, "{before}");
+    assert_eq!(before["listed"], sent);
+    assert_eq!(before["counts"]["pending"], sent, "{before}");
+    // an operator deletes one work message by hand
+    let sqs = &o.stack.inner.sqs;
+    let got = sqs
+        .receive_message()
+        .queue_url(&o.stack.queue_url)
+        .max_number_of_messages(1)
+        .send()
+        .await
+        .expect("ReceiveMessage");
+    let m = got.messages().first().expect("a work message").clone();
+    let body: Value = serde_json::from_str(m.body().expect("a body")).expect("an envelope");
+    let deleted = body["record_key"].as_str().expect("record_key").to_string();
+    sqs.delete_message()
+        .queue_url(&o.stack.queue_url)
+        .receipt_handle(m.receipt_handle().expect("a receipt"))
+        .send()
+        .await
+        .expect("DeleteMessage");
+    o.drain().await;
+    let after = reconcile(&o);
+    assert!(
+        !after.ok,
+        "a deleted message must fail reconcile: {}",
+        after.stdout
+    );
+    assert!(after.stderr.contains("unaccounted"), "{}", after.stderr);
+    let rec: Value = serde_json::from_str(&after.stdout).expect("--json parses");
+    let dead = rejected.iter().filter(|k| **k != deleted).count() as u64;
+    assert_eq!(rec["counts"]["unaccounted"], 1, "{rec}");
+    assert_eq!(rec["counts"]["dead_lettered"], dead, "{rec}");
+    assert_eq!(rec["counts"]["applied"], sent - 1 - dead, "{rec}");
+    assert_eq!(rec["by_class"]["permanent"], dead, "{rec}");
+    let unaccounted: Vec<&Value> = rec["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["outcome"] == "unaccounted")
+        .collect();
+    assert_eq!(unaccounted.len(), 1);
+    assert_eq!(unaccounted[0]["record_key"], deleted.as_str());
+    // the readable form says the same, and no row value shows anywhere
+    let text = o.cli(&["reconcile", FEED, &run, "--table", &table]);
+    assert!(
+        !text.ok && text.stdout.contains("unaccounted"),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains(&deleted), "{}", text.stdout);
+    o.assert_no_row_values().await;
+}

@@ -113,7 +113,7 @@ S3_GRANTS = {
     "SplitterRole": {
         "s3:GetObject": {"incoming", "state", "config"},
         "s3:GetObjectVersion": {"incoming", "state", "config"},
-        "s3:PutObject": {"state", "runs", "rejects", "removed", "held"},
+        "s3:PutObject": {"state", "runs", "rejects", "removed", "sent", "held"},
     },
     "ConsumerRole": {},
 }

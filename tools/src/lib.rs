@@ -15,4 +15,5 @@ pub mod gen;
 pub mod held;
 pub mod local;
 pub mod ops;
+pub mod reconcile;
 pub mod status;

@@ -1,7 +1,8 @@
 //! `casefeed`: command-line tools for the casefeed pipeline.
 
 use casefeed_tools::{
-    audit, bench, bench_consumer, bench_ledger, demo, dlq, drill, failures, gen, held, status,
+    audit, bench, bench_consumer, bench_ledger, demo, dlq, drill, failures, gen, held, reconcile,
+    status,
 };
 
 use std::fmt;
@@ -26,6 +27,9 @@ enum Command {
     Status(status::StatusArgs),
     /// The newest run reports (of one feed or all), newest first.
     Runs(status::RunsArgs),
+    /// Account for every row a run sent: applied, superseded, dead-lettered, pending or
+    /// unaccounted (exit 1); and its rejected rows by line.
+    Reconcile(reconcile::ReconcileArgs),
     /// List, show, replay or purge the dead-letter queue (AWS credentials and endpoint from
     /// the usual AWS environment; replay and purge write an audit record).
     Dlq(dlq::DlqArgs),
@@ -101,6 +105,9 @@ fn main() -> Result<ExitCode, CliError> {
             tokio::runtime::Runtime::new()?.block_on(status::run_status(args))?
         }
         Command::Runs(args) => tokio::runtime::Runtime::new()?.block_on(status::run_runs(args))?,
+        Command::Reconcile(args) => {
+            tokio::runtime::Runtime::new()?.block_on(reconcile::run(args))?
+        }
         Command::Failures(args) => tokio::runtime::Runtime::new()?.block_on(failures::run(args))?,
         Command::Audit(args) => tokio::runtime::Runtime::new()?.block_on(audit::run(args))?,
         Command::Held(args) => tokio::runtime::Runtime::new()?.block_on(held::list(args))?,

@@ -25,6 +25,11 @@ pub fn removed_key(feed: &str, run: &str) -> String {
     format!("removed/{feed}/{run}.jsonl")
 }
 
+/// The messages one run sent, by record and idempotency key: `sent/<feed>/<run>.jsonl`.
+pub fn sent_key(feed: &str, run: &str) -> String {
+    format!("sent/{feed}/{run}.jsonl")
+}
+
 /// Held files of one feed (`Some`) or of every feed: `held/<feed>/` or `held/`.
 pub fn held_prefix(feed: Option<&str>) -> String {
     match feed {

@@ -74,6 +74,13 @@ pub struct Counts {
     /// the removed list, and never sent as tombstones.
     #[serde(default)]
     pub removed_unnamed: u64,
+    /// Sent messages left out of the sent list (over [`MAX_SENT_LISTED`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sent_unlisted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The file's columns, and how they compare with those the state hashed.
@@ -157,6 +164,11 @@ pub struct RunReport {
     /// when it removed none. `counts.removed_unnamed` of them are not listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_key: Option<String>,
+    /// The sent list's key (`sent/<feed>/<run>.jsonl`, one [`SentRecord`] a line): every
+    /// message of the run SQS accepted; `None` when it sent none. `counts.sent_unlisted` of
+    /// them are not listed (over [`MAX_SENT_LISTED`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_key: Option<String>,
     /// The ETag of the state this run committed; `None` when the state did not move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_etag: Option<String>,
@@ -181,6 +193,22 @@ pub struct RemovedRecord {
     pub record_key: String,
     /// The version of the run that removed it (the generation its state commit gives).
     pub version: u64,
+}
+
+/// The most messages a run lists in its sent list (~100 bytes each in memory): a feed that
+/// sends a whole multi-million-row baseline lists its first ones and counts the rest.
+pub const MAX_SENT_LISTED: usize = 1_000_000;
+
+/// One line of the sent list (`sent/<feed>/<run>.jsonl`): a message of the run that SQS
+/// accepted. Keys only, never fields: what `casefeed reconcile` accounts for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentRecord {
+    /// The record's key.
+    pub record_key: String,
+    /// The transition's idempotency key.
+    pub idempotency_key: String,
+    /// `new`, `changed` or `removed`.
+    pub change: String,
 }
 
 /// A guard that can hold a file.

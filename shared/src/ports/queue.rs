@@ -22,9 +22,27 @@ pub struct OutMessage {
     pub line: u64,
     /// The row's key fingerprint: a record SQS refuses keeps its previous state.
     pub key_fp: u64,
+    /// The record's key (for the run's sent list; it is in the body too).
+    pub record_key: String,
 }
 
 impl OutMessage {
+    /// The message's line in the run's sent list: keys only.
+    pub fn sent_record(&self) -> crate::contract::report::SentRecord {
+        let attr = |name: &str| {
+            self.attributes
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        crate::contract::report::SentRecord {
+            record_key: self.record_key.clone(),
+            idempotency_key: attr("idempotency_key"),
+            change: attr("change"),
+        }
+    }
+
     /// Size as SQS counts it: body plus attribute names, types and values.
     pub fn size(&self) -> usize {
         self.body.len()

@@ -12,7 +12,7 @@ use super::state::{NameRef, NextState, Snapshot, SnapshotHeader, FORMAT_VERSION}
 use super::{SplitError, Splitter};
 use crate::config::{FeedConfig, Removals};
 use crate::contract::envelope::{EnvelopeSource, Previous};
-use crate::contract::layout::{rejects_key, removed_key, snapshot_key};
+use crate::contract::layout::{rejects_key, removed_key, sent_key, snapshot_key};
 use crate::contract::report::{RemovedRecord, RunReport, RunStatus};
 use crate::contract::source::SourceObject;
 use crate::ports::queue::{MessageQueue, OutMessage};
@@ -78,6 +78,7 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         };
         self.write_removed(&job.bucket, feed, report, removed)
             .await?;
+        self.write_sent(&job.bucket, feed, report, &stats).await?;
 
         let header = SnapshotHeader {
             format: FORMAT_VERSION,
@@ -257,6 +258,40 @@ impl<S: ObjectStore, Q: MessageQueue> Splitter<S, Q> {
         Ok(())
     }
 
+    /// The sent list: one line per message SQS accepted (`{"record_key",
+    /// "idempotency_key", "change"}`), written whenever the run sent any; the report names
+    /// it and counts what it could not list.
+    pub(super) async fn write_sent(
+        &self,
+        bucket: &str,
+        feed: &FeedConfig,
+        report: &mut RunReport,
+        stats: &SendStats,
+    ) -> Result<(), SplitError> {
+        if stats.accepted.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(stats.accepted.len() * 96);
+        for r in &stats.accepted {
+            serde_json::to_writer(&mut body, r)
+                .map_err(|e| SplitError::Internal(format!("sent list: {e}")))?;
+            body.push(b'\n');
+        }
+        let key = sent_key(&feed.name, &report.run);
+        self.store
+            .put(
+                bucket,
+                &key,
+                body,
+                "application/x-ndjson",
+                PutCondition::None,
+            )
+            .await?;
+        report.sent_key = Some(key);
+        report.counts.sent_unlisted = stats.unlisted;
+        Ok(())
+    }
+
     pub(super) async fn write_rejects(
         &self,
         bucket: &str,
@@ -356,6 +391,8 @@ fn absorb(stats: &mut SendStats, more: SendStats) {
     stats.retried_entries += more.retried_entries;
     stats.refused.extend(more.refused);
     stats.max_in_flight = stats.max_in_flight.max(more.max_in_flight);
+    stats.unlisted += more.unlisted;
+    super::sink::list_sent(stats, more.accepted);
 }
 
 /// Rows SQS refused stay at their previous state (so a later file retries them) and join

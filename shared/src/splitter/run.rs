@@ -73,6 +73,7 @@ pub(super) fn new_report(feed: &FeedConfig, run: String, source: SourceObject) -
         approved_held: None,
         rejects_key: None,
         removed_key: None,
+        sent_key: None,
         snapshot_etag: None,
         send_calls: 0,
         commit_attempts: 0,

@@ -6,4 +6,5 @@ mod outbox;
 mod sender;
 
 pub use outbox::{EnvelopeRef, FieldsRef, Outbox, Stamps, TOMBSTONE_LINE};
+pub(crate) use sender::list_sent;
 pub use sender::{run_sender, Refused, SendError, SendStats, SenderSettings};

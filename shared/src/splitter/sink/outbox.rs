@@ -111,6 +111,7 @@ impl Outbox<'_> {
             ],
             line,
             key_fp: fps.key,
+            record_key: rk,
         })
     }
 }
@@ -171,6 +172,7 @@ impl Outbox<'_> {
             ],
             line: TOMBSTONE_LINE,
             key_fp,
+            record_key: record_key.to_string(),
         })
     }
 }

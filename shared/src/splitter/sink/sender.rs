@@ -4,6 +4,7 @@
 //! cannot be sent after retries fails the run so Lambda retries the file.
 
 use crate::backoff::Backoff;
+use crate::contract::report::{SentRecord, MAX_SENT_LISTED};
 use crate::ports::queue::{MessageQueue, OutMessage, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -52,6 +53,11 @@ pub struct SendStats {
     pub refused: Vec<Refused>,
     /// The most `SendMessageBatch` calls that were in flight at once.
     pub max_in_flight: usize,
+    /// The accepted messages' keys, in no particular order (at most
+    /// [`MAX_SENT_LISTED`]; `unlisted` counts the rest): the run's sent list.
+    pub accepted: Vec<SentRecord>,
+    /// Accepted messages left out of `accepted`.
+    pub unlisted: u64,
 }
 
 /// How messages are batched and sent.
@@ -82,6 +88,7 @@ struct BatchSent {
     sent: u64,
     retried: u64,
     refused: Vec<Refused>,
+    accepted: Vec<SentRecord>,
 }
 
 async fn send_one_batch<Q: MessageQueue>(
@@ -93,6 +100,7 @@ async fn send_one_batch<Q: MessageQueue>(
         sent: 0,
         retried: 0,
         refused: Vec::new(),
+        accepted: Vec::new(),
     };
     let mut attempt = 0u32;
     loop {
@@ -121,6 +129,11 @@ async fn send_one_batch<Q: MessageQueue>(
             }
         }
         result.sent += failed_idx.iter().filter(|f| !**f).count() as u64;
+        for (m, failed) in batch.iter().zip(&failed_idx) {
+            if !failed {
+                result.accepted.push(m.sent_record());
+            }
+        }
         let mut msgs: Vec<Option<OutMessage>> = batch.into_iter().map(Some).collect();
         for f in failures {
             let Some(m) = msgs.get_mut(f.index).and_then(Option::take) else {
@@ -153,6 +166,14 @@ async fn send_one_batch<Q: MessageQueue>(
     }
 }
 
+/// Add accepted messages to the run's sent list, up to [`MAX_SENT_LISTED`].
+pub(crate) fn list_sent(stats: &mut SendStats, accepted: Vec<SentRecord>) {
+    let room = MAX_SENT_LISTED.saturating_sub(stats.accepted.len());
+    let n = accepted.len();
+    stats.accepted.extend(accepted.into_iter().take(room));
+    stats.unlisted += n.saturating_sub(room) as u64;
+}
+
 /// Add one finished batch's outcome to the run's.
 fn absorb(
     stats: &mut SendStats,
@@ -162,6 +183,7 @@ fn absorb(
     stats.sent += r.sent;
     stats.retried_entries += r.retried;
     stats.refused.extend(r.refused);
+    list_sent(stats, r.accepted);
     Ok(())
 }
 
@@ -295,6 +317,7 @@ mod tests {
             attributes: vec![("feed", "f".into())],
             line: i as u64 + 2,
             key_fp: i as u64,
+            record_key: format!("r{i}"),
         }
     }
 

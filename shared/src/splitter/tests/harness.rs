@@ -588,6 +588,7 @@ impl<S: ObjectStore> Harness<S> {
         self.mem.insert(BUCKET, &snapshot_key(feed), bytes);
     }
 
+    /// A JSON-lines object of the run (rejects, sent list), parsed.
     pub(super) fn rejects(&self, key: &str) -> Vec<serde_json::Value> {
         let b = self.mem.get(BUCKET, key).expect("rejects object");
         std::str::from_utf8(&b)

@@ -55,6 +55,23 @@ async fn transient_queue_failures_still_send_everything_exactly_once() {
     assert!(retried > 0, "the fake queue really failed some entries");
     assert!(h.queue.calls() > 3, "retries took extra calls");
     assert_eq!(h.snapshot("labs").header.source.key, "incoming/labs/e2.csv");
+    // the run's sent list names every accepted message once, by its keys (no fields)
+    let key = r.sent_key.as_deref().expect("a sent list");
+    assert_eq!(key, crate::contract::layout::sent_key("labs", &r.run));
+    let listed = h.rejects(key);
+    assert_eq!(listed.len(), 30);
+    let listed_keys: BTreeSet<&str> = listed
+        .iter()
+        .map(|l| l["idempotency_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed_keys, keys);
+    for l in &listed {
+        assert_eq!(l.as_object().unwrap().len(), 3, "{l}");
+        let change = l["change"].as_str().unwrap();
+        assert!(change == "new" || change == "changed", "{l}");
+        assert!(records.contains(l["record_key"].as_str().unwrap()), "{l}");
+    }
+    assert_eq!(r.counts.sent_unlisted, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
