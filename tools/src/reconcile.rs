@@ -61,7 +61,7 @@ pub enum ReconcileError {
     },
     #[error("DynamoDB BatchGetItem: {0}")]
     Dynamo(String),
-    #[error("SQS GetQueueAttributes: {0}")]
+    #[error("SQS: {0}")]
     Sqs(String),
     #[error(transparent)]
     Dlq(#[from] DlqError),
@@ -257,25 +257,9 @@ async fn fates(
 }
 
 async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<u64, ReconcileError> {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .attribute_names(A::ApproximateNumberOfMessagesDelayed)
-        .send()
+    crate::esm::depth(sqs, url)
         .await
-        .map_err(|e| ReconcileError::Sqs(sdk_message(&e)))?;
-    let a = out.attributes.unwrap_or_default();
-    Ok([
-        A::ApproximateNumberOfMessages,
-        A::ApproximateNumberOfMessagesNotVisible,
-        A::ApproximateNumberOfMessagesDelayed,
-    ]
-    .into_iter()
-    .map(|k| a.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
-    .sum())
+        .map_err(|e| ReconcileError::Sqs(e.to_string()))
 }
 
 pub async fn reconcile(args: &ReconcileArgs) -> Result<Reconciliation, ReconcileError> {
