@@ -1,8 +1,8 @@
 //! `casefeed`: command-line tools for the casefeed pipeline.
 
 use casefeed_tools::{
-    audit, bench, bench_consumer, bench_ledger, demo, dlq, drill, failures, gen, held, reconcile,
-    status,
+    audit, bench, bench_consumer, bench_ledger, demo, dlq, drill, explain, failures, gen, held,
+    reconcile, state, status,
 };
 
 use std::fmt;
@@ -30,6 +30,11 @@ enum Command {
     /// Account for every row a run sent: applied, superseded, dead-lettered, pending or
     /// unaccounted (exit 1); and its rejected rows by line.
     Reconcile(reconcile::ReconcileArgs),
+    /// One record's story: in the state or not, each run that changed it and the ledger's
+    /// fate of each change, the version the API acknowledged, any dead letter.
+    Explain(explain::ExplainArgs),
+    /// The feed's state: the snapshot's header (source, rows, format, generation).
+    State(state::StateArgs),
     /// List, show, replay or purge the dead-letter queue (AWS credentials and endpoint from
     /// the usual AWS environment; replay and purge write an audit record).
     Dlq(dlq::DlqArgs),
@@ -108,6 +113,8 @@ fn main() -> Result<ExitCode, CliError> {
         Command::Reconcile(args) => {
             tokio::runtime::Runtime::new()?.block_on(reconcile::run(args))?
         }
+        Command::Explain(args) => tokio::runtime::Runtime::new()?.block_on(explain::run(args))?,
+        Command::State(args) => tokio::runtime::Runtime::new()?.block_on(state::run(args))?,
         Command::Failures(args) => tokio::runtime::Runtime::new()?.block_on(failures::run(args))?,
         Command::Audit(args) => tokio::runtime::Runtime::new()?.block_on(audit::run(args))?,
         Command::Held(args) => tokio::runtime::Runtime::new()?.block_on(held::list(args))?,
