@@ -202,20 +202,30 @@ invoke SplitterFunction "$WORK/s3-put-0002.json" "$WORK/split-2.json"
 $CHECK splitter "$WORK/split-2.json" "$WORK/export-0002.csv.expected.json" --status applied
 
 # ------------------------------------------------------------------ consumer
+check_consumer() { # out [sam_test.py consumer options]: on a failed check, the invocation's
+  # own account of each message (retries with their kind and delay, fates) is printed too
+  local out=$1
+  shift
+  if ! $CHECK consumer "$out" "$@"; then
+    echo "--- the consumer's log lines about its messages ($(basename "$out").log):"
+    grep -E '"(retry scheduled|message done|dead-lettered|outcome unknown[^"]*)"' "$out.log" | tail -40 || true
+    die "the consumer's invocation $(basename "$out") did not do what was expected (above)"
+  fi
+}
 step "consumer: sam local invoke ConsumerFunction -e events/sqs-batch.json (sent now)"
 $CHECK batch "$WORK/sqs-batch.json"
 echo "-- 1. the API is down (503): both deliverable messages are requeued for retry"
 $CHECK control '{"outage_secs": 600}'
 invoke ConsumerFunction "$WORK/sqs-batch.json" "$WORK/cons-1.json"
-$CHECK consumer "$WORK/cons-1.json" --requeued "$GOOD_ID,$REJECTED_ID" --applied 0 --rejected 0 --dlq undecodable
+check_consumer "$WORK/cons-1.json" --requeued "$GOOD_ID,$REJECTED_ID" --applied 0 --rejected 0 --dlq undecodable
 echo "-- 2. the API is up: the good one is applied, the rejected one dead-lettered (422)"
 $CHECK control '{"outage_secs": 0}'
 invoke ConsumerFunction "$WORK/sqs-batch.json" "$WORK/cons-2.json"
-$CHECK consumer "$WORK/cons-2.json" --applied 1 --applied-key "$GOOD_KEY" --rejected 1 --dlq permanent,undecodable
+check_consumer "$WORK/cons-2.json" --applied 1 --applied-key "$GOOD_KEY" --rejected 1 --dlq permanent,undecodable
 echo "-- 3. the same batch again (SQS delivers at least once): still applied exactly once, and"
 echo "   the rejected one is not dead-lettered twice (one dead letter per lineage: the ledger has it)"
 invoke ConsumerFunction "$WORK/sqs-batch.json" "$WORK/cons-3.json"
-$CHECK consumer "$WORK/cons-3.json" --applied 1 --applied-key "$GOOD_KEY" --rejected 2 --dlq undecodable
+check_consumer "$WORK/cons-3.json" --applied 1 --applied-key "$GOOD_KEY" --rejected 2 --dlq undecodable
 
 echo
 echo "sam-test: all green (sam build ${BUILD_SECS}s, whole sam-test $(( $(now) - T0 ))s)"

@@ -76,10 +76,13 @@ def queue_url(sqs, name: str) -> str:
     return sqs.get_queue_url(QueueName=name)["QueueUrl"]
 
 
-def delayed(sqs, url: str) -> int:
-    """Messages of the queue still delayed (a requeued copy waits its backoff)."""
-    a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"])
-    return int(a.get("Attributes", {}).get("ApproximateNumberOfMessagesDelayed", "0"))
+def waiting(sqs, url: str) -> int:
+    """Messages of the queue still to be received: visible ones and delayed ones (a requeued
+    copy waits its backoff). Both count: a copy can turn visible between the last receive
+    and this call, and must not end the drain then."""
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"]
+    a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names).get("Attributes", {})
+    return sum(int(a.get(n, "0")) for n in names)
 
 
 def drain(sqs, name: str) -> list[dict]:
@@ -90,7 +93,7 @@ def drain(sqs, name: str) -> list[dict]:
     out, empty = [], 0
     import time
     until = time.time() + 150
-    while empty < 2 or (delayed(sqs, url) > 0 and time.time() < until):
+    while empty < 2 or (waiting(sqs, url) > 0 and time.time() < until):
         r = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=600,
                                 WaitTimeSeconds=1, MessageAttributeNames=["All"], AttributeNames=["All"])
         msgs = r.get("Messages", [])
