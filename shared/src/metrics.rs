@@ -4,9 +4,19 @@ use crate::consumer::BatchResult;
 use crate::contract::report::{RunReport, RunStatus};
 use std::collections::BTreeMap;
 
-/// `CASEFEED_NO_METRICS` set (and not `0`): no metrics on stdout (the local tools' runs).
+static SILENCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// No metrics from this process: for the `casefeed` CLI, which runs the splitter in process
+/// (`approve`, `diff`). EMF on stdout becomes metrics only inside Lambda; elsewhere it would
+/// be noise in the command's output (or break its `--json`).
+pub fn silence() {
+    SILENCED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `CASEFEED_NO_METRICS` set (and not `0`), or [`silence`]d: no metrics on stdout.
 fn quiet() -> bool {
-    std::env::var("CASEFEED_NO_METRICS").is_ok_and(|v| v != "0")
+    SILENCED.load(std::sync::atomic::Ordering::Relaxed)
+        || std::env::var("CASEFEED_NO_METRICS").is_ok_and(|v| v != "0")
 }
 
 /// One EMF document per run: counts by feed and status.

@@ -16,6 +16,7 @@ pub mod gen;
 pub mod held;
 pub mod local;
 pub mod ops;
+pub mod preview;
 pub mod reconcile;
 pub mod state;
 pub mod status;

@@ -2,7 +2,7 @@
 
 use casefeed_tools::{
     audit, bench, bench_consumer, bench_ledger, demo, dlq, drill, explain, failures, gen, held,
-    reconcile, state, status,
+    preview, reconcile, state, status,
 };
 
 use std::fmt;
@@ -33,6 +33,12 @@ enum Command {
     /// One record's story: in the state or not, each run that changed it and the ledger's
     /// fate of each change, the version the API acknowledged, any dead letter.
     Explain(explain::ExplainArgs),
+    /// Dry-run a feed on local files, without AWS: what the next export would send, hold
+    /// (which guard) or reject (which lines), given the previous one as the feed's state.
+    /// Exit 0: sent or nothing to send; 2: held or not applied; 1: an error.
+    Diff(preview::DiffArgs),
+    /// Check a feed configuration (feeds.toml) as the splitter validates it at start-up.
+    Feeds(preview::FeedsArgs),
     /// The feed's state: the snapshot's header (source, rows, format, generation).
     State(state::StateArgs),
     /// List, show, replay or purge the dead-letter queue (AWS credentials and endpoint from
@@ -95,6 +101,9 @@ fn main() -> Result<ExitCode, CliError> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // the splitter runs in process for `approve`, `discard` and `diff`: its EMF lines are
+    // metrics only inside Lambda, here they would mix into the command's output
+    casefeed::metrics::silence();
     let cli = Cli::parse();
     match cli.command {
         Command::Gen(args) => gen::run(args)?,
@@ -113,6 +122,8 @@ fn main() -> Result<ExitCode, CliError> {
         Command::Reconcile(args) => {
             tokio::runtime::Runtime::new()?.block_on(reconcile::run(args))?
         }
+        Command::Diff(args) => return Ok(preview::run_diff(args)?),
+        Command::Feeds(args) => preview::run_feeds(args)?,
         Command::Explain(args) => tokio::runtime::Runtime::new()?.block_on(explain::run(args))?,
         Command::State(args) => tokio::runtime::Runtime::new()?.block_on(state::run(args))?,
         Command::Failures(args) => tokio::runtime::Runtime::new()?.block_on(failures::run(args))?,

@@ -1,9 +1,10 @@
 //! The queues behind small traits: the splitter's side ([`MessageQueue`]: send batches of
 //! messages) and the consumer's side ([`WorkQueue`]: back a message off, requeue it for
-//! later, dead-letter it).
+//! later, dead-letter it), and [`MemoryQueue`], the splitter's side in memory.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Messages one `SendMessageBatch` may carry (an SQS limit).
@@ -96,6 +97,67 @@ pub trait MessageQueue: Send + Sync + Clone + 'static {
         &self,
         messages: &[OutMessage],
     ) -> impl Future<Output = Result<Vec<EntryFailure>, QueueError>> + Send;
+}
+
+/// An in-memory [`MessageQueue`] that accepts every message of a well-formed batch and keeps
+/// it, in the order sent: for tests and for local dry runs (`casefeed diff`). A batch SQS
+/// would refuse as a whole (over [`MAX_BATCH_ENTRIES`] messages or [`MAX_BATCH_BYTES`]) is
+/// refused here too, as a permanent error. Clones share the messages.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryQueue {
+    accepted: Arc<Mutex<Vec<OutMessage>>>,
+}
+
+impl MemoryQueue {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<OutMessage>> {
+        match self.accepted.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Every message accepted so far, in the order sent.
+    pub fn messages(&self) -> Vec<OutMessage> {
+        self.lock().clone()
+    }
+
+    /// Every message accepted so far, in the order sent; the queue is then empty.
+    pub fn take(&self) -> Vec<OutMessage> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// How many messages the queue holds.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the queue holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+impl MessageQueue for MemoryQueue {
+    async fn send_batch(&self, messages: &[OutMessage]) -> Result<Vec<EntryFailure>, QueueError> {
+        let bytes: usize = messages.iter().map(OutMessage::size).sum();
+        if messages.is_empty() || messages.len() > MAX_BATCH_ENTRIES || bytes > MAX_BATCH_BYTES {
+            return Err(QueueError::Service {
+                op: "SendMessageBatch",
+                message: format!(
+                    "a batch of {} messages and {bytes} bytes is outside SQS's limits (1 to {MAX_BATCH_ENTRIES} messages, {MAX_BATCH_BYTES} bytes)",
+                    messages.len()
+                ),
+                retryable: false,
+            });
+        }
+        self.lock().extend_from_slice(messages);
+        Ok(Vec::new())
+    }
 }
 
 /// SQS's longest visibility timeout.

@@ -12,6 +12,8 @@
 //! [`sink`] (rows → messages → the queue). `admit.rs` decides, before any row is read,
 //! whether a run reads its object at all; the run's phases are in `run.rs` (up to the guards)
 //! and `commit.rs` (send, settle, commit), the diff pass in `pass.rs`, held files in `held.rs`.
+//! [`preview`] dry-runs a feed on local files: the real splitter over an in-memory store and
+//! queue (`casefeed diff`).
 
 mod admit;
 mod commit;
@@ -19,6 +21,7 @@ mod error;
 pub mod filter;
 mod held;
 mod pass;
+pub mod preview;
 mod run;
 pub mod sink;
 pub mod source;
