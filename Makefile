@@ -11,7 +11,7 @@ CARGO     ?= cargo
 export SAM_CLI_TELEMETRY := 0
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: help tools build demo bench bench-smoke bench-consumer drill fonts sam-test test unit e2e lint fmt clippy template-lint checkov checkov-tools clean
+.PHONY: help tools tmux build demo bench bench-smoke bench-consumer drill fonts sam-test test unit e2e lint fmt clippy template-lint checkov checkov-tools clean
 
 help:
 	@echo "make demo   - run the pipeline locally on sample data"
@@ -50,6 +50,11 @@ DRILL_FONT ?= /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 fonts:
 	@test -f $(DRILL_FONT) || { echo "installing fonts-dejavu-core (the drill chart's labels)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends fonts-dejavu-core; }
+
+# The operator CLI's progress bars are tested in a real terminal: tmux (Debian's package).
+tmux:
+	@command -v tmux >/dev/null || { echo "installing tmux (the progress-bar test's terminal)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends tmux; }
 
 # Backpressure drill (tools/src/drill.rs, see BENCHMARKS.md): writes .local/drill/drill.csv,
 # drill.png and summary.md; exits non-zero when an invariant fails.
@@ -106,7 +111,7 @@ unit:
 # dependencies' features for the whole workspace, as `build` and `unit` do, so it reuses their
 # build. `-p casefeed-e2e` resolves them without the functions' lambda_runtime (serde `rc`,
 # tracing `log`, futures-util `sink`/`io`, ...) and so compiled ~60 dependencies a second time.
-e2e: tools build
+e2e: tools build tmux
 	$(CARGO) test --release --workspace --test '*' -- --test-threads=2
 
 # The benchmark harness itself, on a small file (every tool's answer is checked): proves
@@ -121,7 +126,7 @@ sam-test: tools build
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/template
 	VENV=$(VENV) tools/sam-test.sh
 
-test: tools build lint unit e2e bench-smoke sam-test
+test: tools build lint unit e2e bench-smoke sam-test demo
 	@echo "make test: all green"
 
 clean:

@@ -58,6 +58,11 @@ struct Ops {
 }
 
 async fn ops(test: &str, feeds: &str, consumers: usize) -> Ops {
+    ops_with(test, feeds, consumers, &[]).await
+}
+
+/// [`ops`], with more settings for the consumers.
+async fn ops_with(test: &str, feeds: &str, consumers: usize, consumer_env: &[(&str, &str)]) -> Ops {
     let stack = Stack::with_receives(test, feeds, 10).await;
     let ledger = stack.path("api-ledger.jsonl");
     let mut cfg = ApiConfig::new(TOKEN);
@@ -72,7 +77,16 @@ async fn ops(test: &str, feeds: &str, consumers: usize) -> Ops {
         .map(|i| {
             casefeed_tools::local::Rie::start(
                 &release_bin("consumer"),
-                &stack.inner.consumer_env(&api.url(), TOKEN),
+                &stack
+                    .inner
+                    .consumer_env(&api.url(), TOKEN)
+                    .into_iter()
+                    .chain(
+                        consumer_env
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string())),
+                    )
+                    .collect::<Vec<_>>(),
                 &format!("consumer-{test}-{i}"),
             )
             .unwrap_or_else(|e| panic!("{e}"))
@@ -148,6 +162,86 @@ impl Ops {
             p.push_str(&run.stderr);
         }
         run
+    }
+
+    /// Upload the scratch file `name` under the feed's incoming prefix and run the splitter
+    /// on its event: the run's result.
+    async fn split(&self, name: &str) -> Value {
+        let key = format!("incoming/lab_results/{name}");
+        let ev = self.stack.upload(&key, &self.stack.path(name)).await;
+        self.splitter.invoke(&ev).await["results"][0].clone()
+    }
+
+    /// Run `casefeed <args>` in a real terminal: a detached tmux session on a server of its
+    /// own, everything written to the pane logged raw by `pipe-pane` (a progress bar is
+    /// drawn, then cleared: the log keeps what was drawn). The raw log and the exit status.
+    fn cli_in_tmux(&self, args: &[&str]) -> (String, String) {
+        let dir = self.stack.path("tmux");
+        std::fs::create_dir_all(&dir).expect("tmux dir");
+        let (go, log, script) = (dir.join("go"), dir.join("pane.log"), dir.join("run.sh"));
+        let q = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
+        let mut s = format!(
+            "while [ ! -e {} ]; do sleep 0.05; done\n",
+            q(&go.to_string_lossy())
+        );
+        for (k, v) in &self.env {
+            s.push_str(&format!("export {k}={}\n", q(v)));
+        }
+        let argv: Vec<String> = args.iter().map(|a| q(a)).collect();
+        s.push_str(&format!(
+            "{} {}\necho \"casefeed-exit=$?\"\nsleep 120\n",
+            q(&release_bin("casefeed").to_string_lossy()),
+            argv.join(" ")
+        ));
+        std::fs::write(&script, s).expect("tmux script");
+        let socket = format!("casefeed-e2e-{}", std::process::id());
+        let tmux = |a: &[&str]| {
+            let out = Command::new("tmux")
+                .args(["-L", &socket, "-f", "/dev/null"])
+                .args(a)
+                .output()
+                .expect("tmux is installed (make test installs it)");
+            assert!(
+                out.status.success(),
+                "tmux {a:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let script_s = script.to_string_lossy().into_owned();
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            "cli",
+            "-x",
+            "160",
+            "-y",
+            "40",
+            "sh",
+            &script_s,
+        ]);
+        let pipe = format!("cat >> {}", q(&log.to_string_lossy()));
+        tmux(&["pipe-pane", "-t", "cli", "-o", &pipe]);
+        std::fs::write(&go, "").expect("go");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut raw = String::new();
+        while std::time::Instant::now() < deadline {
+            raw = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+            if raw.contains("casefeed-exit=") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        tmux(&["kill-server"]);
+        let status = raw
+            .split("casefeed-exit=")
+            .nth(1)
+            .map(|r| r.chars().take_while(char::is_ascii_digit).collect())
+            .unwrap_or_else(|| panic!("the command did not finish in tmux within 60 s: {raw}"));
+        if let Ok(mut p) = self.printed.lock() {
+            p.push_str(&raw);
+        }
+        (raw, status)
     }
 
     /// Baseline `rows`, then a next export with `new` and `changed` rows; the next file's
@@ -601,6 +695,20 @@ async fn dead_letters_are_grouped_replayed_once_purged_and_audited() {
         "{}",
         text.stdout
     );
+    // not a terminal: no progress bar on stderr
+    assert!(
+        !text.stderr.contains("reading audit records"),
+        "a progress bar was drawn into a pipe: {}",
+        text.stderr
+    );
+    // a real terminal (tmux): the bar is drawn on the way, then the listing
+    let (raw, status) = o.cli_in_tmux(&["audit"]);
+    assert_eq!(status, "0", "{raw}");
+    assert!(
+        raw.contains("reading audit records [") && raw.contains("/3 ("),
+        "no progress bar in the terminal: {raw:?}"
+    );
+    assert!(raw.contains("3 audit record(s)"), "{raw:?}");
     o.assert_no_row_values().await;
 }
 
@@ -838,5 +946,151 @@ async fn reconcile_accounts_for_every_row_and_fails_on_a_message_deleted_by_hand
         text.stdout
     );
     assert!(text.stdout.contains(&deleted), "{}", text.stdout);
+    o.assert_no_row_values().await;
+}
+
+/// `explain` tells a superseded record's story: version 2 of X kept failing until file 3's
+/// version 3 was applied, so version 2 ended superseded; the ledger acknowledged 3; the
+/// state holds X; and `state show` gives the snapshot's header. A key nobody sent is
+/// reported as such, and no row value is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_tells_a_superseded_records_story_and_state_show_the_snapshot() {
+    let mut o = ops_with("ops-explain", FEEDS, 2, &[("BREAKER_THRESHOLD", "1000")]).await;
+    let base = o.stack.path("e1.csv");
+    gen(&["baseline", "--rows", "200", "--seed", "31"], &base);
+    let rows = read_rows(&base);
+    for row in rows.values() {
+        for col in ["first_name", "last_name", "phone", "street"] {
+            if let Some(v) = row.get(col).filter(|v| v.len() >= 6) {
+                o.secrets.insert(v.clone());
+            }
+        }
+    }
+    let x = rows.keys().next().expect("a record").clone();
+    assert_eq!(o.split("e1.csv").await["status"], "baseline");
+    // X's versions below 3 keep failing with 503
+    o.api.set_faults(Faults {
+        fail_records: [(x.clone(), 3u64)].into_iter().collect(),
+        ..Faults::default()
+    });
+    let revise = |name: &str, rev: &str| {
+        rewrite_csv(&base, &o.stack.path(name), |id, row| {
+            if id == x {
+                row.insert("notes".into(), rev.to_string());
+            }
+        });
+    };
+    revise("e2.csv", "rev2");
+    let r2 = o.split("e2.csv").await;
+    assert_eq!(r2["counts"]["sent"], 1, "{r2}");
+    let run2 = r2["run"].as_str().expect("run").to_string();
+    let cfg = |secs: u64| EsmConfig {
+        queue_url: o.stack.queue_url.clone(),
+        batch_size: 10,
+        wait_secs: 1,
+        max_duration: Duration::from_secs(secs),
+    };
+    let st = esm::drain(&o.stack.inner.sqs, &o.consumers, &cfg(6))
+        .await
+        .expect("event source emulation");
+    assert!(!st.drained, "version 2 of X keeps failing: {st:?}");
+    // while it fails, explain says it is pending
+    let table = o.stack.inner.ledger_table.clone();
+    let explain = |o: &Ops, key: &str| o.cli(&["explain", FEED, key, "--table", &table, "--json"]);
+    let pending = explain(&o, &x).json();
+    assert!(
+        pending["verdict"]
+            .as_str()
+            .expect("verdict")
+            .starts_with("pending"),
+        "{pending}"
+    );
+    revise("e3.csv", "rev3");
+    let r3 = o.split("e3.csv").await;
+    assert_eq!(r3["counts"]["sent"], 1, "{r3}");
+    let run3 = r3["run"].as_str().expect("run").to_string();
+    let st = esm::drain(&o.stack.inner.sqs, &o.consumers, &cfg(120))
+        .await
+        .expect("event source emulation");
+    assert!(st.drained, "{st:?}");
+    assert_eq!(
+        o.stack.ledger_fates(&x).await,
+        [(2, "superseded".to_string()), (3, "applied".to_string())]
+    );
+
+    let story = explain(&o, &x).json();
+    assert_eq!(story["record_key"], x.as_str());
+    assert_eq!(story["state"]["present"], true, "{story}");
+    assert_eq!(story["state"]["generation"], 3, "{story}");
+    assert_eq!(story["state"]["run"], run3.as_str(), "{story}");
+    let t = story["transitions"].as_array().expect("transitions");
+    let told: Vec<(&str, &str, &str, u64)> = t
+        .iter()
+        .map(|t| {
+            (
+                t["run"].as_str().unwrap_or(""),
+                t["change"].as_str().unwrap_or(""),
+                t["fate"]["fate"].as_str().unwrap_or(""),
+                t["fate"]["version"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [
+            (run2.as_str(), "changed", "superseded", 2),
+            (run3.as_str(), "changed", "applied", 3)
+        ],
+        "{story}"
+    );
+    assert_eq!(story["ledger"]["acknowledged_version"], 3, "{story}");
+    assert_eq!(
+        story["ledger"]["acknowledged_run"],
+        run3.as_str(),
+        "{story}"
+    );
+    assert_eq!(story["dead_letters"], json!([]), "{story}");
+    let verdict = story["verdict"].as_str().expect("verdict");
+    assert!(verdict.starts_with("up to date"), "{verdict}");
+    // the readable story names both runs and the superseded version
+    let text = o.cli(&["explain", FEED, &x, "--table", &table]);
+    assert!(text.ok, "{}{}", text.stdout, text.stderr);
+    for want in [run2.as_str(), run3.as_str(), "superseded v2", "applied v3"] {
+        assert!(text.stdout.contains(want), "{want}: {}", text.stdout);
+    }
+    // a record nobody sent
+    let nobody = explain(&o, "NO-SUCH-RECORD").json();
+    assert_eq!(nobody["state"]["present"], false, "{nobody}");
+    assert_eq!(nobody["transitions"], json!([]));
+    assert!(
+        nobody["verdict"]
+            .as_str()
+            .expect("verdict")
+            .contains("not in the feed's state"),
+        "{nobody}"
+    );
+
+    // state show: the snapshot's header
+    let state = o.cli(&["state", "show", FEED, "--json"]).json();
+    assert_eq!(state["header"]["generation"], 3, "{state}");
+    assert_eq!(state["header"]["row_count"], 200, "{state}");
+    assert_eq!(state["header"]["run"], run3.as_str(), "{state}");
+    assert_eq!(
+        state["header"]["source"]["key"],
+        "incoming/lab_results/e3.csv"
+    );
+    assert_eq!(state["named"], true);
+    let text = o.cli(&["state", "show", FEED]);
+    assert!(
+        text.ok && text.stdout.contains("generation     3"),
+        "{}",
+        text.stdout
+    );
+    let none = o.cli(&["state", "show", "no_such_feed"]);
+    assert!(
+        !none.ok && none.stderr.contains("has no state yet"),
+        "{}",
+        none.stderr
+    );
     o.assert_no_row_values().await;
 }
