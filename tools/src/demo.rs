@@ -92,6 +92,104 @@ async fn ledger_counts(stack: &Stack) -> Result<(u64, u64), LocalError> {
     Ok((counts[0], counts[1]))
 }
 
+/// The operator's CLI (this very binary) against the local stack, as a user runs it: the
+/// command line is printed, then its output, indented.
+struct Operator {
+    exe: PathBuf,
+    env: Vec<(String, String)>,
+    /// Whether any command failed (the demo then fails).
+    failed: std::cell::Cell<bool>,
+}
+
+impl Operator {
+    fn run(&self, args: &[&str]) -> Result<(bool, String), LocalError> {
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.contains(' ') {
+                    format!("{a:?}")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        println!("   $ casefeed {}", shown.join(" "));
+        let out = Command::new(&self.exe)
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .output()
+            .map_err(|e| LocalError::Setup {
+                what: "running casefeed".into(),
+                detail: e.to_string(),
+            })?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        for l in stdout
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stderr).lines())
+        {
+            println!("     {l}");
+        }
+        if !out.status.success() {
+            println!("     (exit status {})", out.status);
+            self.failed.set(true);
+        }
+        Ok((out.status.success(), stdout))
+    }
+
+    /// Run a command that must succeed, with `--json`; its document.
+    fn json(&self, args: &[&str]) -> Result<Value, LocalError> {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = Command::new(&self.exe)
+            .args(&a)
+            .envs(self.env.iter().cloned())
+            .output()
+            .map_err(|e| LocalError::Setup {
+                what: "running casefeed".into(),
+                detail: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(LocalError::Aws(format!(
+                "casefeed {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| LocalError::Aws(format!("casefeed {} --json: {e}", args.join(" "))))
+    }
+}
+
+impl Operator {
+    /// The newest run of the demo's feed that sent something (a repeated event's `noop`
+    /// run comes later and sends nothing): the one worth reconciling.
+    fn newest_sending_run(&self) -> Result<String, LocalError> {
+        let runs = self.json(&["runs", "--feed", "lab_results", "--limit", "20"])?;
+        runs["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["report"]["counts"]["sent"].as_u64().unwrap_or(0) > 0)
+            .and_then(|r| r["report"]["run"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| LocalError::Aws("no run of lab_results sent anything".into()))
+    }
+}
+
+async fn drain_into(stack: &Stack, consumers: &[Rie]) -> Result<crate::esm::EsmStats, LocalError> {
+    crate::esm::drain(
+        &stack.sqs,
+        consumers,
+        &crate::esm::EsmConfig {
+            queue_url: stack.queue_url.clone(),
+            batch_size: 10,
+            wait_secs: 1,
+            max_duration: std::time::Duration::from_secs(300),
+        },
+    )
+    .await
+}
+
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
@@ -233,19 +331,17 @@ pub async fn run(args: DemoArgs) -> Result<(), LocalError> {
         consumers.len()
     );
     println!("   draining the work queue (retries wait out their backoff)...");
-    let st = crate::esm::drain(
-        &stack.sqs,
-        &consumers,
-        &crate::esm::EsmConfig {
-            queue_url: stack.queue_url.clone(),
-            batch_size: 10,
-            wait_secs: 1,
-            max_duration: std::time::Duration::from_secs(300),
-        },
-    )
-    .await?;
+    let st = drain_into(&stack, &consumers).await?;
     let s = api.stats();
-    let dlq = stack.drain(&stack.dlq_url).await?;
+    // read, not consumed: the operator replays it below
+    let dlq = crate::dlq::list_letters(
+        &stack.sqs,
+        &stack.dlq_url,
+        &crate::ops::letters::Filter::default(),
+        usize::MAX,
+    )
+    .await
+    .map_err(|e| LocalError::Aws(e.to_string()))?;
     println!("\n6. summary");
     println!(
         "   rows diffed            {}",
@@ -288,14 +384,116 @@ pub async fn run(args: DemoArgs) -> Result<(), LocalError> {
         st.drained,
         st.elapsed_ms as f64 / 1000.0
     );
-    let ok = st.drained && s.applied + dlq.len() as u64 == depth;
+    let mut ok = st.drained && s.applied + dlq.len() as u64 == depth;
     println!(
         "   applied + dead-lettered = sent: {}",
         if ok { "yes" } else { "NO" }
     );
+
+    // the operator's side, with the very commands of the runbook
+    let mut op_env = stack.splitter_env();
+    op_env.extend(
+        [
+            ("DATA_BUCKET", stack.bucket.as_str()),
+            ("DLQ_URL", stack.dlq_url.as_str()),
+            ("LEDGER_TABLE", stack.ledger_table.as_str()),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let op = Operator {
+        exe: std::env::current_exe().map_err(|e| LocalError::Setup {
+            what: "finding the casefeed binary".into(),
+            detail: e.to_string(),
+        })?,
+        env: op_env,
+        failed: std::cell::Cell::new(false),
+    };
+    let run = op.newest_sending_run()?;
+    println!("\n7. the operator: one screen, then the dead letter");
+    op.run(&["status"])?;
+    op.run(&["dlq", "list"])?;
+    let refused = api.faults().reject_record_keys.first().cloned();
+    if let Some(key) = &refused {
+        op.run(&["explain", "lab_results", key])?;
+        println!("   the API's owners correct the record; the operator replays its dead letter:");
+        let mut f = api.faults();
+        f.reject_record_keys.clear();
+        api.set_faults(f);
+        op.run(&[
+            "dlq",
+            "replay",
+            "--reason",
+            "the API's owners corrected the record",
+        ])?;
+        let st = drain_into(&stack, &consumers).await?;
+        ok &= st.drained;
+        op.run(&["explain", "lab_results", key])?;
+    }
+    println!("\n8. was every row of export-0002.csv applied?");
+    let (reconciled, _) = op.run(&["reconcile", "lab_results", &run])?;
+    ok &= reconciled;
+
+    println!(
+        "\n9. an export that removes 15% of the records (and adds 4, changes 6): the shrink guard holds it"
+    );
+    let third = dir.join("export-0003.csv");
+    let removed = (args.rows * 15 / 100).to_string();
+    gen(
+        &[
+            "next",
+            "--prev",
+            &next.to_string_lossy(),
+            "--new",
+            "4",
+            "--changed",
+            "6",
+            "--removed",
+            &removed,
+            "--seed",
+            "3",
+        ],
+        &third,
+    )?;
+    let ev = stack
+        .upload("incoming/lab_results/export-0003.csv", &third)
+        .await?;
+    let resp = rie.invoke(&ev).await?;
+    println!(
+        "   {:<40} {}",
+        "incoming/lab_results/export-0003.csv",
+        describe(&resp)
+    );
+    let held = op.json(&["held"])?;
+    op.run(&["held"])?;
+    let held_id = held["held"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if held_id.is_empty() {
+        println!("   (nothing was held)");
+        ok = false;
+    } else {
+        println!("   the exporter confirms the purge was intended; the operator approves it (its 10 new and changed rows go out):");
+        let (approved, _) = op.run(&[
+            "approve",
+            "--feed",
+            "lab_results",
+            &held_id,
+            "--reason",
+            "the agency confirmed the purge",
+        ])?;
+        ok &= approved;
+        let st = drain_into(&stack, &consumers).await?;
+        ok &= st.drained;
+        let run = op.newest_sending_run()?;
+        let (reconciled, _) = op.run(&["reconcile", "lab_results", &run])?;
+        ok &= reconciled;
+    }
+    println!("\n10. who did what, and why:");
+    op.run(&["audit"])?;
     api.shutdown().await;
-    println!("\n7. in the bucket (s3://{}):", stack.bucket);
-    for prefix in ["state/", "runs/", "rejects/"] {
+    println!("\n11. in the bucket (s3://{}):", stack.bucket);
+    for prefix in ["state/", "runs/", "rejects/", "sent/", "audit/"] {
         for k in stack.list(prefix).await? {
             println!("   {k}");
         }
@@ -311,6 +509,11 @@ pub async fn run(args: DemoArgs) -> Result<(), LocalError> {
         dir.display()
     );
     println!("done: moto, the API and the emulators are stopped.");
+    if op.failed.get() {
+        return Err(LocalError::Aws(
+            "an operator command failed (see above)".into(),
+        ));
+    }
     if !ok {
         return Err(LocalError::Aws(
             "the demo's counts do not add up (see above)".into(),
