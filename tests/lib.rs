@@ -149,6 +149,26 @@ pub fn gen(args: &[&str], out: &Path) -> Expected {
     serde_json::from_slice(&exp).expect("expected.json parses")
 }
 
+/// The generator's personal columns: what no log line, output or record may ever show.
+pub const PERSONAL_COLUMNS: [&str; 5] = [
+    "first_name",
+    "last_name",
+    "phone",
+    "street",
+    "date_of_birth",
+];
+
+/// The personal values of a CSV file's rows ([`PERSONAL_COLUMNS`]), those of at least
+/// `min_chars` characters (shorter ones occur by chance in ids and timestamps).
+pub fn personal_values(path: &Path, min_chars: usize) -> std::collections::BTreeSet<String> {
+    read_rows(path)
+        .values()
+        .flat_map(|row| PERSONAL_COLUMNS.iter().filter_map(|c| row.get(*c)))
+        .filter(|v| v.chars().count() >= min_chars)
+        .cloned()
+        .collect()
+}
+
 /// Read a CSV file into record_id → row map (by header name).
 pub fn read_rows(
     path: &Path,

@@ -279,20 +279,8 @@ impl Ops {
             ],
             &next,
         );
-        for rows in [read_rows(&base), read_rows(&next)] {
-            for row in rows.values() {
-                for col in [
-                    "first_name",
-                    "last_name",
-                    "phone",
-                    "street",
-                    "date_of_birth",
-                ] {
-                    if let Some(v) = row.get(col).filter(|v| v.len() >= 6) {
-                        self.secrets.insert(v.clone());
-                    }
-                }
-            }
+        for file in [&base, &next] {
+            self.secrets.extend(personal_values(file, 6));
         }
         let ev = self
             .stack
@@ -959,13 +947,7 @@ async fn explain_tells_a_superseded_records_story_and_state_show_the_snapshot() 
     let base = o.stack.path("e1.csv");
     gen(&["baseline", "--rows", "200", "--seed", "31"], &base);
     let rows = read_rows(&base);
-    for row in rows.values() {
-        for col in ["first_name", "last_name", "phone", "street"] {
-            if let Some(v) = row.get(col).filter(|v| v.len() >= 6) {
-                o.secrets.insert(v.clone());
-            }
-        }
-    }
+    o.secrets.extend(personal_values(&base, 6));
     let x = rows.keys().next().expect("a record").clone();
     assert_eq!(o.split("e1.csv").await["status"], "baseline");
     // X's versions below 3 keep failing with 503

@@ -102,6 +102,19 @@ struct Operator {
 }
 
 impl Operator {
+    /// `casefeed <args>` in the stack's environment, its output captured.
+    fn exec(&self, args: &[&str]) -> Result<std::process::Output, LocalError> {
+        Command::new(&self.exe)
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .output()
+            .map_err(|e| LocalError::Setup {
+                what: "running casefeed".into(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// `casefeed <args>` as the user would type it: the command line, then its output.
     fn run(&self, args: &[&str]) -> Result<(bool, String), LocalError> {
         let shown: Vec<String> = args
             .iter()
@@ -114,14 +127,7 @@ impl Operator {
             })
             .collect();
         println!("   $ casefeed {}", shown.join(" "));
-        let out = Command::new(&self.exe)
-            .args(args)
-            .envs(self.env.iter().cloned())
-            .output()
-            .map_err(|e| LocalError::Setup {
-                what: "running casefeed".into(),
-                detail: e.to_string(),
-            })?;
+        let out = self.exec(args)?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         for l in stdout
             .lines()
@@ -140,14 +146,7 @@ impl Operator {
     fn json(&self, args: &[&str]) -> Result<Value, LocalError> {
         let mut a = args.to_vec();
         a.push("--json");
-        let out = Command::new(&self.exe)
-            .args(&a)
-            .envs(self.env.iter().cloned())
-            .output()
-            .map_err(|e| LocalError::Setup {
-                what: "running casefeed".into(),
-                detail: e.to_string(),
-            })?;
+        let out = self.exec(&a)?;
         if !out.status.success() {
             return Err(LocalError::Aws(format!(
                 "casefeed {} failed: {}",
