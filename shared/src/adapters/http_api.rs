@@ -174,6 +174,9 @@ impl Api for HttpApi {
                 let _ = r.bytes().await;
                 ApiAnswer::Status { code, retry_after }
             }
+            // no connection was made (refused, DNS, TLS, connect timeout): the request never
+            // left. Checked before the timeout: a connect timeout is both.
+            Err(e) if e.is_connect() => ApiAnswer::Unreachable(error_chain(&e)),
             Err(e) if e.is_timeout() => ApiAnswer::Timeout,
             // reqwest's error text names the URL and the cause, never the request body
             Err(e) => ApiAnswer::Connection(error_chain(&e)),
@@ -359,12 +362,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_connection_is_a_connection_answer() {
+    async fn a_refused_connection_is_an_unreachable_api() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
         let answer = client(&base).deliver(&envelope(Change::New, None)).await;
+        assert!(matches!(answer, ApiAnswer::Unreachable(_)), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_answer_is_a_broken_connection() {
+        // the request reaches the server, which reads it and hangs up without answering
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let _ = sock.read(&mut buf).await.unwrap();
+            drop(sock);
+        });
+        let answer = client(&base).deliver(&envelope(Change::New, None)).await;
         assert!(matches!(answer, ApiAnswer::Connection(_)), "{answer:?}");
+        task.await.unwrap();
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! | 401, 403 | credentials/configuration: retry with backoff, alarm |
 //! | 429 (+ Retry-After) | retry no sooner than asked |
 //! | 5xx, timeout, connection error | transient: exponential backoff with jitter |
+//!
+//! A timeout or a connection that broke mid-call leaves the outcome unknown (the API may
+//! still apply the request): the record's lease is kept until it expires. An API that could
+//! not be reached at all (refused, DNS, TLS, connect timeout) never saw the request: the
+//! lease is released at once, as after a 5xx.
 
 use crate::ports::api::ApiAnswer;
 use std::time::Duration;
@@ -23,7 +28,9 @@ pub enum TransientKind {
     Auth,
     /// No answer within the request timeout.
     Timeout,
-    /// The connection failed before an answer.
+    /// No connection could be made: the request never left.
+    Unreachable,
+    /// The connection broke before an answer.
     Connection,
     /// Unexpected status (e.g. 3xx, other 4xx): retried, then dead-lettered by redrive.
     Unexpected,
@@ -43,6 +50,7 @@ impl TransientKind {
             TransientKind::RateLimited => "rate_limited",
             TransientKind::Auth => "auth",
             TransientKind::Timeout => "timeout",
+            TransientKind::Unreachable => "unreachable",
             TransientKind::Connection => "connection",
             TransientKind::Unexpected => "unexpected_status",
         }
@@ -149,6 +157,12 @@ pub fn classify(answer: &ApiAnswer) -> Delivery {
             retry_after: None,
             reason: "the API did not answer in time".into(),
         },
+        ApiAnswer::Unreachable(e) => Delivery::Transient {
+            kind: TransientKind::Unreachable,
+            status: None,
+            retry_after: None,
+            reason: format!("the API could not be reached: {e}"),
+        },
         ApiAnswer::Connection(e) => Delivery::Transient {
             kind: TransientKind::Connection,
             status: None,
@@ -211,6 +225,19 @@ mod tests {
                 ..
             }
         ));
+        assert!(matches!(
+            classify(&ApiAnswer::Unreachable("refused".into())),
+            Delivery::Transient {
+                kind: TransientKind::Unreachable,
+                ..
+            }
+        ));
+        // a call that may have reached the API leaves its outcome unknown; one that never
+        // left does not
+        assert!(TransientKind::Timeout.outcome_unknown());
+        assert!(TransientKind::Connection.outcome_unknown());
+        assert!(!TransientKind::Unreachable.outcome_unknown());
+        assert!(TransientKind::Unreachable.trips_breaker());
         assert!(matches!(
             st(302),
             Delivery::Transient {

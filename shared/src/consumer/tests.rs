@@ -708,6 +708,28 @@ async fn a_5xx_is_retried_with_its_backoff_and_the_lease_released() {
 }
 
 #[tokio::test]
+async fn an_unreachable_api_is_retried_with_its_backoff_and_the_lease_released() {
+    // the request never left (refused, DNS, TLS): nothing can be in flight at the API, so
+    // nothing holds the record, and the retry waits only its backoff
+    let api = FakeApi::new().answering("k1", [ApiAnswer::Unreachable("connection refused".into())]);
+    let c = consumer_with(api, settings(1, 100));
+    let sent = msgs(1);
+    let r = c.process_batch(sent.clone()).await;
+    let (kind, delay) = retry_of(&r, "m1");
+    assert_eq!(kind, "unreachable");
+    let (_, ceiling) = c.backoff(1, None);
+    assert!(delay <= ceiling, "{delay:?} > {ceiling:?}");
+    assert!(ceiling < c.ledger.lease, "the test tells the two apart");
+    assert_eq!(kept(&c, "k1").await, released());
+    assert_retries_scheduled(&c, &r, &sent);
+    // another message of the record is sent at once: the record is not busy
+    let other = msg_of("m9", "k1-v2", &record_key("k1"), 2);
+    let r2 = c.process_batch(vec![other]).await;
+    assert_eq!(fate(&r2, "m9"), &Fate::Applied);
+    assert_eq!(c.api.calls(), ["k1", "k1-v2"]);
+}
+
+#[tokio::test]
 async fn a_timeout_or_broken_connection_keeps_the_records_lease_until_it_expires() {
     // the API may still be working on a request we gave up on: no other call for the
     // record may start before the lease runs out, and the retry comes no sooner
@@ -882,7 +904,7 @@ async fn consecutive_transient_failures_open_the_circuit_for_the_rest_of_the_bat
     let api = FakeApi::new()
         .answering("k1", [status(503)])
         .answering("k2", [ApiAnswer::Timeout])
-        .answering("k3", [ApiAnswer::Connection("refused".into())]);
+        .answering("k3", [ApiAnswer::Unreachable("refused".into())]);
     let c = consumer(api); // threshold 3, one at a time
     let sent = msgs(6);
     let r = c.process_batch(sent.clone()).await;
@@ -890,7 +912,7 @@ async fn consecutive_transient_failures_open_the_circuit_for_the_rest_of_the_bat
     assert_eq!(c.api.calls(), ["k1", "k2", "k3"], "no call once open");
     assert_eq!(retry_of(&r, "m1").0, "server_error");
     assert_eq!(retry_of(&r, "m2").0, "timeout");
-    assert_eq!(retry_of(&r, "m3").0, "connection");
+    assert_eq!(retry_of(&r, "m3").0, "unreachable");
     for i in 4..=6 {
         let (kind, delay) = retry_of(&r, &format!("m{i}"));
         assert_eq!(kind, "circuit_open");

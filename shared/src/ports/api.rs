@@ -1,5 +1,5 @@
 //! The contact-tracing API behind a small trait: one call per message, and what the
-//! transport saw (a status, a timeout, a connection failure). The answer's meaning is decided
+//! transport saw (a status, a timeout, an unreachable API, a broken connection). The answer's meaning is decided
 //! in [`crate::consumer::answer`].
 
 use crate::contract::envelope::Envelope;
@@ -17,7 +17,11 @@ pub enum ApiAnswer {
     },
     /// No answer within the request timeout.
     Timeout,
-    /// Connection refused/reset, TLS failure, or the connection dropped before an answer.
+    /// No connection could be made (refused, name not resolved, TLS handshake failed,
+    /// connect timeout): the request never left, so the API cannot have applied it.
+    Unreachable(String),
+    /// The connection broke after it was made, before an answer (reset, closed): the
+    /// request may have reached the API.
     Connection(String),
 }
 
