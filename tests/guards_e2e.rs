@@ -217,6 +217,12 @@ async fn truncated_file_is_held_and_discarded() {
     assert!(stack.drain(&stack.queue_url).await.is_empty());
     assert_eq!(stack.get(STATE).await.unwrap(), state);
     let id = r["held"]["id"].as_str().unwrap().to_string();
+    // --json: one document listing it, with its counts
+    let (ok, out) = cli(&stack, &["held", "--feed", FEED, "--json"]);
+    assert!(ok, "{out}");
+    let listed: Value = serde_json::from_str(&out).expect("held --json parses");
+    assert_eq!(listed["count"], 1, "{listed}");
+    assert_eq!(listed["held"][0]["id"], id.as_str(), "{listed}");
     let (ok, out) = cli(
         &stack,
         &[
@@ -226,9 +232,16 @@ async fn truncated_file_is_held_and_discarded() {
             &id,
             "--reason",
             "e2e: truncated upload",
+            "--json",
         ],
     );
-    assert!(ok && out.starts_with("discarded"), "{out}");
+    assert!(ok, "{out}");
+    let discarded: Value = serde_json::from_str(&out).expect("discard --json parses");
+    assert_eq!(discarded["command"], "discard", "{discarded}");
+    assert_eq!(discarded["report"]["status"], "discarded", "{discarded}");
+    assert!(discarded["audit_key"]
+        .as_str()
+        .is_some_and(|k| k.starts_with("audit/")));
     assert!(stack.list("held/").await.is_empty());
     assert_eq!(stack.get(STATE).await.unwrap(), state);
     // the complete file afterwards is simply unchanged

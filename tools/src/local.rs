@@ -129,6 +129,14 @@ impl Drop for Proc {
     }
 }
 
+/// A process's log file, removed when its owner is dropped — kept when the drop comes from a
+/// panic (a failed test wants it) or `CASEFEED_KEEP_LOGS` is set.
+fn remove_log(log: &Path) {
+    if !std::thread::panicking() && std::env::var_os("CASEFEED_KEEP_LOGS").is_none() {
+        let _ = std::fs::remove_file(log);
+    }
+}
+
 pub fn wait_port(port: u16, what: &str, timeout: Duration) -> Result<(), LocalError> {
     let start = Instant::now();
     while start.elapsed() < timeout {
@@ -617,6 +625,12 @@ pub fn s3_event(bucket: &str, key: &str, etag: &str, size: u64, sequencer: &str)
     }]})
 }
 
+impl Drop for Moto {
+    fn drop(&mut self) {
+        remove_log(&self.log);
+    }
+}
+
 /// A Lambda binary under the Runtime Interface Emulator (one invocation at a time).
 pub struct Rie {
     pub url: String,
@@ -691,5 +705,11 @@ impl Rie {
     /// crashed execution environment.
     pub fn kill(&mut self) {
         self._proc.kill();
+    }
+}
+
+impl Drop for Rie {
+    fn drop(&mut self) {
+        remove_log(&self.log);
     }
 }
