@@ -263,18 +263,11 @@ async fn sent_list(
         .await
         .map_err(|e| err(e.to_string()))?
         .into_bytes();
-    let text = String::from_utf8_lossy(&bytes);
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| ExplainError::SentList {
-                key: key.to_string(),
-                line: i + 1,
-                problem: e.to_string(),
-            })
-        })
-        .collect()
+    casefeed::contract::report::parse_json_lines(&bytes).map_err(|e| ExplainError::SentList {
+        key: key.to_string(),
+        line: e.line,
+        problem: e.problem,
+    })
 }
 
 /// The record's messages in the DLQ (their bodies kept only for `--show-values`).

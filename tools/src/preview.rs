@@ -248,15 +248,7 @@ pub fn render(p: &Preview, limit: usize) -> String {
             ));
         }
     }
-    let sends_removals = next
-        .counts
-        .sent
-        .saturating_sub((next.counts.new + next.counts.changed).min(next.counts.sent))
-        > 0
-        || p.changes.sent.iter().any(|s| s.change == "removed")
-        || p.if_approved
-            .as_ref()
-            .is_some_and(|a| a.changes.sent.iter().any(|s| s.change == "removed"));
+    let sends_removals = p.sends_removals;
     changes_block(&mut out, &p.changes, sends_removals, limit);
     if !p.rejected.is_empty() {
         out.push_str(&format!("rejected lines ({}):\n", p.rejected.len()));

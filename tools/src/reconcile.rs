@@ -182,20 +182,10 @@ fn lines<T: serde::de::DeserializeOwned>(
     what: &str,
     bytes: &[u8],
 ) -> Result<Vec<T>, ReconcileError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| ReconcileError::Parse {
-        what: what.to_string(),
-        problem: e.to_string(),
-    })?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| ReconcileError::Parse {
-                what: format!("{what} line {}", i + 1),
-                problem: e.to_string(),
-            })
-        })
-        .collect()
+    casefeed::contract::report::parse_json_lines(bytes).map_err(|e| ReconcileError::Parse {
+        what: format!("{what} line {}", e.line),
+        problem: e.problem,
+    })
 }
 
 /// The ledger's fate of each key (BatchGetItem, 100 keys a call, unprocessed keys again).

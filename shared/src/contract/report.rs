@@ -3,6 +3,36 @@
 use super::source::SourceObject;
 use serde::{Deserialize, Serialize};
 
+/// A line of a JSON-lines list (`sent/`, `removed/`, `rejects/`) that does not parse as
+/// expected. Only where and what kind of error: serde's own message can quote the line's
+/// content, which may be a row value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {problem}")]
+pub struct JsonLinesError {
+    /// The 1-based line.
+    pub line: usize,
+    /// The kind of error and its column.
+    pub problem: String,
+}
+
+/// Parse a JSON-lines list the splitter writes: one `T` per non-blank line (fields `T` does
+/// not name are skipped, never kept).
+pub fn parse_json_lines<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<Vec<T>, JsonLinesError> {
+    bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_slice(l).map_err(|e| JsonLinesError {
+                line: i + 1,
+                problem: format!("{:?} error at column {}", e.classify(), e.column()),
+            })
+        })
+        .collect()
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -243,4 +273,32 @@ pub struct GuardCheck {
     pub tripped: bool,
     /// What was measured against which limit (counts and column names only).
     pub detail: String,
+}
+
+#[cfg(test)]
+mod json_lines_tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_parse_by_line_and_errors_never_quote_the_line() {
+        let ok: Vec<RemovedRecord> =
+            parse_json_lines(b"{\"record_key\":\"A\",\"version\":1}\n\n{\"record_key\":\"B\",\"version\":2,\"x\":1}\n")
+                .unwrap();
+        assert_eq!(
+            ok.iter().map(|r| r.record_key.as_str()).collect::<Vec<_>>(),
+            ["A", "B"]
+        );
+        let bad = parse_json_lines::<RemovedRecord>(
+            b"{\"record_key\":\"A\",\"version\":1}\n{\"record_key\":\"B\",\"version\":\"Jane Secret\"}\n",
+        )
+        .unwrap_err();
+        assert_eq!(bad.line, 2);
+        assert!(!bad.to_string().contains("Jane"), "{bad}");
+        assert_eq!(
+            parse_json_lines::<RemovedRecord>(b"\xff\n")
+                .unwrap_err()
+                .line,
+            1
+        );
+    }
 }

@@ -13,9 +13,11 @@
 //! from it.
 
 use super::{Outcome, SplitError, Splitter, SplitterSettings};
-use crate::config::{Config, FeedConfig, FirstFile};
+use crate::config::{Config, FeedConfig, FirstFile, Removals};
 use crate::contract::event::ObjectEvent;
-use crate::contract::report::{GuardKind, RemovedRecord, RunReport, RunStatus, SentRecord};
+use crate::contract::report::{
+    parse_json_lines, GuardKind, RemovedRecord, RunReport, RunStatus, SentRecord,
+};
 use crate::contract::source::ExportOrder;
 use crate::ports::queue::MemoryQueue;
 use crate::ports::store::MemoryStore;
@@ -152,6 +154,8 @@ pub struct Approval {
 pub struct Preview {
     /// The feed.
     pub feed: String,
+    /// Whether the feed sends a tombstone per removed record (`removed = "send"`).
+    pub sends_removals: bool,
     /// The next file's fate.
     #[serde(flatten)]
     pub verdict: Verdict,
@@ -208,6 +212,7 @@ pub async fn preview(
         queue.take();
         if report.status != RunStatus::Baseline {
             return Ok(Preview {
+                sends_removals: fc.removed == Removals::Send,
                 feed: fc.name,
                 verdict: Verdict::PreviousNotUsable {
                     status: report.status,
@@ -242,6 +247,7 @@ pub async fn preview(
         None => None,
     };
     Ok(Preview {
+        sends_removals: fc.removed == Removals::Send,
         feed: fc.name,
         verdict: verdict(&report),
         previous: previous_report,
@@ -319,8 +325,7 @@ fn verdict(r: &RunReport) -> Verdict {
     }
 }
 
-/// The lines of a JSON-lines list the run wrote, each parsed as `T` (unknown fields are
-/// skipped, never kept).
+/// The lines of a JSON-lines list the run wrote, each parsed as `T`.
 fn list<T: serde::de::DeserializeOwned>(
     store: &MemoryStore,
     key: &str,
@@ -332,14 +337,7 @@ fn list<T: serde::de::DeserializeOwned>(
     let bytes = store
         .get(PREVIEW_BUCKET, key)
         .ok_or_else(|| unreadable("the run names it but did not write it".into()))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| unreadable(e.to_string()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| unreadable(format!("line {}: {e}", i + 1)))
-        })
-        .collect()
+    parse_json_lines(&bytes).map_err(|e| unreadable(e.to_string()))
 }
 
 /// The run's refused rows: line and reason only. The rejects report also holds each row's
